@@ -1,0 +1,34 @@
+"""Activities over `core.keys`: every side effect of a key's lifecycle happens here."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from core.algorithms import AlgorithmError
+from core.keys import KeyService
+from core.objects import KeyTransitionCommit
+from core.providers.base import ProviderError
+
+
+class KeyActivities:
+    """Key activities; the worker builds one instance with its dependencies."""
+
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+
+    @activity.defn(name="commit_key_transition")
+    def commit_key_transition(self, commit: KeyTransitionCommit) -> None:
+        """Create the new version's material if any, then commit the transition (idempotent).
+
+        Provider faults that can pass (unavailable, throttled) are retried by Temporal; the
+        others fail the activity for good, typed by the error class name.
+        """
+        try:
+            self._keys.commit_transition(commit)
+        except ProviderError as e:
+            raise ApplicationError(
+                str(e), type=type(e).__name__, non_retryable=not e.retryable
+            ) from e
+        except AlgorithmError as e:
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e

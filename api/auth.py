@@ -1,0 +1,50 @@
+"""Admin API keys with roles guard every route except health and livez."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+from fastapi import Depends, Request
+
+from api.errors import APIError
+from core.credentials import AdminKeys, AdminPrincipal, AuthenticationError, Role
+
+
+class Permission(StrEnum):
+    """What a route needs."""
+
+    READ = "read"
+    LIFECYCLE = "lifecycle"
+    USE = "use"
+    CODEC = "codec"
+    ADMIN = "admin"
+
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.OPERATOR: frozenset(
+        {Permission.READ, Permission.LIFECYCLE, Permission.USE, Permission.CODEC}
+    ),
+    Role.AUDITOR: frozenset({Permission.READ}),
+}
+
+
+def principal(request: Request) -> AdminPrincipal:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("missing admin key: send Authorization: Bearer <key>")
+    admin_keys: AdminKeys = request.app.state.admin_keys
+    return admin_keys.authenticate(token.strip())
+
+
+def require(permission: Permission) -> Callable[[Request], AdminPrincipal]:
+    """A dependency that authenticates the caller and checks its role allows `permission`."""
+
+    def check(who: AdminPrincipal = Depends(principal)) -> AdminPrincipal:  # noqa: B008
+        if permission not in ROLE_PERMISSIONS[who.role]:
+            raise APIError(403, "FORBIDDEN", f"role {who.role} may not {permission}")
+        return who
+
+    return check

@@ -1,0 +1,85 @@
+"""One table from domain errors to HTTP statuses; every error body is the same envelope.
+
+`{"error": {"code": ..., "message": ...}}`. No stack trace and no provider text leaks: the
+messages come from our own exceptions, never from an SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from core.algorithms import AlgorithmError, DecryptionError, InvalidSignatureError
+from core.credentials import AuthenticationError
+from core.keys import KeyNotFoundError, KeyStateError, MalformedTokenError
+from core.lifecycle import LifecycleError
+from core.policy import PolicyError
+from core.providers.base import ProviderConfigurationError, ProviderError
+
+log = logging.getLogger("keyrotor.api")
+
+
+class APIError(Exception):
+    """An error raised by a route with its status and code."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+# (exception class, status, code); the first matching row wins, so subclasses come first.
+ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
+    (AuthenticationError, 401, "UNAUTHENTICATED"),
+    (KeyNotFoundError, 404, "KEY_NOT_FOUND"),
+    (KeyStateError, 409, "KEY_STATE"),
+    (LifecycleError, 409, "KEY_STATE"),
+    (MalformedTokenError, 400, "MALFORMED_INPUT"),
+    (DecryptionError, 400, "DECRYPTION_FAILED"),
+    (InvalidSignatureError, 400, "INVALID_SIGNATURE"),
+    (AlgorithmError, 400, "UNSUPPORTED_ALGORITHM"),
+    (PolicyError, 400, "INVALID_POLICY"),
+    (ProviderConfigurationError, 400, "PROVIDER_NOT_CONFIGURED"),
+    (ProviderError, 503, "PROVIDER_UNAVAILABLE"),
+]
+
+SAFE_MESSAGES = {DecryptionError: "the ciphertext could not be decrypted", ProviderError: "the key provider failed"}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that turn exceptions into the envelope."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        return error_response(e.status, e.code, e.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        msg = first.get("msg", "invalid request")
+        return error_response(400, "INVALID_REQUEST", f"{where}: {msg}" if where else msg)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(e.status_code, "HTTP_ERROR")
+        return error_response(e.status_code, code, str(e.detail))
+
+    @app.exception_handler(Exception)
+    async def _domain(request: Request, e: Exception) -> JSONResponse:
+        for cls, status, code in ERROR_TABLE:
+            if isinstance(e, cls):
+                safe = next((m for c, m in SAFE_MESSAGES.items() if isinstance(e, c)), None)
+                headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                return error_response(status, code, safe or str(e), headers)
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "INTERNAL", "internal error")

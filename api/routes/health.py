@@ -1,0 +1,88 @@
+"""Health (no auth): the API, the store, Temporal and the providers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select, text
+
+from api.deps import services
+from core.services import Services
+from core.store.models import KeyRow
+
+router = APIRouter(tags=["health"])
+Svc = Annotated[Services, Depends(services)]
+# a scheduled rotation this late means the workers are not keeping up (or are down)
+OVERDUE_AFTER = timedelta(minutes=5)
+
+
+@router.get("/livez")
+def livez() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/api/key-management/health")
+async def health(request: Request, svc: Svc) -> JSONResponse:
+    """Overall health: `healthy`, `degraded` (Temporal or a provider down: use still works)
+    or `unhealthy` (the store is down: 503)."""
+    components: dict[str, Any] = {}
+    try:
+        with svc.store.session() as s:
+            s.execute(text("SELECT 1"))
+        components["database"] = {"status": "up"}
+    except Exception:  # any failure means down; the reason is in the server log
+        components["database"] = {"status": "down"}
+    client = request.app.state.client
+    try:
+        if client is None:
+            raise RuntimeError("not connected")
+        await client.service_client.check_health()
+        components["temporal"] = {"status": "up"}
+    except Exception:
+        components["temporal"] = {"status": "down"}
+    for name, provider in svc.providers.items():
+        h = provider.health()
+        components[f"provider:{name}"] = {"status": "up" if h.ok else "down"}
+    if components["database"]["status"] != "up":
+        status, code = "unhealthy", 503
+    elif any(c["status"] != "up" for c in components.values()):
+        status, code = "degraded", 200
+    else:
+        status, code = "healthy", 200
+    body = {"health": {"status": status, "components": components, "timestamp": _now_iso()}}
+    return JSONResponse(body, status_code=code)
+
+
+@router.get("/api/key-management/health/keys")
+def key_health(svc: Svc) -> dict[str, Any]:
+    """Active keys, keys whose rotation is due within a day, and overdue rotations."""
+    now = datetime.now(UTC)
+    with svc.store.session() as s:
+        active = s.scalar(select(func.count()).select_from(KeyRow).where(KeyRow.status == "active"))
+        due_soon = s.scalar(
+            select(func.count())
+            .select_from(KeyRow)
+            .where(KeyRow.next_rotation_at <= now + timedelta(days=1))
+        )
+        overdue = s.scalar(
+            select(func.count())
+            .select_from(KeyRow)
+            .where(KeyRow.next_rotation_at < now - OVERDUE_AFTER)
+        )
+    return {
+        "health": {
+            "status": "healthy" if not overdue else "degraded",
+            "activeKeys": active or 0,
+            "rotationDueWithin24h": due_soon or 0,
+            "overdueRotations": overdue or 0,
+            "timestamp": _now_iso(),
+        }
+    }
+
+
+def _now_iso() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,352 @@
+"""`/api/key-management/keys`: lifecycle through the key's workflow, use straight from the store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+
+from api import schemas
+from api.auth import Permission, require
+from api.deps import services, temporal
+from api.errors import APIError
+from core.algorithms import InvalidSignatureError, resolve
+from core.credentials import AdminPrincipal
+from core.keys import new_key_id, parse_token
+from core.lifecycle import KeyStatus, LifecycleError, RotationReason, new_key
+from core.objects import KeySpec
+from core.policy import parse_duration
+from core.services import Services
+from core.store.models import KeyRow, KeyVersionRow
+from workflows.types import (
+    KEY_WORKFLOW,
+    TASK_QUEUE,
+    KeyWorkflowInput,
+    RotateRequest,
+    RotationResult,
+    StatusChange,
+    key_search_attributes,
+    key_workflow_id,
+)
+
+router = APIRouter(prefix="/api/key-management/keys", tags=["keys"])
+UPDATE_TIMEOUT = 30.0
+
+Svc = Annotated[Services, Depends(services)]
+Temporal = Annotated[Client, Depends(temporal)]
+Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
+Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
+User = Annotated[AdminPrincipal, Depends(require(Permission.USE))]
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+
+
+def key_view(key: KeyRow, versions: list[KeyVersionRow] | None = None) -> dict[str, Any]:
+    """The public shape of a key (no material, ever)."""
+    view: dict[str, Any] = {
+        "id": key.id,
+        "name": key.name,
+        "type": key.type,
+        "algorithm": key.algorithm,
+        "provider": key.provider,
+        "environment": key.environment,
+        "owner": key.owner,
+        "status": key.status,
+        "version": key.current_version,
+        "createdAt": _iso(key.created_at),
+        "updatedAt": _iso(key.updated_at),
+        "nextRotationAt": _iso(key.next_rotation_at),
+        "expiresAt": _iso(key.expires_at),
+        "createdBy": key.created_by,
+        "metadata": key.metadata_,
+        "workflowId": key.workflow_id,
+    }
+    if versions is not None:
+        view["versions"] = [
+            {
+                "version": v.number,
+                "state": v.state,
+                "algorithm": v.algorithm,
+                "createdAt": _iso(v.created_at),
+                "rotateAt": _iso(v.rotate_at),
+                "warnAt": _iso(v.warn_at),
+                "graceUntil": _iso(v.grace_until),
+                "hardExpiry": _iso(v.hard_expiry),
+                "stateChangedAt": _iso(v.state_changed_at),
+            }
+            for v in versions
+        ]
+    return view
+
+
+def _b64(field: str, value: str | None) -> bytes:
+    if value is None:
+        return b""
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise APIError(400, "INVALID_REQUEST", f"{field} must be base64") from None
+
+
+def _cursor(key: KeyRow) -> str:
+    raw = json.dumps([key.created_at.isoformat(), key.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at, kid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(at), str(kid)
+    except (ValueError, TypeError, binascii.Error):
+        raise APIError(400, "INVALID_REQUEST", "cursor is not one this API returned") from None
+
+
+async def _update(client: Client, workflow_id: str, name: str, arg: Any, **kw: Any) -> Any:
+    """Run an update on a key's workflow; turn its refusals into 4xx and silence into 503."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        return await asyncio.wait_for(handle.execute_update(name, arg, **kw), UPDATE_TIMEOUT)
+    except WorkflowUpdateFailedError as e:
+        cause = e.cause
+        message = cause.message if isinstance(cause, ApplicationError) else "update refused"
+        raise APIError(409, "KEY_STATE", message) from None
+    except TimeoutError:
+        raise APIError(503, "WORKER_UNAVAILABLE", "no worker answered in time; retry") from None
+    except RPCError as e:
+        if "not found" in str(e).lower() or "completed" in str(e).lower():
+            raise APIError(409, "KEY_STATE", "the key's workflow has ended") from None
+        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+
+
+@router.post("/generate", status_code=201)
+async def generate_key(
+    body: schemas.GenerateKeyRequest, svc: Svc, client: Temporal, who: Operator
+) -> dict[str, Any]:
+    """Create a key: its workflow generates version 1; answers once it is committed."""
+    policy = svc.policies.key_type(body.type)
+    algorithm = resolve(body.algorithm).name if body.algorithm else policy.algorithm
+    key_bits = policy.key_bits if algorithm == policy.algorithm else resolve(algorithm).default_key_bits
+    provider = body.provider or svc.policies.default_provider
+    if not svc.keys.provider(provider).supports(algorithm):
+        raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
+    environment = body.environment or svc.policies.default_environment
+    if environment not in svc.policies.environments:
+        known = ", ".join(svc.policies.environments)
+        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
+    now = datetime.now(UTC)
+    expires_at = body.expires_at
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise APIError(400, "INVALID_REQUEST", "expiresAt needs a timezone (e.g. Z)")
+    try:
+        lifecycle = new_key(policy.lifecycle(), now, expires_at)
+    except LifecycleError as e:
+        raise APIError(400, "INVALID_REQUEST", str(e)) from None
+    metadata = {str(k): str(v) for k, v in body.metadata.items()}
+    spec = KeySpec(
+        key_id=new_key_id(),
+        environment=environment,
+        type=policy.name,
+        algorithm=algorithm,
+        provider=provider,
+        key_bits=key_bits,
+        owner=body.owner or body.user_id,
+        name=body.name,
+        created_by=body.user_id or who.name,
+        metadata=metadata,
+    )
+    workflow_id = key_workflow_id(environment, spec.key_id)
+    start = WithStartWorkflowOperation(
+        KEY_WORKFLOW,
+        KeyWorkflowInput(spec=spec, lifecycle=lifecycle),
+        id=workflow_id,
+        task_queue=TASK_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=key_search_attributes(spec, "active", lifecycle.versions[0].rotate_at),
+        memo={"name": spec.name or spec.key_id},
+        static_summary=f"{spec.type} key {spec.name or spec.key_id} ({algorithm})",
+        result_type=str,
+    )
+    try:
+        await asyncio.wait_for(
+            client.execute_update_with_start_workflow(
+                "wait_created", start_workflow_operation=start, result_type=int
+            ),
+            UPDATE_TIMEOUT,
+        )
+    except TimeoutError:
+        raise APIError(
+            503, "WORKER_UNAVAILABLE", f"key {spec.key_id} was accepted but no worker created it yet"
+        ) from None
+    except RPCError:
+        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+    key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
+    return {"key": key_view(key, versions)}
+
+
+@router.get("")
+def list_keys(
+    svc: Svc,
+    who: Reader,
+    type: str | None = None,
+    status: str | None = Query(default=None, pattern="^(active|suspended|revoked|expired)$"),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0, le=100_000),
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Newest first; pass `nextCursor` back as `cursor` for the next page (stable under inserts)."""
+    after = _parse_cursor(cursor) if cursor else None
+    rows = svc.keys.list_keys(type=type, status=status, limit=limit + 1, offset=offset, after=after)
+    page = rows[:limit]
+    return {
+        "keys": [key_view(k) for k in page],
+        "pagination": {
+            "limit": limit,
+            "offset": offset,
+            "count": len(page),
+            "nextCursor": _cursor(page[-1]) if len(rows) > limit else None,
+        },
+    }
+
+
+@router.get("/statistics")
+def key_statistics(svc: Svc, who: Reader) -> dict[str, Any]:
+    """Counts of keys by status and type, versions by state, and rotations so far."""
+    return {"statistics": svc.keys.statistics()}
+
+
+@router.get("/{key_id}")
+def get_key(key_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
+    """A key with all its versions and their deadlines."""
+    key, versions = svc.keys.get(key_id)
+    return {"key": key_view(key, versions)}
+
+
+@router.post("/{key_id}/rotate")
+async def rotate_key(
+    key_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    body: schemas.RotateKeyRequest | None = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any]:
+    """Rotate now. A retried request with the same `Idempotency-Key` rotates once."""
+    body = body or schemas.RotateKeyRequest()
+    key, _ = await run_in_threadpool(svc.keys.get, key_id)
+    if key.status != KeyStatus.ACTIVE:
+        raise APIError(409, "KEY_STATE", f"a {key.status} key cannot rotate")
+    grace = None
+    if body.grace_period is not None:
+        try:
+            grace = int(parse_duration(body.grace_period).total_seconds())
+        except ValueError as e:
+            raise APIError(400, "INVALID_REQUEST", f"gracePeriod: {e}") from None
+    reasons = {r.value for r in RotationReason}
+    reason, comment = (body.reason, "") if body.reason in reasons else ("manual", body.reason)
+    request = RotateRequest(
+        reason=reason,
+        comment=comment,
+        grace_period_seconds=grace,
+        actor=body.user_id or who.name,
+        request_id=idempotency_key or "",
+    )
+    result: RotationResult = await _update(
+        client,
+        key.workflow_id,
+        "rotate",
+        request,
+        id=f"rotate/{idempotency_key}" if idempotency_key else None,
+        result_type=RotationResult,
+    )
+    key, versions = await run_in_threadpool(svc.keys.get, key_id)
+    return {
+        "key": key_view(key, versions),
+        "rotation": {"fromVersion": result.from_version, "toVersion": result.to_version},
+    }
+
+
+async def _change_status(
+    key_id: str, action: str, body: schemas.ReasonRequest | None, svc: Services, client: Client,
+    who: AdminPrincipal,
+) -> dict[str, Any]:
+    body = body or schemas.ReasonRequest()
+    key, _ = await run_in_threadpool(svc.keys.get, key_id)
+    await _update(
+        client,
+        key.workflow_id,
+        "change_status",
+        StatusChange(action=action, reason=body.reason, actor=body.user_id or who.name),
+        result_type=str,
+    )
+    key, versions = await run_in_threadpool(svc.keys.get, key_id)
+    return {"key": key_view(key, versions)}
+
+
+@router.delete("/{key_id}")
+async def revoke_key(
+    key_id: str, svc: Svc, client: Temporal, who: Operator,
+    body: Annotated[schemas.ReasonRequest | None, Body()] = None,
+) -> dict[str, Any]:
+    """Revoke: every version is compromised at once; from the answer on, use is refused."""
+    return await _change_status(key_id, "revoke", body, svc, client, who)
+
+
+@router.post("/{key_id}/suspend")
+async def suspend_key(
+    key_id: str, svc: Svc, client: Temporal, who: Operator, body: schemas.ReasonRequest | None = None
+) -> dict[str, Any]:
+    """Suspend: no use and no scheduled rotation until resumed."""
+    return await _change_status(key_id, "suspend", body, svc, client, who)
+
+
+@router.post("/{key_id}/resume")
+async def resume_key(
+    key_id: str, svc: Svc, client: Temporal, who: Operator, body: schemas.ReasonRequest | None = None
+) -> dict[str, Any]:
+    """Resume a suspended key."""
+    return await _change_status(key_id, "resume", body, svc, client, who)
+
+
+@router.post("/{key_id}/encrypt")
+def encrypt(key_id: str, body: schemas.EncryptRequest, svc: Svc, who: User) -> dict[str, Any]:
+    """Encrypt with the active version; the ciphertext names the key and version."""
+    r = svc.keys.encrypt(key_id, _b64("plaintext", body.plaintext), _b64("aad", body.aad))
+    return {"ciphertext": r.value, "keyId": key_id, "version": r.version}
+
+
+@router.post("/{key_id}/decrypt")
+def decrypt(key_id: str, body: schemas.DecryptRequest, svc: Svc, who: User) -> dict[str, Any]:
+    """Decrypt with the version the ciphertext names, if it is active or in grace."""
+    r = svc.keys.decrypt(key_id, body.ciphertext, _b64("aad", body.aad))
+    assert isinstance(r.value, bytes)
+    return {"plaintext": base64.b64encode(r.value).decode(), "version": r.version}
+
+
+@router.post("/{key_id}/sign")
+def sign(key_id: str, body: schemas.SignRequest, svc: Svc, who: User) -> dict[str, Any]:
+    """Sign with the active version."""
+    r = svc.keys.sign(key_id, _b64("message", body.message))
+    return {"signature": r.value, "keyId": key_id, "version": r.version}
+
+
+@router.post("/{key_id}/verify")
+def verify(key_id: str, body: schemas.VerifyRequest, svc: Svc, who: User) -> dict[str, Any]:
+    """Verify with the version the signature names, if it is active or in grace."""
+    try:
+        r = svc.keys.verify(key_id, _b64("message", body.message), body.signature)
+    except InvalidSignatureError:
+        return {"valid": False, "version": parse_token(body.signature, key_id)[0]}
+    return {"valid": True, "version": r.version}

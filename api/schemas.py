@@ -1,0 +1,57 @@
+"""Request and response bodies at the HTTP edge (camelCase, as in the reference API)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class Body(BaseModel):
+    """Request bodies: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class GenerateKeyRequest(Body):
+    type: str = Field(min_length=1, max_length=64)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    user_id: str = Field(default="", max_length=200)
+    name: str = Field(default="", max_length=200)
+    owner: str = Field(default="", max_length=200)
+    algorithm: str | None = Field(default=None, max_length=64)
+    provider: str | None = Field(default=None, max_length=32)
+    environment: str | None = Field(default=None, max_length=32)
+    expires_at: datetime | None = None
+
+
+class RotateKeyRequest(Body):
+    user_id: str = Field(default="", max_length=200)
+    reason: str = Field(default="manual", max_length=1000)
+    grace_period: str | None = Field(default=None, max_length=64, description="ISO 8601 duration")
+
+
+class ReasonRequest(Body):
+    user_id: str = Field(default="", max_length=200)
+    reason: str = Field(default="", max_length=1000)
+
+
+class EncryptRequest(Body):
+    plaintext: str = Field(description="base64", max_length=4 * 1024 * 1024)
+    aad: str | None = Field(default=None, description="base64", max_length=65536)
+
+
+class DecryptRequest(Body):
+    ciphertext: str = Field(max_length=6 * 1024 * 1024)
+    aad: str | None = Field(default=None, description="base64", max_length=65536)
+
+
+class SignRequest(Body):
+    message: str = Field(description="base64", max_length=4 * 1024 * 1024)
+
+
+class VerifyRequest(Body):
+    message: str = Field(description="base64", max_length=4 * 1024 * 1024)
+    signature: str = Field(max_length=65536)

@@ -1,0 +1,305 @@
+"""Append-only, hash-chained audit records and their verification.
+
+Each record stores the hash of the record before it (`prev_hash`) and its own `hash`, a SHA-256
+over a canonical JSON form of its content and `prev_hash`. Altering, removing or reordering a
+record breaks the chain at that record. A single head row (`audit_head`, id 1) holds the last
+sequence number and hash; appenders lock it, so concurrent appends queue instead of forking the
+chain, and sequence numbers are dense (1, 2, 3, ...) so that a removed record shows as a gap.
+
+Truncating the newest records *and* rewinding the head cannot be detected from inside the
+database; export `ChainReport.head_hash` elsewhere (logs, a notary) to anchor the chain.
+
+keyrotor code never updates or deletes audit records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from core.store.db import WRITE_TRANSACTION_OPTION
+from core.store.models import AuditHeadRow, AuditRecordRow
+
+GENESIS_HASH: Final = "0" * 64
+HEAD_ID: Final = 1
+
+DetailValue = str | int | bool | None
+
+_TEXT_LIMITS: Final = {
+    name: getattr(AuditRecordRow.__table__.c[name].type, "length", None)
+    for name in ("event_id", "actor", "action", "object_kind", "object_id")
+}
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """The content of one audit record, as the caller states it (no chain fields).
+
+    `event_id` makes appends idempotent: derive it from the operation (workflow id + transition
+    number), so a retried activity appends nothing new.
+    """
+
+    event_id: str
+    at: datetime
+    actor: str
+    action: str
+    object_kind: str
+    object_id: str
+    version: int | None = None
+    reason: str = ""
+    details: Mapping[str, DetailValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.at.tzinfo is None or self.at.utcoffset() is None:
+            raise ValueError("AuditEntry.at must be timezone-aware")
+        for name, limit in _TEXT_LIMITS.items():
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"AuditEntry.{name} must be a non-empty string")
+            if limit is not None and len(value) > limit:
+                raise ValueError(f"AuditEntry.{name} is longer than {limit} characters")
+        if self.version is not None and (
+            not isinstance(self.version, int) or isinstance(self.version, bool)
+        ):
+            raise ValueError("AuditEntry.version must be an int or None")
+        for key, value in self.details.items():
+            # Only types that survive a JSON round trip unchanged, or the hash would not verify.
+            if not isinstance(key, str):
+                raise ValueError("AuditEntry.details keys must be strings")
+            if value is not None and not isinstance(value, str | int | bool):
+                raise ValueError(
+                    f"AuditEntry.details[{key!r}] must be str, int, bool or None,"
+                    f" not {type(value).__name__}"
+                )
+        # Freeze a private copy: the caller's mapping may change after the hash is computed.
+        object.__setattr__(self, "details", dict(self.details))
+
+
+def _utc_iso(at: datetime) -> str:
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def canonical_json(prev_hash: str, entry: AuditEntry) -> bytes:
+    """The exact bytes `record_hash` hashes: sorted keys, no whitespace, UTF-8."""
+    document: dict[str, Any] = {
+        "event_id": entry.event_id,
+        "at": _utc_iso(entry.at),
+        "actor": entry.actor,
+        "action": entry.action,
+        "object_kind": entry.object_kind,
+        "object_id": entry.object_id,
+        "version": entry.version,
+        "reason": entry.reason,
+        "details": dict(entry.details),
+        "prev_hash": prev_hash,
+    }
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def record_hash(prev_hash: str, entry: AuditEntry) -> str:
+    """SHA-256 (hex) of the canonical JSON of `entry` and `prev_hash`."""
+    return hashlib.sha256(canonical_json(prev_hash, entry)).hexdigest()
+
+
+def append(session: Session, entry: AuditEntry) -> AuditRecordRow:
+    """Append `entry` to the chain inside the caller's transaction (the caller commits).
+
+    Returns the existing record, unchanged, when one with `entry.event_id` is already stored. On
+    SQLite the transaction must come from `Store.write()` (BEGIN IMMEDIATE); a deferred
+    transaction would fail with "database is locked" as soon as another writer is active.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    if dialect == "sqlite" and not connection.get_execution_options().get(WRITE_TRANSACTION_OPTION):
+        raise RuntimeError("audit.append on SQLite must run inside Store.write()")
+
+    existing = _by_event_id(session, entry.event_id)
+    if existing is not None:
+        return existing
+
+    head = _lock_head(session, dialect)
+    # Another transaction may have appended this event while we waited for the head lock.
+    existing = _by_event_id(session, entry.event_id)
+    if existing is not None:
+        return existing
+
+    digest = record_hash(head.hash, entry)
+    # The seq is assigned here, under the head lock, rather than by the database sequence: a
+    # rolled-back transaction would burn a sequence value and leave a gap that looks like a
+    # deleted record.
+    row = AuditRecordRow(
+        seq=head.seq + 1,
+        event_id=entry.event_id,
+        at=entry.at,
+        actor=entry.actor,
+        action=entry.action,
+        object_kind=entry.object_kind,
+        object_id=entry.object_id,
+        version=entry.version,
+        reason=entry.reason,
+        details=dict(entry.details),
+        prev_hash=head.hash,
+        hash=digest,
+    )
+    session.add(row)
+    head.seq = row.seq
+    head.hash = digest
+    session.flush()
+    return row
+
+
+def _by_event_id(session: Session, event_id: str) -> AuditRecordRow | None:
+    return session.scalars(
+        select(AuditRecordRow).where(AuditRecordRow.event_id == event_id)
+    ).one_or_none()
+
+
+def _lock_head(session: Session, dialect: str) -> AuditHeadRow:
+    # populate_existing: the session may hold a copy from before the lock was granted.
+    locked = (
+        select(AuditHeadRow)
+        .where(AuditHeadRow.id == HEAD_ID)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    head = session.scalars(locked).one_or_none()
+    if head is not None:
+        return head
+    # First append ever: create the head; a concurrent first appender may win the insert.
+    values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
+    if dialect == "postgresql":
+        session.execute(postgresql.insert(AuditHeadRow).values(values).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        session.execute(sqlite.insert(AuditHeadRow).values(values).on_conflict_do_nothing())
+    else:
+        raise RuntimeError(f"unsupported database dialect for the audit chain: {dialect}")
+    return session.scalars(locked).one()
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The result of `verify_chain`.
+
+    `checked` counts the records that verified before the first break (all of them when `ok`);
+    `head_hash` is the head the walk verified against (`GENESIS_HASH` for an empty chain).
+    """
+
+    ok: bool
+    checked: int
+    head_hash: str
+    first_broken_seq: int | None
+    reason: str
+
+
+def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
+    """Walk every record in `seq` order, `batch_size` at a time, and check the whole chain.
+
+    Checks, per record: no gap in the sequence, `prev_hash` equals the previous record's hash
+    (`GENESIS_HASH` for record 1), `hash` matches the content. Then that the head points at the
+    last record. Stops at the first break. Safe while appends run concurrently: it verifies the
+    chain up to the head it read first.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    head = session.execute(
+        select(AuditHeadRow.seq, AuditHeadRow.hash).where(AuditHeadRow.id == HEAD_ID)
+    ).one_or_none()
+    head_seq, head_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
+
+    def broken(seq: int, checked: int, reason: str) -> ChainReport:
+        return ChainReport(False, checked, head_hash, seq, reason)
+
+    columns = (
+        AuditRecordRow.seq,
+        AuditRecordRow.event_id,
+        AuditRecordRow.at,
+        AuditRecordRow.actor,
+        AuditRecordRow.action,
+        AuditRecordRow.object_kind,
+        AuditRecordRow.object_id,
+        AuditRecordRow.version,
+        AuditRecordRow.reason,
+        AuditRecordRow.details,
+        AuditRecordRow.prev_hash,
+        AuditRecordRow.hash,
+    )
+    last_seq, last_hash, checked = 0, GENESIS_HASH, 0
+    while True:
+        # Plain column rows, not ORM objects: nothing accumulates in the session.
+        rows = session.execute(
+            select(*columns)
+            .where(AuditRecordRow.seq > last_seq, AuditRecordRow.seq <= head_seq)
+            .order_by(AuditRecordRow.seq)
+            .limit(batch_size)
+        ).all()
+        for row in rows:
+            expected = last_seq + 1
+            if row.seq != expected:
+                return broken(expected, checked, f"record {expected} missing (gap in sequence)")
+            if row.prev_hash != last_hash:
+                what = "the genesis hash" if expected == 1 else f"record {last_seq}"
+                return broken(
+                    row.seq, checked, f"record {row.seq}: prev_hash does not match {what}"
+                )
+            try:
+                if not isinstance(row.details, Mapping):
+                    raise ValueError("details is not a JSON object")
+                entry = AuditEntry(
+                    event_id=row.event_id,
+                    at=row.at,
+                    actor=row.actor,
+                    action=row.action,
+                    object_kind=row.object_kind,
+                    object_id=row.object_id,
+                    version=row.version,
+                    reason=row.reason,
+                    details=row.details,
+                )
+                content_ok = record_hash(row.prev_hash, entry) == row.hash
+            except ValueError:
+                content_ok = False  # content no valid entry could have: it was altered
+            if not content_ok:
+                return broken(
+                    row.seq, checked, f"record {row.seq}: hash does not match its content"
+                )
+            last_seq, last_hash = row.seq, row.hash
+            checked += 1
+        if len(rows) < batch_size:
+            break
+
+    if head is None:
+        past = session.scalar(select(func.min(AuditRecordRow.seq)))
+        if past is not None:
+            return broken(past, 0, "the audit head is missing but records exist")
+        return ChainReport(True, 0, GENESIS_HASH, None, "")
+    if last_seq != head_seq:
+        return broken(
+            last_seq + 1,
+            checked,
+            f"head points at record {head_seq} but the last record is {last_seq}",
+        )
+    if last_hash != head_hash:
+        return broken(head_seq, checked, f"head hash does not match record {head_seq}")
+    # Max first, head second: the head only moves forward, together with its record, so any
+    # record past the head read afterwards was not written by `append`.
+    max_seq = session.scalar(select(func.max(AuditRecordRow.seq))) or 0
+    current_head_seq = (
+        session.scalar(select(AuditHeadRow.seq).where(AuditHeadRow.id == HEAD_ID)) or 0
+    )
+    if max_seq > current_head_seq:
+        return broken(
+            current_head_seq + 1,
+            checked,
+            f"record {max_seq} is past the head (record {current_head_seq})",
+        )
+    return ChainReport(True, checked, head_hash, None, "")

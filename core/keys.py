@@ -1,0 +1,325 @@
+"""Keys in the store: commit lifecycle transitions (activities) and use versions (hot path).
+
+Ciphertexts and signatures are `kr:<key id>:<version>:<base64url payload>`, so a ciphertext of
+a version in grace still decrypts after rotation, and one of a retired version fails clearly.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from core import audit
+from core.lifecycle import PROCESS_STATES, PROTECT_STATES, KeyStatus, next_rotation_at
+from core.objects import KeyTransitionCommit
+from core.providers.base import KeyProvider, ProviderConfigurationError, VersionHandle
+from core.store.db import Store
+from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
+
+PREFIX = "kr"
+_PROTECT = frozenset(str(s) for s in PROTECT_STATES)
+_PROCESS = frozenset(str(s) for s in PROCESS_STATES)
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+class KeyDomainError(Exception):
+    """Base of the key domain errors (the HTTP edge maps each to a status)."""
+
+
+class KeyNotFoundError(KeyDomainError):
+    """No such key."""
+
+
+class KeyStateError(KeyDomainError):
+    """The key or version is in a state that does not allow the operation."""
+
+
+class MalformedTokenError(KeyDomainError):
+    """A ciphertext or signature string is not in keyrotor's format."""
+
+
+def new_key_id() -> str:
+    """`key_` + 20 random base32 characters (100 bits): unguessable, URL- and id-safe."""
+    return "key_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+def _b64e(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _b64d(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as e:
+        raise MalformedTokenError("payload is not base64url") from e
+
+
+def format_token(key_id: str, version: int, payload: bytes) -> str:
+    return f"{PREFIX}:{key_id}:{version}:{_b64e(payload)}"
+
+
+def parse_token(token: str, key_id: str) -> tuple[int, bytes]:
+    """The version and payload of a `kr:` token made by `key_id`."""
+    parts = token.split(":")
+    if len(parts) != 4 or parts[0] != PREFIX or not parts[2].isdigit():
+        raise MalformedTokenError("expected kr:<key id>:<version>:<payload>")
+    if parts[1] != key_id:
+        raise MalformedTokenError(f"this was made with key {parts[1]}, not {key_id}")
+    return int(parts[2]), _b64d(parts[3])
+
+
+def _header(key_id: str, version: int) -> bytes:
+    # Bound into the AEAD so that a ciphertext cannot be relabelled with another version.
+    return f"{PREFIX}:{key_id}:{version}:".encode()
+
+
+@dataclass(frozen=True)
+class UseResult:
+    """The output of a use operation and the version that served it."""
+
+    value: bytes | str
+    version: int
+
+
+class KeyService:
+    """The store side of keys: one instance per process, shared by activities and the API."""
+
+    def __init__(self, store: Store, providers: Mapping[str, KeyProvider]) -> None:
+        self._store = store
+        self._providers = providers
+
+    def provider(self, name: str) -> KeyProvider:
+        try:
+            return self._providers[name]
+        except KeyError:
+            raise ProviderConfigurationError(f"provider {name!r} is not configured") from None
+
+    # --- lifecycle (called by activities only) -------------------------------------------
+
+    def commit_transition(self, c: KeyTransitionCommit) -> None:
+        """Project a lifecycle change and its audit record and event in one transaction.
+
+        Idempotent: the transition id is the audit record's event id, so a retry after a
+        commit changes nothing. New material is created before the transaction and stored in
+        it; the local provider's material therefore never exists outside a committed version.
+        """
+        spec = c.spec
+        with self._store.session() as s:
+            if _committed(s, c.transition_id):
+                return
+            have_version = (
+                c.new_version is not None
+                and s.get(KeyVersionRow, (spec.key_id, c.new_version)) is not None
+            )
+        material = None
+        if c.new_version is not None and not have_version:
+            material = self.provider(spec.provider).create_version(
+                spec.key_id, c.new_version, spec.algorithm, spec.key_bits
+            )
+        with self._store.write() as s:
+            if _committed(s, c.transition_id):
+                return
+            key = s.get(KeyRow, spec.key_id)
+            if key is None:
+                key = KeyRow(
+                    id=spec.key_id,
+                    environment=spec.environment,
+                    type=spec.type,
+                    name=spec.name,
+                    owner=spec.owner,
+                    algorithm=spec.algorithm,
+                    provider=spec.provider,
+                    workflow_id=c.transition_id.rsplit("/", 1)[0],
+                    created_by=spec.created_by,
+                    metadata_=dict(spec.metadata),
+                    created_at=c.at,
+                )
+                s.add(key)
+            lc = c.lifecycle
+            current = lc.current()
+            key.status = str(lc.status)
+            key.current_version = current.number if current else key.current_version or 0
+            key.updated_at = c.at
+            key.expires_at = lc.expires_at
+            key.next_rotation_at = next_rotation_at(lc)
+            s.flush()
+            for v in lc.versions:
+                row = s.get(KeyVersionRow, (spec.key_id, v.number))
+                if row is None:
+                    if material is None:
+                        continue  # created in an earlier attempt of this same transition
+                    row = KeyVersionRow(
+                        key_id=spec.key_id,
+                        number=v.number,
+                        algorithm=spec.algorithm,
+                        provider=spec.provider,
+                        provider_key_ref=material.provider_key_ref,
+                        wrapped_material=material.wrapped_material,
+                        public_key=material.public_key,
+                        created_at=v.created_at,
+                    )
+                    s.add(row)
+                row.state = str(v.state)
+                row.rotate_at = v.rotate_at
+                row.warn_at = v.warn_at
+                row.hard_expiry = v.hard_expiry
+                row.grace_until = v.grace_until
+                row.state_changed_at = v.changed_at or c.at
+            audit.append(
+                s,
+                audit.AuditEntry(
+                    event_id=c.transition_id,
+                    at=c.at,
+                    actor=c.actor,
+                    action=c.action,
+                    object_kind="key",
+                    object_id=spec.key_id,
+                    version=c.version,
+                    reason=c.reason,
+                    details={"status": str(lc.status)},
+                ),
+            )
+            s.add(
+                EventRow(
+                    event_id=c.transition_id,
+                    type=c.event,
+                    object_kind="key",
+                    object_id=spec.key_id,
+                    at=c.at,
+                    data={"keyId": spec.key_id, "version": c.version, "status": str(lc.status)},
+                )
+            )
+
+    # --- use path --------------------------------------------------------------------------
+
+    def _version(
+        self, key_id: str, number: int | None, allowed: frozenset[str]
+    ) -> tuple[KeyProvider, VersionHandle]:
+        with self._store.session() as s:
+            if number is None:
+                row = s.scalars(
+                    select(KeyVersionRow).where(
+                        KeyVersionRow.key_id == key_id, KeyVersionRow.state == "active"
+                    )
+                ).first()
+                if row is None:
+                    key = s.get(KeyRow, key_id)
+                    if key is None:
+                        raise KeyNotFoundError(f"key {key_id} not found")
+                    raise KeyStateError(f"key {key_id} is {key.status}: it has no active version")
+            else:
+                row = s.get(KeyVersionRow, (key_id, number))
+                if row is None:
+                    if s.get(KeyRow, key_id) is None:
+                        raise KeyNotFoundError(f"key {key_id} not found")
+                    raise KeyStateError(f"key {key_id} has no version {number}")
+            if row.state not in allowed:
+                raise KeyStateError(f"version {row.number} of key {key_id} is {row.state}")
+            return self.provider(row.provider), VersionHandle(
+                key_id=row.key_id,
+                number=row.number,
+                algorithm=row.algorithm,
+                provider_key_ref=row.provider_key_ref,
+                wrapped_material=row.wrapped_material,
+                public_key=row.public_key,
+            )
+
+    def encrypt(self, key_id: str, plaintext: bytes, aad: bytes) -> UseResult:
+        provider, v = self._version(key_id, None, _PROTECT)
+        data = provider.encrypt(v, plaintext, _header(key_id, v.number) + aad)
+        return UseResult(format_token(key_id, v.number, data), v.number)
+
+    def decrypt(self, key_id: str, ciphertext: str, aad: bytes) -> UseResult:
+        number, data = parse_token(ciphertext, key_id)
+        provider, v = self._version(key_id, number, _PROCESS)
+        return UseResult(provider.decrypt(v, data, _header(key_id, number) + aad), number)
+
+    def sign(self, key_id: str, message: bytes) -> UseResult:
+        provider, v = self._version(key_id, None, _PROTECT)
+        return UseResult(format_token(key_id, v.number, provider.sign(v, message)), v.number)
+
+    def verify(self, key_id: str, message: bytes, signature: str) -> UseResult:
+        """Raises InvalidSignatureError when the signature does not verify."""
+        number, sig = parse_token(signature, key_id)
+        provider, v = self._version(key_id, number, _PROCESS)
+        provider.verify(v, message, sig)
+        return UseResult(b"", number)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get(self, key_id: str) -> tuple[KeyRow, list[KeyVersionRow]]:
+        with self._store.session() as s:
+            key = s.get(KeyRow, key_id)
+            if key is None:
+                raise KeyNotFoundError(f"key {key_id} not found")
+            versions = list(
+                s.scalars(
+                    select(KeyVersionRow)
+                    .where(KeyVersionRow.key_id == key_id)
+                    .order_by(KeyVersionRow.number)
+                )
+            )
+            return key, versions
+
+    def list_keys(
+        self,
+        *,
+        type: str | None,
+        status: str | None,
+        limit: int,
+        offset: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[KeyRow]:
+        """Newest first; `after` (created_at, id) continues from a cursor."""
+        with self._store.session() as s:
+            q = select(KeyRow)
+            if type:
+                q = q.where(KeyRow.type == type)
+            if status:
+                q = q.where(KeyRow.status == status)
+            if after is not None:
+                at, kid = after
+                q = q.where(
+                    (KeyRow.created_at < at) | ((KeyRow.created_at == at) & (KeyRow.id < kid))
+                )
+            q = q.order_by(KeyRow.created_at.desc(), KeyRow.id.desc()).offset(offset).limit(limit)
+            return list(s.scalars(q))
+
+    def statistics(self) -> dict[str, object]:
+        with self._store.session() as s:
+            by_status = dict(
+                s.execute(select(KeyRow.status, func.count()).group_by(KeyRow.status)).tuples()
+            )
+            by_type = dict(
+                s.execute(select(KeyRow.type, func.count()).group_by(KeyRow.type)).tuples()
+            )
+            versions = dict(
+                s.execute(
+                    select(KeyVersionRow.state, func.count()).group_by(KeyVersionRow.state)
+                ).tuples()
+            )
+            rotations = s.scalar(
+                select(func.count())
+                .select_from(AuditRecordRow)
+                .where(AuditRecordRow.action.in_(["key.rotated", "key.emergency_rotated"]))
+            )
+        return {
+            "totalKeys": sum(by_status.values()),
+            "activeKeys": by_status.get(str(KeyStatus.ACTIVE), 0),
+            "byStatus": by_status,
+            "byType": by_type,
+            "versionsByState": versions,
+            "totalRotations": rotations or 0,
+        }
+
+
+def _committed(s: Session, transition_id: str) -> bool:
+    q = select(AuditRecordRow.seq).where(AuditRecordRow.event_id == transition_id)
+    return s.scalar(q) is not None

@@ -1,0 +1,332 @@
+"""Version states and the pure functions that drive a key's lifecycle.
+
+Nothing here reads a clock or does I/O: every function takes the time it should reason about,
+so the workflow (which owns the state) and the tests (which explore it) get the same answers.
+States follow NIST SP 800-57: pending -> active -> grace -> retired -> destroyed, with the side
+states suspended, compromised (revoked) and expired.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class VersionState(StrEnum):
+    """The state of one numbered version of a managed object."""
+
+    PENDING = "pending"
+    ACTIVE = "active"
+    GRACE = "grace"
+    RETIRED = "retired"
+    DESTROYED = "destroyed"
+    SUSPENDED = "suspended"
+    COMPROMISED = "compromised"
+    EXPIRED = "expired"
+
+
+class KeyStatus(StrEnum):
+    """The state of the logical key (its workflow ends in revoked or expired)."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+
+class RotationReason(StrEnum):
+    """Why a new version was made; `compromise` revokes the old version with no grace."""
+
+    SCHEDULED = "scheduled"
+    MANUAL = "manual"
+    USAGE_EXHAUSTED = "usage_exhausted"
+    ANOMALY = "anomaly"
+    COMPROMISE = "compromise"
+
+
+class TransitionKind(StrEnum):
+    """A time-driven change the workflow must make when its deadline arrives.
+
+    The order of the members is the order in which transitions due at the same instant apply.
+    """
+
+    EXPIRE_KEY = "expire_key"
+    WARN = "warn"
+    ROTATE = "rotate"
+    END_GRACE = "end_grace"
+    EXPIRE_VERSION = "expire_version"
+
+
+# Versions in these states can still be used (or come back into use); the others are final.
+LIVE_STATES = frozenset({VersionState.ACTIVE, VersionState.GRACE, VersionState.SUSPENDED})
+TERMINAL_KEY_STATUSES = frozenset({KeyStatus.REVOKED, KeyStatus.EXPIRED})
+
+# What each version state allows on the use path: protect (encrypt, sign) only with the
+# active version; process (decrypt, verify) with the active version and versions in grace.
+PROTECT_STATES = frozenset({VersionState.ACTIVE})
+PROCESS_STATES = frozenset({VersionState.ACTIVE, VersionState.GRACE})
+
+
+class LifecycleError(ValueError):
+    """A requested lifecycle change is not allowed in the key's current state."""
+
+
+@dataclass(frozen=True)
+class LifecyclePolicy:
+    """The timing part of a policy, in whole seconds (workflow payloads carry no timedelta)."""
+
+    rotation_interval: int
+    warning_threshold: int
+    max_lifetime: int
+    grace_period: int
+
+    def __post_init__(self) -> None:
+        if self.rotation_interval <= 0:
+            raise LifecycleError("rotation interval must be positive")
+        if not 0 <= self.warning_threshold < self.rotation_interval:
+            raise LifecycleError("warning threshold must be >= 0 and below the rotation interval")
+        if self.max_lifetime < self.rotation_interval:
+            raise LifecycleError("max lifetime must be at least the rotation interval")
+        if not 0 <= self.grace_period <= self.max_lifetime:
+            raise LifecycleError("grace period must be >= 0 and at most the max lifetime")
+
+
+@dataclass(frozen=True)
+class VersionTimes:
+    """One version's state and its deadlines."""
+
+    number: int
+    state: VersionState
+    created_at: datetime
+    rotate_at: datetime
+    warn_at: datetime
+    hard_expiry: datetime
+    grace_until: datetime | None = None
+    warned: bool = False
+    changed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class KeyLifecycle:
+    """A key's lifecycle state: the workflow holds it, the store mirrors it.
+
+    `versions` holds the versions whose state can still change; a version that reached a final
+    state is kept until that change is committed and then dropped (`prune`), so the state stays
+    small however often the key rotates.
+    """
+
+    status: KeyStatus
+    policy: LifecyclePolicy
+    versions: tuple[VersionTimes, ...] = ()
+    last_version: int = 0
+    expires_at: datetime | None = None
+
+    def active(self) -> VersionTimes | None:
+        return next((v for v in self.versions if v.state == VersionState.ACTIVE), None)
+
+    def current(self) -> VersionTimes | None:
+        """The version that is (or, while suspended, would be) the one in use."""
+        return next(
+            (
+                v
+                for v in self.versions
+                if v.state in (VersionState.ACTIVE, VersionState.SUSPENDED)
+            ),
+            None,
+        )
+
+    def version(self, number: int) -> VersionTimes:
+        for v in self.versions:
+            if v.number == number:
+                return v
+        raise LifecycleError(f"version {number} is not live")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """The next time-driven change: what, when, and to which version (0 for the key)."""
+
+    kind: TransitionKind
+    at: datetime
+    version: int = 0
+
+
+def plan_version(number: int, created_at: datetime, policy: LifecyclePolicy) -> VersionTimes:
+    """The deadlines of a version created at `created_at`."""
+    rotate_at = created_at + timedelta(seconds=policy.rotation_interval)
+    return VersionTimes(
+        number=number,
+        state=VersionState.ACTIVE,
+        created_at=created_at,
+        rotate_at=rotate_at,
+        warn_at=rotate_at - timedelta(seconds=policy.warning_threshold),
+        hard_expiry=created_at + timedelta(seconds=policy.max_lifetime),
+        changed_at=created_at,
+    )
+
+
+def new_key(
+    policy: LifecyclePolicy, now: datetime, expires_at: datetime | None = None
+) -> KeyLifecycle:
+    """A key with its first version active."""
+    if expires_at is not None and expires_at <= now:
+        raise LifecycleError("expiresAt must be in the future")
+    return KeyLifecycle(
+        status=KeyStatus.ACTIVE,
+        policy=policy,
+        versions=(plan_version(1, now, policy),),
+        last_version=1,
+        expires_at=expires_at,
+    )
+
+
+def next_transition(key: KeyLifecycle, now: datetime) -> Transition | None:
+    """The earliest time-driven change of `key`, or None when nothing is scheduled.
+
+    A transition whose `at` is not after `now` is due. While the key is suspended it neither
+    warns nor rotates, but grace periods still end and versions still expire. An active key
+    with no usable version (its version expired while suspended) is due to rotate at `now`.
+    """
+    if key.status in TERMINAL_KEY_STATUSES:
+        return None
+    candidates: list[Transition] = []
+    if key.expires_at is not None:
+        candidates.append(Transition(TransitionKind.EXPIRE_KEY, key.expires_at))
+    for v in key.versions:
+        if v.state == VersionState.ACTIVE and key.status == KeyStatus.ACTIVE:
+            if not v.warned:
+                candidates.append(Transition(TransitionKind.WARN, v.warn_at, v.number))
+            candidates.append(Transition(TransitionKind.ROTATE, v.rotate_at, v.number))
+        if v.state == VersionState.GRACE and v.grace_until is not None:
+            candidates.append(Transition(TransitionKind.END_GRACE, v.grace_until, v.number))
+        if v.state in LIVE_STATES:
+            candidates.append(Transition(TransitionKind.EXPIRE_VERSION, v.hard_expiry, v.number))
+    if key.status == KeyStatus.ACTIVE and key.active() is None:
+        candidates.append(Transition(TransitionKind.ROTATE, now, 0))
+    if not candidates:
+        return None
+    order = list(TransitionKind)
+    return min(candidates, key=lambda t: (t.at, order.index(t.kind), t.version))
+
+
+def _set_version(key: KeyLifecycle, new: VersionTimes) -> KeyLifecycle:
+    return replace(key, versions=tuple(new if v.number == new.number else v for v in key.versions))
+
+
+def _move(v: VersionTimes, state: VersionState, now: datetime) -> VersionTimes:
+    return replace(v, state=state, changed_at=now)
+
+
+# The version states each version transition applies to (what next_transition plans them for).
+_APPLIES_TO = {
+    TransitionKind.WARN: frozenset({VersionState.ACTIVE}),
+    TransitionKind.END_GRACE: frozenset({VersionState.GRACE}),
+    TransitionKind.EXPIRE_VERSION: LIVE_STATES,
+}
+
+
+def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle:
+    """Apply a due transition other than ROTATE (rotation needs new material: use `rotate`)."""
+    if t.kind == TransitionKind.ROTATE:
+        raise LifecycleError("use rotate() for rotations")
+    if t.at > now:
+        raise LifecycleError(f"{t.kind} is not due before {t.at.isoformat()}")
+    # A transition computed before a message changed the key may no longer apply: applying it
+    # anyway would turn a revoked key into an expired one, or a compromised version into an
+    # expired one, and lose the revocation.
+    if key.status in TERMINAL_KEY_STATUSES:
+        raise LifecycleError(f"the key is already {key.status}")
+    if t.kind == TransitionKind.EXPIRE_KEY:
+        versions = tuple(
+            _move(v, VersionState.EXPIRED, now) if v.state in LIVE_STATES else v
+            for v in key.versions
+        )
+        return replace(key, status=KeyStatus.EXPIRED, versions=versions)
+    v = key.version(t.version)
+    if v.state not in _APPLIES_TO[t.kind]:
+        raise LifecycleError(f"{t.kind} does not apply to version {v.number}, which is {v.state}")
+    if t.kind == TransitionKind.WARN:
+        return _set_version(key, replace(v, warned=True))
+    if t.kind == TransitionKind.END_GRACE:
+        return _set_version(key, _move(v, VersionState.RETIRED, now))
+    return _set_version(key, _move(v, VersionState.EXPIRED, now))
+
+
+def rotate(
+    key: KeyLifecycle,
+    now: datetime,
+    reason: RotationReason,
+    grace_period: int | None = None,
+) -> KeyLifecycle:
+    """A new active version; the old one enters grace, or is compromised at once.
+
+    The grace period (the policy's unless overridden) never runs past the old version's hard
+    expiry; a zero grace retires the old version immediately.
+    """
+    if key.status != KeyStatus.ACTIVE:
+        raise LifecycleError(f"a {key.status} key cannot rotate")
+    grace = key.policy.grace_period if grace_period is None else grace_period
+    if grace < 0:
+        raise LifecycleError("grace period must not be negative")
+    versions = list(key.versions)
+    old = key.active()
+    if old is not None:
+        if reason == RotationReason.COMPROMISE:
+            moved = _move(old, VersionState.COMPROMISED, now)
+        else:
+            until = min(now + timedelta(seconds=grace), old.hard_expiry)
+            if until <= now:
+                moved = _move(old, VersionState.RETIRED, now)
+            else:
+                moved = replace(_move(old, VersionState.GRACE, now), grace_until=until)
+        versions = [moved if v.number == old.number else v for v in versions]
+    number = key.last_version + 1
+    versions.append(plan_version(number, now, key.policy))
+    return replace(key, versions=tuple(versions), last_version=number)
+
+
+def revoke(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
+    """Revoke the key: every live version is compromised at once and the key is final."""
+    if key.status in TERMINAL_KEY_STATUSES:
+        raise LifecycleError(f"the key is already {key.status}")
+    versions = tuple(
+        _move(v, VersionState.COMPROMISED, now) if v.state in LIVE_STATES else v
+        for v in key.versions
+    )
+    return replace(key, status=KeyStatus.REVOKED, versions=versions)
+
+
+def suspend(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
+    """Suspend the key: its active version stops being usable until it is resumed."""
+    if key.status != KeyStatus.ACTIVE:
+        raise LifecycleError(f"a {key.status} key cannot be suspended")
+    versions = tuple(
+        _move(v, VersionState.SUSPENDED, now) if v.state == VersionState.ACTIVE else v
+        for v in key.versions
+    )
+    return replace(key, status=KeyStatus.SUSPENDED, versions=versions)
+
+
+def resume(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
+    """Resume a suspended key; a rotation that fell due meanwhile becomes due at once."""
+    if key.status != KeyStatus.SUSPENDED:
+        raise LifecycleError(f"a {key.status} key cannot be resumed")
+    versions = tuple(
+        _move(v, VersionState.ACTIVE, now) if v.state == VersionState.SUSPENDED else v
+        for v in key.versions
+    )
+    return replace(key, status=KeyStatus.ACTIVE, versions=versions)
+
+
+def prune(key: KeyLifecycle) -> KeyLifecycle:
+    """Drop versions in final states (they are committed to the store already)."""
+    return replace(key, versions=tuple(v for v in key.versions if v.state in LIVE_STATES))
+
+
+def next_rotation_at(key: KeyLifecycle) -> datetime | None:
+    """When the key rotates next on its schedule, if it is active."""
+    active = key.active()
+    if key.status != KeyStatus.ACTIVE or active is None:
+        return None
+    return active.rotate_at

@@ -1,0 +1,378 @@
+"""Key-type policies from config/keyrotor.toml, and the ISO 8601 durations they are written in.
+
+`load_policies` reads and checks the whole file at once and reports every problem as a
+`PolicyError` naming the file, the dotted field and the reason, so that an operator's typo fails
+at start-up with a message that points at the line to fix instead of surfacing months later as a
+key that never rotates.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from core.algorithms import AlgorithmError, resolve
+from core.lifecycle import LifecyclePolicy
+
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+_SECOND = timedelta(seconds=1)
+_DAYS_PER_YEAR = 365
+_DAYS_PER_MONTH = 30
+
+# Digits are spelled [0-9]: \d would also accept other scripts' digits.
+_DURATION = re.compile(
+    r"P(?:(?P<years>[0-9]+)Y)?(?:(?P<months>[0-9]+)M)?(?:(?P<weeks>[0-9]+)W)?"
+    r"(?:(?P<days>[0-9]+)D)?"
+    r"(?:T(?=[0-9])(?:(?P<hours>[0-9]+)H)?(?:(?P<minutes>[0-9]+)M)?"
+    r"(?:(?P<seconds>[0-9]+)(?:\.(?P<fraction>[0-9]{1,6}))?S)?)?"
+)
+
+
+class PolicyError(ValueError):
+    """A policy file is unreadable or invalid: which file, which field, and why."""
+
+    def __init__(self, file: str, field: str, reason: str) -> None:
+        super().__init__(f"{file}: {field}: {reason}")
+        self.file = file
+        self.field = field
+        self.reason = reason
+
+
+def _duration_problem(text: str) -> str:
+    """Why `text` (which did not match) is not a duration, as precisely as we can tell."""
+    if not text:
+        return "it is empty"
+    if text.startswith("-") or re.search(r"-[0-9]", text):
+        return "negative durations are not allowed"
+    if text != text.strip():
+        return "it has surrounding whitespace"
+    if text[0] in "pP" and text != text.upper():
+        return "designators must be upper case (P, Y, M, W, D, T, H, M, S)"
+    if not text.startswith("P"):
+        return "it must start with 'P' (e.g. P30D, PT2H)"
+    if text == "P":
+        return "it has no components after 'P'"
+    if text.endswith("T"):
+        return "'T' must be followed by hours, minutes or seconds"
+    if "T" not in text and "H" in text:
+        return "hours need a 'T' before them (e.g. PT2H)"
+    if "T" not in text and "S" in text:
+        return "seconds need a 'T' before them (e.g. PT30S)"
+    if re.search(r"[.,][0-9]{7,}S$", text):
+        return "fractions of a second stop at microseconds (6 digits)"
+    if "," in text or re.search(r"[.][0-9]*[^0-9S]", text):
+        return "only seconds may have a fraction, written with '.' (e.g. PT0.5S)"
+    return "expected PnYnMnWnDTnHnMnS with the components in that order, each at most once"
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse an ISO 8601 duration such as P30D, PT2H, P1DT12H, P2W or PT0.5S.
+
+    Key lifetimes must not depend on the calendar, so a year (Y) counts as exactly 365 days and a
+    month (M before T) as exactly 30 days; M after T is minutes. Only seconds may carry a
+    fraction (at most 6 digits, written with '.'). Designators must be upper case and every
+    component is optional, but at least one must be present. Negative durations are rejected.
+
+    Raises ValueError naming the text and the reason.
+    """
+    match = _DURATION.fullmatch(text)
+    if match is None or text == "P":
+        reason = _duration_problem(text)
+        raise ValueError(f"invalid ISO 8601 duration {text!r}: {reason}")
+    fraction = match.group("fraction")
+    microseconds = int(Decimal("0." + fraction) * 1_000_000) if fraction else 0
+    try:
+        parts = {
+            k: int(v) for k, v in match.groupdict().items() if v is not None and k != "fraction"
+        }
+        return timedelta(
+            days=parts.get("years", 0) * _DAYS_PER_YEAR
+            + parts.get("months", 0) * _DAYS_PER_MONTH
+            + parts.get("weeks", 0) * 7
+            + parts.get("days", 0),
+            hours=parts.get("hours", 0),
+            minutes=parts.get("minutes", 0),
+            seconds=parts.get("seconds", 0),
+            microseconds=microseconds,
+        )
+    except (OverflowError, ValueError):
+        # timedelta stops near 2.7 million years; int() refuses absurdly long digit strings.
+        raise ValueError(f"invalid ISO 8601 duration {text!r}: it is too long") from None
+
+
+def format_duration(d: timedelta) -> str:
+    """The canonical ISO 8601 form of `d`: days, hours, minutes, seconds, zeros left out.
+
+    Days are never folded into weeks, months or years (P14D, not P2W), so the text reads the
+    same as the value. Zero is PT0S. Negative durations raise ValueError.
+    """
+    if d < timedelta(0):
+        raise ValueError(f"negative duration {d} has no ISO 8601 form here")
+    days = d.days
+    hours, rest = divmod(d.seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    date = f"{days}D" if days else ""
+    time = ""
+    if hours:
+        time += f"{hours}H"
+    if minutes:
+        time += f"{minutes}M"
+    if seconds or d.microseconds:
+        fraction = f".{d.microseconds:06d}".rstrip("0") if d.microseconds else ""
+        time += f"{seconds}{fraction}S"
+    if not date and not time:
+        return "PT0S"
+    return f"P{date}" + (f"T{time}" if time else "")
+
+
+def _whole_seconds(d: timedelta) -> int:
+    if d % _SECOND:
+        raise ValueError(f"{format_duration(d)} is not a whole number of seconds")
+    return d // _SECOND
+
+
+@dataclass(frozen=True)
+class KeyTypePolicy:
+    """The policy of one key type: its algorithm and key size, and when its versions change."""
+
+    name: str
+    algorithm: str
+    key_bits: int
+    rotation_interval: timedelta
+    warning_threshold: timedelta
+    max_lifetime: timedelta
+    grace_period: timedelta
+
+    def lifecycle(self) -> LifecyclePolicy:
+        """The timing part, in whole seconds, as the lifecycle functions and workflows take it."""
+        return LifecyclePolicy(
+            rotation_interval=_whole_seconds(self.rotation_interval),
+            warning_threshold=_whole_seconds(self.warning_threshold),
+            max_lifetime=_whole_seconds(self.max_lifetime),
+            grace_period=_whole_seconds(self.grace_period),
+        )
+
+
+@dataclass(frozen=True)
+class Policies:
+    """Every policy of one configuration file, checked and read-only."""
+
+    key_types: Mapping[str, KeyTypePolicy]
+    environments: tuple[str, ...]
+    default_environment: str
+    default_provider: str
+    source: str
+
+    def key_type(self, name: str) -> KeyTypePolicy:
+        """The policy of key type `name`; PolicyError if the file defines no such type."""
+        try:
+            return self.key_types[name]
+        except KeyError:
+            known = ", ".join(sorted(self.key_types)) or "none"
+            raise PolicyError(
+                self.source, "key_types", f"unknown key type {name!r}; known: {known}"
+            ) from None
+
+
+_DEFAULTS_FIELDS = ("environments", "environment", "provider")
+_KEY_TYPE_FIELDS = (
+    "algorithm",
+    "key_bits",
+    "rotation_interval",
+    "warning_threshold",
+    "max_lifetime",
+    "grace_period",
+)
+_TOP_LEVEL_FIELDS = ("defaults", "key_types")
+
+
+class _Reader:
+    """Checks one parsed file, raising PolicyError with the file name on the first problem."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, field: str, reason: str) -> PolicyError:
+        return PolicyError(self.source, field, reason)
+
+    def table(self, value: object, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(field, f"must be a table, got {_type_name(value)}")
+        for key in value:
+            if key not in allowed:
+                raise self.fail(
+                    _join(field, key), f"unknown field; expected one of {', '.join(allowed)}"
+                )
+        for key in allowed:
+            if key not in value:
+                raise self.fail(_join(field, key), "missing")
+        return value
+
+    def string(self, value: object, field: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(field, f"must be a string, got {_type_name(value)}")
+        if not value.strip():
+            raise self.fail(field, "must not be empty")
+        return value
+
+    def name(self, value: object, field: str) -> str:
+        text = self.string(value, field)
+        if NAME_PATTERN.fullmatch(text) is None:
+            raise self.fail(
+                field,
+                f"{text!r} is not a valid name: lower-case letter, then up to 31 lower-case "
+                "letters, digits or '-'",
+            )
+        return text
+
+    def duration(self, value: object, field: str) -> timedelta:
+        if not isinstance(value, str):
+            raise self.fail(
+                field,
+                f'must be an ISO 8601 duration string such as "P30D", got {_type_name(value)}',
+            )
+        try:
+            d = parse_duration(value)
+        except ValueError as e:
+            raise self.fail(field, str(e)) from None
+        if d % _SECOND:
+            raise self.fail(field, f"{value!r} is not a whole number of seconds")
+        return d
+
+    def key_type(self, name: object, value: object) -> KeyTypePolicy:
+        field = f"key_types.{name}"
+        type_name = self.name(name, field)
+        table = self.table(value, field, _KEY_TYPE_FIELDS)
+        algorithm_name = self.string(table["algorithm"], f"{field}.algorithm")
+        try:
+            algorithm = resolve(algorithm_name)
+        except AlgorithmError as e:
+            raise self.fail(f"{field}.algorithm", str(e)) from None
+        bits = table["key_bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise self.fail(f"{field}.key_bits", f"must be an integer, got {_type_name(bits)}")
+        try:
+            algorithm.validate_key_bits(bits)
+        except AlgorithmError as e:
+            raise self.fail(f"{field}.key_bits", str(e)) from None
+        rotation = self.duration(table["rotation_interval"], f"{field}.rotation_interval")
+        warning = self.duration(table["warning_threshold"], f"{field}.warning_threshold")
+        lifetime = self.duration(table["max_lifetime"], f"{field}.max_lifetime")
+        grace = self.duration(table["grace_period"], f"{field}.grace_period")
+        if rotation <= timedelta(0):
+            raise self.fail(f"{field}.rotation_interval", "must be longer than zero")
+        if warning >= rotation:
+            raise self.fail(
+                f"{field}.warning_threshold",
+                f"{format_duration(warning)} must be shorter than rotation_interval "
+                f"{format_duration(rotation)}",
+            )
+        if rotation > lifetime:
+            raise self.fail(
+                f"{field}.max_lifetime",
+                f"{format_duration(lifetime)} must be at least rotation_interval "
+                f"{format_duration(rotation)}",
+            )
+        if grace > lifetime:
+            raise self.fail(
+                f"{field}.grace_period",
+                f"{format_duration(grace)} must be at most max_lifetime "
+                f"{format_duration(lifetime)}",
+            )
+        policy = KeyTypePolicy(
+            name=type_name,
+            algorithm=algorithm.name,
+            key_bits=bits,
+            rotation_interval=rotation,
+            warning_threshold=warning,
+            max_lifetime=lifetime,
+            grace_period=grace,
+        )
+        policy.lifecycle()  # the same rules, checked again where the workflows will check them
+        return policy
+
+    def policies(self, data: dict[str, Any]) -> Policies:
+        self.table(data, "", _TOP_LEVEL_FIELDS)
+        defaults = self.table(data["defaults"], "defaults", _DEFAULTS_FIELDS)
+        raw_environments = defaults["environments"]
+        if not isinstance(raw_environments, list):
+            raise self.fail(
+                "defaults.environments",
+                f"must be a list of names, got {_type_name(raw_environments)}",
+            )
+        if not raw_environments:
+            raise self.fail("defaults.environments", "must name at least one environment")
+        environments: list[str] = []
+        for i, item in enumerate(raw_environments):
+            env = self.name(item, f"defaults.environments[{i}]")
+            if env in environments:
+                raise self.fail(f"defaults.environments[{i}]", f"{env!r} is listed twice")
+            environments.append(env)
+        environment = self.string(defaults["environment"], "defaults.environment")
+        if environment not in environments:
+            raise self.fail(
+                "defaults.environment",
+                f"{environment!r} is not one of environments ({', '.join(environments)})",
+            )
+        provider = self.string(defaults["provider"], "defaults.provider")
+        raw_types = data["key_types"]
+        if not isinstance(raw_types, dict):
+            raise self.fail("key_types", f"must be a table, got {_type_name(raw_types)}")
+        if not raw_types:
+            raise self.fail("key_types", "must define at least one key type")
+        key_types = {name: self.key_type(name, value) for name, value in raw_types.items()}
+        return Policies(
+            key_types=MappingProxyType(key_types),
+            environments=tuple(environments),
+            default_environment=environment,
+            default_provider=provider,
+            source=self.source,
+        )
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+_TYPE_NAMES: dict[type, str] = {
+    str: "a string",
+    bool: "a boolean",
+    int: "an integer",
+    float: "a float",
+    list: "a list",
+    dict: "a table",
+}
+
+
+def _type_name(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def load_policies(path: Path) -> Policies:
+    """Read and check the policy file at `path`; raise PolicyError on the first problem."""
+    source = str(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(source, "<toml>", str(e)) from None
+    except UnicodeDecodeError as e:
+        raise PolicyError(
+            source, "<toml>", f"not UTF-8 text: {e.reason} at byte {e.start}"
+        ) from None
+    except OSError as e:
+        raise PolicyError(source, "<file>", e.strerror or str(e)) from None
+    return _Reader(source).policies(data)
+
+
+def default_policy_path() -> Path:
+    """The repository's config/keyrotor.toml, the policies shipped with keyrotor."""
+    return Path(__file__).resolve().parents[1] / "config" / "keyrotor.toml"

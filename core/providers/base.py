@@ -1,0 +1,116 @@
+"""The KeyProvider interface every backend implements, and the errors providers raise.
+
+Providers turn their SDK's errors into the ProviderError tree (`raise ... from e`) with a
+`retryable` flag that activities map onto Temporal retry behaviour. InvalidSignatureError and
+DecryptionError from core.algorithms are not provider faults: they propagate unchanged, as do
+AlgorithmErrors for bad requests (bad key size, operation the algorithm lacks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class ProviderError(Exception):
+    """A provider could not do what was asked; `retryable` says whether trying again may help."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class ProviderUnavailableError(ProviderError):
+    """The provider cannot be reached right now (network, throttling, HSM busy)."""
+
+    retryable = True
+
+
+class ProviderConfigurationError(ProviderError):
+    """The provider is misconfigured (credentials, endpoint, missing key ring or slot)."""
+
+
+class UnsupportedAlgorithmError(ProviderError):
+    """The provider cannot hold keys of this algorithm; refused when the key is created."""
+
+
+class ProviderOperationError(ProviderError):
+    """The provider refused or failed an operation on an existing version."""
+
+
+@dataclass(frozen=True)
+class VersionMaterial:
+    """What `create_version` returns, for the caller to store with the version.
+
+    `provider_key_ref` is the provider's id for the version ("" for local); `wrapped_material`
+    is envelope-sealed secret material (local provider only); `public_key` is SubjectPublicKeyInfo
+    DER for asymmetric algorithms.
+    """
+
+    provider_key_ref: str
+    # Sealed material is safe to store but has no business in logs or error reports.
+    wrapped_material: bytes | None = field(repr=False)
+    public_key: bytes | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class VersionHandle:
+    """Everything a provider needs to use one stored key version."""
+
+    key_id: str
+    number: int
+    algorithm: str
+    provider_key_ref: str
+    wrapped_material: bytes | None = field(repr=False)
+    public_key: bytes | None = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ProviderHealth:
+    """The result of a provider health check; `detail` is safe to show to operators."""
+
+    ok: bool
+    detail: str
+
+
+class KeyProvider(Protocol):
+    """A backend that creates key versions and runs cryptographic operations with them.
+
+    Material never leaves a remote provider (KMS, HSM, Vault): those return a `provider_key_ref`.
+    The local provider returns the material sealed under the master key instead.
+    """
+
+    name: str
+
+    def supports(self, algorithm: str) -> bool:
+        """Whether this provider can create and use keys of `algorithm` (name or alias)."""
+        ...
+
+    def create_version(
+        self, key_id: str, number: int, algorithm: str, key_bits: int | None = None
+    ) -> VersionMaterial:
+        """Generate version `number` of `key_id`; UnsupportedAlgorithmError if it cannot."""
+        ...
+
+    def encrypt(self, version: VersionHandle, plaintext: bytes, aad: bytes) -> bytes:
+        """Encrypt with this version."""
+        ...
+
+    def decrypt(self, version: VersionHandle, data: bytes, aad: bytes) -> bytes:
+        """Decrypt with this version; DecryptionError if the data does not authenticate."""
+        ...
+
+    def sign(self, version: VersionHandle, message: bytes) -> bytes:
+        """Sign (or MAC) `message` with this version."""
+        ...
+
+    def verify(self, version: VersionHandle, message: bytes, signature: bytes) -> None:
+        """Return if `signature` is valid, else raise InvalidSignatureError."""
+        ...
+
+    def health(self) -> ProviderHealth:
+        """Check that the provider is usable."""
+        ...

@@ -1,0 +1,45 @@
+"""The services one keyrotor process needs, built from its settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.envelope import MasterKeyring
+from core.keys import KeyService
+from core.policy import Policies, default_policy_path, load_policies
+from core.providers.base import KeyProvider
+from core.providers.local import LocalProvider
+from core.settings import Settings
+from core.store.db import Store
+
+
+class ConfigurationError(RuntimeError):
+    """The process cannot start with these settings; the message says which one and why."""
+
+
+@dataclass
+class Services:
+    """Everything the worker and the API share."""
+
+    settings: Settings
+    policies: Policies
+    keyring: MasterKeyring
+    store: Store
+    providers: dict[str, KeyProvider]
+    keys: KeyService
+
+    def close(self) -> None:
+        self.store.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    """Load the policy, open and migrate the store, and set up the providers."""
+    if settings.master_key is None:
+        raise ConfigurationError("KEYROTOR_MASTER_KEY is not set")
+    keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
+    policies = load_policies(settings.config or default_policy_path())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.resolved_database_url())
+    store.migrate()
+    providers: dict[str, KeyProvider] = {"local": LocalProvider(keyring)}
+    return Services(settings, policies, keyring, store, providers, KeyService(store, providers))

@@ -1,0 +1,38 @@
+"""Settings from the environment (KEYROTOR_*) and the policy file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Process settings. Secrets are SecretStr so they never print."""
+
+    model_config = SettingsConfigDict(env_prefix="KEYROTOR_", extra="ignore")
+
+    data_dir: Path = Path(".keyrotor")
+    database_url: str = ""
+    master_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
+    config: Path | None = None
+    temporal_address: str = "localhost:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = "keyrotor"
+    api_host: str = "127.0.0.1"
+    api_port: int = 3000
+    ui_origin: str = "http://localhost:8233"
+    # Lets the Temporal UI (which has no keyrotor credentials in dev) call the codec endpoint
+    # from its origin without an admin key. Only `keyrotor dev` turns it on.
+    codec_allow_ui_origin: bool = False
+
+    def ui_origins(self) -> list[str]:
+        """`ui_origin` may list several origins, comma-separated."""
+        return [o.strip() for o in self.ui_origin.split(",") if o.strip()]
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'keyrotor.db').resolve()}"

@@ -1,0 +1,156 @@
+"""Database access: one `Store` per database URL (SQLite by default, PostgreSQL when configured).
+
+SQLite runs in WAL mode with foreign keys on. SQLAlchemy, not the sqlite3 driver, emits BEGIN, so
+that reads are transactional and a write transaction can start with BEGIN IMMEDIATE: taking the
+write lock up front avoids the "database is locked" error a deferred transaction gets when it
+tries to upgrade its read lock while another connection is writing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
+
+# Execution option that marks connections of `Store.write()`; the SQLite "begin" hook reads it.
+WRITE_TRANSACTION_OPTION: Final = "keyrotor_write_transaction"
+
+DEFAULT_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
+
+# Any constant works; it only has to be the same for every keyrotor process on one database.
+_MIGRATION_LOCK_KEY: Final = 0x6B6579726F746F72  # "keyrotor"
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLAlchemy URL of the SQLite database file at `path` (made absolute)."""
+    return URL.create("sqlite", database=str(path.expanduser().resolve())).render_as_string()
+
+
+def normalize_url(url: str) -> str:
+    """Route PostgreSQL URLs (`postgres://`, `postgresql://`) through the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+class Store:
+    """Engine + session factory for one database URL.
+
+    `session()` is for reads and for callers that manage their own transaction; every write that
+    must serialise with other writers (a lifecycle transition and its audit record) goes through
+    `write()`.
+    """
+
+    def __init__(
+        self, url: str, *, sqlite_busy_timeout_ms: int = DEFAULT_SQLITE_BUSY_TIMEOUT_MS
+    ) -> None:
+        self.url: str = normalize_url(url)
+        parsed = make_url(self.url)
+        self.is_sqlite: bool = parsed.get_backend_name() == "sqlite"
+        if self.is_sqlite:
+            self.engine: Engine = _sqlite_engine(parsed, sqlite_busy_timeout_ms)
+        else:
+            self.engine = create_engine(parsed, pool_pre_ping=True)
+        self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            bind=self.engine.execution_options(**{WRITE_TRANSACTION_OPTION: True}),
+            expire_on_commit=False,
+        )
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked, fit for logs and error messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    def __repr__(self) -> str:
+        return f"Store({self.safe_url!r})"
+
+    def session(self) -> Session:
+        """A new session (not begun); use it as a context manager and commit yourself."""
+        return self._sessions()
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A session in a write transaction: commits on success, rolls back on error.
+
+        On SQLite the transaction begins with BEGIN IMMEDIATE, so concurrent writers queue on the
+        database lock (up to the busy timeout) instead of failing; on PostgreSQL it is an
+        ordinary READ COMMITTED transaction and writers serialise on row locks.
+        """
+        with self._write_sessions() as session, session.begin():
+            yield session
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision; a no-op when it is already there.
+
+        Runs in one transaction that first takes a database-wide lock (an advisory lock on
+        PostgreSQL, the write lock on SQLite), so that processes starting together migrate once.
+        """
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(**{WRITE_TRANSACTION_OPTION: True})
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
+                    )
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
+    database = url.database or ""
+    in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
+    kwargs: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False},
+        "pool_pre_ping": True,
+    }
+    if in_memory:
+        # Every connection to ":memory:" is a new database: share one connection instead.
+        kwargs["poolclass"] = StaticPool
+    else:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        assert isinstance(dbapi_connection, sqlite3.Connection)
+        # The driver must not emit BEGIN on its own; `_on_begin` does.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            # busy_timeout first: switching to WAL needs a lock another connection may hold.
+            cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            if not in_memory:
+                cursor.execute("PRAGMA journal_mode = WAL")
+                # FULL is the default; keep it explicit: a committed audit record must survive
+                # power loss, which WAL's popular NORMAL setting does not promise.
+                cursor.execute("PRAGMA synchronous = FULL")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get(WRITE_TRANSACTION_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine

@@ -1,0 +1,262 @@
+"""KeyLifecycleWorkflow on the time-skipping test server: months pass in milliseconds.
+
+The activities are the real ones, writing a real SQLite store with the local provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from core.keys import KeyStateError
+from core.lifecycle import LifecyclePolicy, new_key
+from core.objects import KeySpec
+from core.services import Services
+from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
+from worker.main import build_worker
+from workflows.key_lifecycle import KeyLifecycleWorkflow
+from workflows.types import (
+    KeyDescription,
+    KeyWorkflowInput,
+    OperatorAction,
+    RotateRequest,
+    RotationResult,
+    StatusChange,
+    key_workflow_id,
+)
+
+DAY = 86400
+# the default encryption policy of config/keyrotor.toml: P30D / P7D / P90D, grace P7D
+POLICY = LifecyclePolicy(
+    rotation_interval=30 * DAY, warning_threshold=7 * DAY, max_lifetime=90 * DAY, grace_period=7 * DAY
+)
+
+
+STARTED: list[WorkflowHandle[KeyLifecycleWorkflow, str]] = []
+
+
+@pytest.fixture
+async def env(
+    time_skipping_env: WorkflowEnvironment, services: Services, task_queue: str
+) -> AsyncIterator[WorkflowEnvironment]:
+    async with build_worker(time_skipping_env.client, services, task_queue):
+        yield time_skipping_env
+        # A workflow left running without its worker would hold the shared server's clock.
+        while STARTED:
+            handle = STARTED.pop()
+            with contextlib.suppress(RPCError):
+                await handle.terminate("test over")
+
+
+async def start_key(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    expires_in: timedelta | None = None,
+    policy: LifecyclePolicy = POLICY,
+) -> tuple[WorkflowHandle[KeyLifecycleWorkflow, str], KeySpec, datetime]:
+    now = await env.get_current_time()
+    spec = KeySpec(
+        key_id=f"key_{uuid.uuid4().hex[:20]}",
+        environment="dev",
+        type="encryption",
+        algorithm="AES-256-GCM",
+        provider="local",
+        key_bits=256,
+        owner="team-a",
+    )
+    lifecycle = new_key(policy, now, now + expires_in if expires_in else None)
+    handle = await env.client.start_workflow(
+        KeyLifecycleWorkflow.run,
+        KeyWorkflowInput(spec=spec, lifecycle=lifecycle, publish_search_attributes=False),
+        id=key_workflow_id("dev", spec.key_id),
+        task_queue=task_queue,
+    )
+    STARTED.append(handle)
+    assert await handle.execute_update(KeyLifecycleWorkflow.wait_created) == 1
+    return handle, spec, now
+
+
+def versions(services: Services, key_id: str) -> dict[int, str]:
+    with services.store.session() as s:
+        rows = s.scalars(select(KeyVersionRow).where(KeyVersionRow.key_id == key_id))
+        return {v.number: v.state for v in rows}
+
+
+def actions(services: Services, key_id: str) -> list[str]:
+    with services.store.session() as s:
+        q = select(AuditRecordRow.action).where(AuditRecordRow.object_id == key_id)
+        return list(s.scalars(q.order_by(AuditRecordRow.seq)))
+
+
+async def test_scheduled_lifecycle_warn_rotate_grace_retire(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, t0 = await start_key(env, task_queue)
+    assert versions(services, spec.key_id) == {1: "active"}
+    old = services.keys.encrypt(spec.key_id, b"before rotation", b"")
+
+    await env.sleep(timedelta(days=23) - timedelta(minutes=1))
+    assert "key.rotation_warning" not in actions(services, spec.key_id)
+    await env.sleep(timedelta(minutes=2))
+    assert actions(services, spec.key_id) == ["key.created", "key.rotation_warning"]
+    with services.store.session() as s:
+        events = list(s.scalars(select(EventRow.type).where(EventRow.object_id == spec.key_id)))
+    assert events == ["keyCreated", "keyExpiring"]
+
+    await env.sleep(timedelta(days=7))  # day 30 + 1 min: rotated
+    assert versions(services, spec.key_id) == {1: "grace", 2: "active"}
+    with services.store.session() as s:
+        v1 = s.get(KeyVersionRow, (spec.key_id, 1))
+        assert v1 is not None and v1.grace_until is not None
+        assert abs(v1.grace_until - (t0 + timedelta(days=37))) < timedelta(seconds=1)
+        key = s.get(KeyRow, spec.key_id)
+        assert key is not None and key.current_version == 2
+        assert key.next_rotation_at is not None
+        assert abs(key.next_rotation_at - (t0 + timedelta(days=60))) < timedelta(seconds=1)
+    # grace: the old ciphertext still decrypts, new encryptions use version 2
+    assert services.keys.decrypt(spec.key_id, str(old.value), b"").value == b"before rotation"
+    assert services.keys.encrypt(spec.key_id, b"x", b"").version == 2
+
+    await env.sleep(timedelta(days=7))  # day 37 + 1 min: grace over
+    assert versions(services, spec.key_id)[1] == "retired"
+    with pytest.raises(KeyStateError, match="retired"):
+        services.keys.decrypt(spec.key_id, str(old.value), b"")
+
+    desc = await handle.query(KeyLifecycleWorkflow.describe)
+    assert [v.number for v in desc.lifecycle.versions] == [2]  # retired v1 pruned
+    assert desc.next_transition is not None and desc.next_transition.kind == "warn"
+    assert actions(services, spec.key_id) == [
+        "key.created",
+        "key.rotation_warning",
+        "key.rotated",
+        "key.version_retired",
+    ]
+
+
+async def test_emergency_rotation_compromises_at_once(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue)
+    old = services.keys.encrypt(spec.key_id, b"secret data", b"")
+    await handle.signal(KeyLifecycleWorkflow.emergency_rotate, OperatorAction(reason="leaked"))
+    desc = await _wait(handle, lambda d: d.lifecycle.last_version == 2)
+    assert desc.lifecycle.status == "active"
+    assert versions(services, spec.key_id) == {1: "compromised", 2: "active"}
+    with pytest.raises(KeyStateError, match="compromised"):
+        services.keys.decrypt(spec.key_id, str(old.value), b"")
+    with services.store.session() as s:
+        rec = s.scalars(
+            select(AuditRecordRow).where(AuditRecordRow.action == "key.emergency_rotated")
+        ).one()
+        assert rec.reason == "compromise: leaked" and rec.actor == "operator"
+
+
+async def test_rotate_update_is_idempotent_and_honours_grace_override(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, t0 = await start_key(env, task_queue)
+    req = RotateRequest(reason="manual", grace_period_seconds=3600, request_id="req-1")
+    first = await handle.execute_update(KeyLifecycleWorkflow.rotate, req)
+    again = await handle.execute_update(KeyLifecycleWorkflow.rotate, req)
+    assert first == again == RotationResult(from_version=1, to_version=2)
+    assert versions(services, spec.key_id) == {1: "grace", 2: "active"}
+    with services.store.session() as s:
+        v1 = s.get(KeyVersionRow, (spec.key_id, 1))
+        assert v1 is not None and v1.grace_until is not None
+        assert v1.grace_until - v1.state_changed_at == timedelta(hours=1)
+    await env.sleep(timedelta(hours=1, minutes=1))
+    assert versions(services, spec.key_id) == {1: "retired", 2: "active"}
+
+
+async def test_validator_rejects_bad_requests_before_history(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue)
+    for bad in (
+        RotateRequest(reason="because"),
+        RotateRequest(grace_period_seconds=-1),
+        RotateRequest(grace_period_seconds=91 * DAY),
+    ):
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(KeyLifecycleWorkflow.rotate, bad)
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
+    history = await handle.fetch_history()
+    accepted = [
+        e for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    ]
+    assert accepted == [] or all(
+        a.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+        == "wait_created"
+        for a in accepted
+    )
+    assert versions(services, spec.key_id) == {1: "active"}
+
+
+async def test_suspend_resume_and_expiry_while_suspended(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue)
+    assert await handle.execute_update(
+        KeyLifecycleWorkflow.change_status, StatusChange("suspend", "investigating")
+    ) == "suspended"
+    assert versions(services, spec.key_id) == {1: "suspended"}
+    with pytest.raises(KeyStateError):
+        services.keys.encrypt(spec.key_id, b"x", b"")
+    # no rotation while suspended, but the version still hits its max lifetime (90 days)
+    await env.sleep(timedelta(days=91))
+    assert versions(services, spec.key_id) == {1: "expired"}
+    assert "key.rotated" not in actions(services, spec.key_id)
+    await handle.signal(KeyLifecycleWorkflow.resume, OperatorAction(reason="all clear"))
+    await _wait(handle, lambda d: d.lifecycle.last_version == 2)
+    assert versions(services, spec.key_id) == {1: "expired", 2: "active"}
+    assert services.keys.encrypt(spec.key_id, b"x", b"").version == 2
+
+
+async def test_revoke_ends_the_workflow(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue)
+    await handle.execute_update(KeyLifecycleWorkflow.rotate, RotateRequest())
+    await handle.signal(KeyLifecycleWorkflow.revoke, OperatorAction(reason="decommissioned"))
+    assert await handle.result() == "revoked"
+    assert versions(services, spec.key_id) == {1: "compromised", 2: "compromised"}
+    with services.store.session() as s:
+        key = s.get(KeyRow, spec.key_id)
+        assert key is not None and key.status == "revoked" and key.next_rotation_at is None
+
+
+async def test_key_expiry_ends_the_workflow(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue, expires_in=timedelta(days=45))
+    assert await handle.result() == "expired"  # the test server skips the 45 days
+    assert versions(services, spec.key_id) == {1: "retired", 2: "expired"}
+    assert actions(services, spec.key_id)[-1] == "key.expired"
+
+
+async def _wait(
+    handle: WorkflowHandle[KeyLifecycleWorkflow, str], done: Callable[[KeyDescription], bool]
+) -> KeyDescription:
+    for _ in range(200):
+        d = await handle.query(KeyLifecycleWorkflow.describe)
+        if done(d):
+            return d
+        await asyncio.sleep(0.02)
+    raise AssertionError("workflow did not reach the expected state")
+
+
+def test_policy_matches_config(services: Services) -> None:
+    assert services.policies.key_type("encryption").lifecycle() == POLICY
+

@@ -1,0 +1,37 @@
+"""The keyrotor worker: runs the lifecycle workflows and their activities."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.keys import KeyActivities
+from core.codec import connect_client
+from core.services import Services
+from workflows.key_lifecycle import KeyLifecycleWorkflow
+
+ACTIVITY_THREADS = 32
+
+
+def build_worker(client: Client, services: Services, task_queue: str | None = None) -> Worker:
+    """A worker for every keyrotor workflow and activity, sharing `services`."""
+    keys = KeyActivities(services.keys)
+    return Worker(
+        client,
+        task_queue=task_queue or services.settings.task_queue,
+        workflows=[KeyLifecycleWorkflow],
+        activities=[keys.commit_key_transition],
+        activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
+        max_concurrent_activities=ACTIVITY_THREADS,
+    )
+
+
+async def run_worker(services: Services, stop: asyncio.Event | None = None) -> None:
+    """Connect to Temporal and run the worker until `stop` is set (or forever)."""
+    s = services.settings
+    client = await connect_client(s.temporal_address, s.temporal_namespace, services.keyring)
+    async with build_worker(client, services):
+        await (stop or asyncio.Event()).wait()

@@ -1,0 +1,131 @@
+"""Frozen dataclasses that cross the workflow boundary. None of them carries a secret.
+
+Signal argument shapes are a public interface (operators send them from the Temporal UI and
+`temporal workflow signal --input '{"reason": "..."}'`): keep them stable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+
+from core.lifecycle import KeyLifecycle, Transition
+from core.objects import KeySpec
+
+TASK_QUEUE = "keyrotor"
+KEY_WORKFLOW = "KeyLifecycleWorkflow"
+
+# Search attributes: what operators filter on in the UI and what `GET /keys` can list by.
+# Never encrypted, so never anything secret or personal.
+SA_KIND = SearchAttributeKey.for_keyword("KeyrotorKind")
+SA_TYPE = SearchAttributeKey.for_keyword("KeyrotorType")
+SA_STATE = SearchAttributeKey.for_keyword("KeyrotorState")
+SA_OWNER = SearchAttributeKey.for_keyword("KeyrotorOwner")
+SA_ENVIRONMENT = SearchAttributeKey.for_keyword("KeyrotorEnvironment")
+SA_ALGORITHM = SearchAttributeKey.for_keyword("KeyrotorAlgorithm")
+SA_PROVIDER = SearchAttributeKey.for_keyword("KeyrotorProvider")
+SA_NEXT_ROTATION = SearchAttributeKey.for_datetime("KeyrotorNextRotation")
+SEARCH_ATTRIBUTE_KEYS = (
+    SA_KIND,
+    SA_TYPE,
+    SA_STATE,
+    SA_OWNER,
+    SA_ENVIRONMENT,
+    SA_ALGORITHM,
+    SA_PROVIDER,
+    SA_NEXT_ROTATION,
+)
+
+
+def key_search_attributes(
+    spec: KeySpec, status: str, next_rotation: datetime | None
+) -> TypedSearchAttributes:
+    """The search attributes of a key's workflow."""
+    pairs: list[SearchAttributePair[object]] = [
+        SearchAttributePair(SA_KIND, "key"),
+        SearchAttributePair(SA_TYPE, spec.type),
+        SearchAttributePair(SA_STATE, status),
+        SearchAttributePair(SA_OWNER, spec.owner),
+        SearchAttributePair(SA_ENVIRONMENT, spec.environment),
+        SearchAttributePair(SA_ALGORITHM, spec.algorithm),
+        SearchAttributePair(SA_PROVIDER, spec.provider),
+    ]
+    if next_rotation is not None:
+        pairs.append(SearchAttributePair(SA_NEXT_ROTATION, next_rotation))
+    return TypedSearchAttributes(pairs)
+
+
+def key_workflow_id(environment: str, key_id: str) -> str:
+    """`keyrotor/key/<environment>/<key id>`: operators find keys by it in the UI."""
+    return f"keyrotor/key/{environment}/{key_id}"
+
+
+@dataclass(frozen=True)
+class RequestOutcome:
+    """The result of an idempotent request, remembered across continue-as-new."""
+
+    request_id: str
+    from_version: int
+    to_version: int
+
+
+@dataclass(frozen=True)
+class KeyWorkflowInput:
+    """Start input of `KeyLifecycleWorkflow`, and what it carries into continue-as-new."""
+
+    spec: KeySpec
+    lifecycle: KeyLifecycle
+    # The time-skipping test server has no custom search attributes.
+    publish_search_attributes: bool = True
+    # Set only on continue-as-new: the key already exists and its state is committed.
+    created: bool = False
+    transition_seq: int = 0
+    recent_requests: tuple[RequestOutcome, ...] = ()
+
+
+@dataclass(frozen=True)
+class RotateRequest:
+    """Update `rotate`: `reason` is one of the rotation reasons; `compromise` means no grace."""
+
+    reason: str = "manual"
+    comment: str = ""
+    grace_period_seconds: int | None = None
+    actor: str = ""
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    """What a rotation did."""
+
+    from_version: int
+    to_version: int
+
+
+@dataclass(frozen=True)
+class OperatorAction:
+    """Argument of the signals `emergency_rotate`, `revoke`, `suspend`, `resume`."""
+
+    reason: str = ""
+    actor: str = "operator"
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """Update `change_status`: the REST path's synchronous revoke, suspend and resume."""
+
+    action: str
+    reason: str = ""
+    actor: str = ""
+
+
+@dataclass(frozen=True)
+class KeyDescription:
+    """Query `describe`: the key's spec, lifecycle state and what happens next."""
+
+    spec: KeySpec
+    lifecycle: KeyLifecycle
+    next_transition: Transition | None
+    created: bool
