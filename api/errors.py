@@ -74,12 +74,18 @@ def install(app: FastAPI) -> None:
         code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(e.status_code, "HTTP_ERROR")
         return error_response(e.status_code, code, str(e.detail))
 
-    @app.exception_handler(Exception)
     async def _domain(request: Request, e: Exception) -> JSONResponse:
         for cls, status, code in ERROR_TABLE:
             if isinstance(e, cls):
                 safe = next((m for c, m in SAFE_MESSAGES.items() if isinstance(e, c)), None)
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
                 return error_response(status, code, safe or str(e), headers)
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        raise e
+
+    for cls, _, _ in ERROR_TABLE:
+        app.add_exception_handler(cls, _domain)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.error("unhandled %s on %s %s", type(e).__name__, request.method, request.url.path)
         return error_response(500, "INTERNAL", "internal error")

@@ -277,11 +277,6 @@ def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
         if len(rows) < batch_size:
             break
 
-    if head is None:
-        past = session.scalar(select(func.min(AuditRecordRow.seq)))
-        if past is not None:
-            return broken(past, 0, "the audit head is missing but records exist")
-        return ChainReport(True, 0, GENESIS_HASH, None, "")
     if last_seq != head_seq:
         return broken(
             last_seq + 1,
@@ -290,13 +285,14 @@ def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
         )
     if last_hash != head_hash:
         return broken(head_seq, checked, f"head hash does not match record {head_seq}")
-    # Max first, head second: the head only moves forward, together with its record, so any
-    # record past the head read afterwards was not written by `append`.
+    # Records past the head. Max first, head second: `append` moves the head forward in the same
+    # transaction as its record, so a record past the head read afterwards was not appended.
     max_seq = session.scalar(select(func.max(AuditRecordRow.seq))) or 0
-    current_head_seq = (
-        session.scalar(select(AuditHeadRow.seq).where(AuditHeadRow.id == HEAD_ID)) or 0
-    )
-    if max_seq > current_head_seq:
+    current_head_seq = session.scalar(select(AuditHeadRow.seq).where(AuditHeadRow.id == HEAD_ID))
+    if current_head_seq is None and max_seq > 0:
+        first = session.scalar(select(func.min(AuditRecordRow.seq))) or 1
+        return broken(first, checked, "the audit head is missing but records exist")
+    if current_head_seq is not None and max_seq > current_head_seq:
         return broken(
             current_head_seq + 1,
             checked,

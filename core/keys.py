@@ -295,15 +295,15 @@ class KeyService:
     def statistics(self) -> dict[str, object]:
         with self._store.session() as s:
             by_status = dict(
-                s.execute(select(KeyRow.status, func.count()).group_by(KeyRow.status)).tuples()
+                s.execute(select(KeyRow.status, func.count()).group_by(KeyRow.status)).tuples().all()
             )
             by_type = dict(
-                s.execute(select(KeyRow.type, func.count()).group_by(KeyRow.type)).tuples()
+                s.execute(select(KeyRow.type, func.count()).group_by(KeyRow.type)).tuples().all()
             )
             versions = dict(
                 s.execute(
                     select(KeyVersionRow.state, func.count()).group_by(KeyVersionRow.state)
-                ).tuples()
+                ).tuples().all()
             )
             rotations = s.scalar(
                 select(func.count())

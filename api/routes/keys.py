@@ -30,7 +30,6 @@ from core.services import Services
 from core.store.models import KeyRow, KeyVersionRow
 from workflows.types import (
     KEY_WORKFLOW,
-    TASK_QUEUE,
     KeyWorkflowInput,
     RotateRequest,
     RotationResult,
@@ -171,7 +170,7 @@ async def generate_key(
         KEY_WORKFLOW,
         KeyWorkflowInput(spec=spec, lifecycle=lifecycle),
         id=workflow_id,
-        task_queue=TASK_QUEUE,
+        task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=key_search_attributes(spec, "active", lifecycle.versions[0].rotate_at),

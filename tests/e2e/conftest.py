@@ -1,0 +1,61 @@
+"""The whole stack on one machine: the real Temporal dev server, a worker and the REST API."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+from core.services import Services, build_services
+from core.settings import Settings
+from tests.fixtures.temporal import TEST_MASTER_KEY
+from worker.main import build_worker
+
+
+@dataclass
+class Stack:
+    services: Services
+    http: httpx.AsyncClient
+    client: Client
+    admin_key: str
+    data_dir: Path
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin_key}"}
+
+    def new_admin_key(self, role: Role) -> str:
+        keys = AdminKeys(self.services.store, self.services.keyring.derive(PEPPER_PURPOSE))
+        return keys.create(f"test-{role}", role, "test")
+
+
+@pytest.fixture(scope="module")
+async def stack(
+    dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    settings = Settings(
+        data_dir=data_dir,
+        master_key=SecretStr(TEST_MASTER_KEY),
+        task_queue=f"e2e-{uuid.uuid4().hex[:8]}",
+    )
+    services = build_services(settings)
+    admin_key = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE)).create(
+        "test-admin", Role.ADMIN, "test"
+    )
+    app = create_app(services, dev_env.client)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        build_worker(dev_env.client, services),
+        httpx.AsyncClient(transport=transport, base_url="http://keyrotor.test") as http,
+    ):
+        yield Stack(services, http, dev_env.client, admin_key, data_dir)
+    services.close()
