@@ -39,7 +39,7 @@ def principal(request: Request) -> AdminPrincipal:
     return admin_keys.authenticate(token.strip())
 
 
-def require(permission: Permission) -> Callable[[Request], AdminPrincipal]:
+def require(permission: Permission) -> Callable[[AdminPrincipal], AdminPrincipal]:
     """A dependency that authenticates the caller and checks its role allows `permission`."""
 
     def check(who: AdminPrincipal = Depends(principal)) -> AdminPrincipal:  # noqa: B008

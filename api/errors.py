@@ -48,11 +48,18 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (ProviderError, 503, "PROVIDER_UNAVAILABLE"),
 ]
 
-SAFE_MESSAGES = {DecryptionError: "the ciphertext could not be decrypted", ProviderError: "the key provider failed"}
+SAFE_MESSAGES = {
+    DecryptionError: "the ciphertext could not be decrypted",
+    ProviderError: "the key provider failed",
+}
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def install(app: FastAPI) -> None:

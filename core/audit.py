@@ -62,14 +62,21 @@ class AuditEntry:
             raise ValueError("AuditEntry.at must be timezone-aware")
         for name, limit in _TEXT_LIMITS.items():
             value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"AuditEntry.{name} must be a non-empty string")
+            if not isinstance(value, str):
+                raise ValueError(f"AuditEntry.{name} must be a string")
+            # The actor may come from an operator's signal; an unnamed one must not block the
+            # transition it records. The other fields are ours.
+            if not value and name != "actor":
+                raise ValueError(f"AuditEntry.{name} must not be empty")
+            # PostgreSQL enforces these lengths and SQLite does not: check on both.
             if limit is not None and len(value) > limit:
                 raise ValueError(f"AuditEntry.{name} is longer than {limit} characters")
         if self.version is not None and (
             not isinstance(self.version, int) or isinstance(self.version, bool)
         ):
             raise ValueError("AuditEntry.version must be an int or None")
+        if not isinstance(self.reason, str):
+            raise ValueError("AuditEntry.reason must be a string")
         for key, value in self.details.items():
             # Only types that survive a JSON round trip unchanged, or the hash would not verify.
             if not isinstance(key, str):

@@ -7,16 +7,15 @@ from the Temporal UI or `temporal workflow signal`) pass through decode unchange
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
+import temporalio.converter
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
-import dataclasses
-
-import temporalio.converter
 from temporalio.converter import (
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import audit
 from core.lifecycle import PROCESS_STATES, PROTECT_STATES, KeyStatus, next_rotation_at
@@ -294,17 +294,9 @@ class KeyService:
 
     def statistics(self) -> dict[str, object]:
         with self._store.session() as s:
-            by_status = dict(
-                s.execute(select(KeyRow.status, func.count()).group_by(KeyRow.status)).tuples().all()
-            )
-            by_type = dict(
-                s.execute(select(KeyRow.type, func.count()).group_by(KeyRow.type)).tuples().all()
-            )
-            versions = dict(
-                s.execute(
-                    select(KeyVersionRow.state, func.count()).group_by(KeyVersionRow.state)
-                ).tuples().all()
-            )
+            by_status = _counts(s, KeyRow.status)
+            by_type = _counts(s, KeyRow.type)
+            versions = _counts(s, KeyVersionRow.state)
             rotations = s.scalar(
                 select(func.count())
                 .select_from(AuditRecordRow)
@@ -318,6 +310,10 @@ class KeyService:
             "versionsByState": versions,
             "totalRotations": rotations or 0,
         }
+
+
+def _counts(s: Session, column: InstrumentedAttribute[str]) -> dict[str, int]:
+    return {value: n for value, n in s.execute(select(column, func.count()).group_by(column))}
 
 
 def _committed(s: Session, transition_id: str) -> bool:

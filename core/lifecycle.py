@@ -128,11 +128,7 @@ class KeyLifecycle:
     def current(self) -> VersionTimes | None:
         """The version that is (or, while suspended, would be) the one in use."""
         return next(
-            (
-                v
-                for v in self.versions
-                if v.state in (VersionState.ACTIVE, VersionState.SUSPENDED)
-            ),
+            (v for v in self.versions if v.state in (VersionState.ACTIVE, VersionState.SUSPENDED)),
             None,
         )
 

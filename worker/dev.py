@@ -54,7 +54,9 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def start_temporal(data_dir: Path, port: int, ui_port: int, codec_url: str) -> subprocess.Popen[bytes]:
+def start_temporal(
+    data_dir: Path, port: int, ui_port: int, codec_url: str
+) -> subprocess.Popen[bytes]:
     cmd = [
         temporal_binary(),
         "server",
@@ -67,7 +69,7 @@ def start_temporal(data_dir: Path, port: int, ui_port: int, codec_url: str) -> s
         "--log-level", "error",
         *search_attribute_flags(),
     ]  # fmt: skip
-    log_file = open(data_dir / "temporal.log", "ab")  # noqa: SIM115 - lives as long as the server
+    log_file = open(data_dir / "temporal.log", "ab")
     return subprocess.Popen(
         cmd, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
     )
@@ -91,7 +93,9 @@ async def _connect(address: str, settings: Settings, server: subprocess.Popen[by
     keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
     for _ in range(300):
         if server.poll() is not None:
-            raise SystemExit(f"the Temporal dev server exited (code {server.returncode}); see temporal.log")
+            raise SystemExit(
+                f"the Temporal dev server exited (code {server.returncode}); see temporal.log"
+            )
         try:
             return await connect_client(address, settings.temporal_namespace, keyring)
         except RuntimeError:
@@ -114,7 +118,9 @@ async def run_dev(data_dir: Path, api_port: int, temporal_port: int, ui_port: in
             "(never do this outside development)",
             data_dir / "master.key",
         )
-        overrides["master_key"] = SecretStr(_secret_file(data_dir / "master.key", generate_master_key()))
+        overrides["master_key"] = SecretStr(
+            _secret_file(data_dir / "master.key", generate_master_key())
+        )
     settings = Settings(**overrides)  # type: ignore[arg-type]
     services = build_or_exit(settings)
     admin = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE))

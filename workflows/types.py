@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
@@ -43,7 +44,7 @@ def key_search_attributes(
     spec: KeySpec, status: str, next_rotation: datetime | None
 ) -> TypedSearchAttributes:
     """The search attributes of a key's workflow."""
-    pairs: list[SearchAttributePair[object]] = [
+    pairs: list[SearchAttributePair[Any]] = [
         SearchAttributePair(SA_KIND, "key"),
         SearchAttributePair(SA_TYPE, spec.type),
         SearchAttributePair(SA_STATE, status),

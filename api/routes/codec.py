@@ -27,7 +27,7 @@ async def _payloads(request: Request) -> Payloads:
     try:
         return json_format.Parse(await request.body(), Payloads())
     except json_format.ParseError:
-        raise APIError(400, "INVALID_REQUEST", "body must be {\"payloads\": [...]}") from None
+        raise APIError(400, "INVALID_REQUEST", 'body must be {"payloads": [...]}') from None
 
 
 @router.post("/encode")

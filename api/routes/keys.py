@@ -9,7 +9,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi import APIRouter, Body, Depends, Header, Query
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -136,7 +136,9 @@ async def generate_key(
     """Create a key: its workflow generates version 1; answers once it is committed."""
     policy = svc.policies.key_type(body.type)
     algorithm = resolve(body.algorithm).name if body.algorithm else policy.algorithm
-    key_bits = policy.key_bits if algorithm == policy.algorithm else resolve(algorithm).default_key_bits
+    key_bits = (
+        policy.key_bits if algorithm == policy.algorithm else resolve(algorithm).default_key_bits
+    )
     provider = body.provider or svc.policies.default_provider
     if not svc.keys.provider(provider).supports(algorithm):
         raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
@@ -166,7 +168,7 @@ async def generate_key(
         metadata=metadata,
     )
     workflow_id = key_workflow_id(environment, spec.key_id)
-    start = WithStartWorkflowOperation(
+    start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
         KEY_WORKFLOW,
         KeyWorkflowInput(spec=spec, lifecycle=lifecycle),
         id=workflow_id,
@@ -187,7 +189,9 @@ async def generate_key(
         )
     except TimeoutError:
         raise APIError(
-            503, "WORKER_UNAVAILABLE", f"key {spec.key_id} was accepted but no worker created it yet"
+            503,
+            "WORKER_UNAVAILABLE",
+            f"key {spec.key_id} was accepted but no worker created it yet",
         ) from None
     except RPCError:
         raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
@@ -278,7 +282,11 @@ async def rotate_key(
 
 
 async def _change_status(
-    key_id: str, action: str, body: schemas.ReasonRequest | None, svc: Services, client: Client,
+    key_id: str,
+    action: str,
+    body: schemas.ReasonRequest | None,
+    svc: Services,
+    client: Client,
     who: AdminPrincipal,
 ) -> dict[str, Any]:
     body = body or schemas.ReasonRequest()
@@ -296,7 +304,10 @@ async def _change_status(
 
 @router.delete("/{key_id}")
 async def revoke_key(
-    key_id: str, svc: Svc, client: Temporal, who: Operator,
+    key_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
     body: Annotated[schemas.ReasonRequest | None, Body()] = None,
 ) -> dict[str, Any]:
     """Revoke: every version is compromised at once; from the answer on, use is refused."""
@@ -305,7 +316,11 @@ async def revoke_key(
 
 @router.post("/{key_id}/suspend")
 async def suspend_key(
-    key_id: str, svc: Svc, client: Temporal, who: Operator, body: schemas.ReasonRequest | None = None
+    key_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    body: schemas.ReasonRequest | None = None,
 ) -> dict[str, Any]:
     """Suspend: no use and no scheduled rotation until resumed."""
     return await _change_status(key_id, "suspend", body, svc, client, who)
@@ -313,7 +328,11 @@ async def suspend_key(
 
 @router.post("/{key_id}/resume")
 async def resume_key(
-    key_id: str, svc: Svc, client: Temporal, who: Operator, body: schemas.ReasonRequest | None = None
+    key_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    body: schemas.ReasonRequest | None = None,
 ) -> dict[str, Any]:
     """Resume a suspended key."""
     return await _change_status(key_id, "resume", body, svc, client, who)

@@ -46,7 +46,9 @@ async def test_generate_use_rotate_with_grace_and_revoke(stack: Stack) -> None:
     first = await stack.http.post(f"{API}/keys/{kid}/rotate", json=body, headers=headers)
     again = await stack.http.post(f"{API}/keys/{kid}/rotate", json=body, headers=headers)
     assert first.status_code == again.status_code == 200, first.text
-    assert first.json()["rotation"] == again.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+    assert (
+        first.json()["rotation"] == again.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+    )
     states = {v["version"]: v["state"] for v in again.json()["key"]["versions"]}
     assert states == {1: "grace", 2: "active"}
 
@@ -67,15 +69,20 @@ async def test_generate_use_rotate_with_grace_and_revoke(stack: Stack) -> None:
 
     # a rotation with no grace retires version 2 at once
     r = await stack.http.post(
-        f"{API}/keys/{kid}/rotate", json={"reason": "manual", "gracePeriod": "PT0S"},
+        f"{API}/keys/{kid}/rotate",
+        json={"reason": "manual", "gracePeriod": "PT0S"},
         headers=stack.auth(),
     )
     assert {v["version"]: v["state"] for v in r.json()["key"]["versions"]} == {
-        1: "grace", 2: "retired", 3: "active",
+        1: "grace",
+        2: "retired",
+        3: "active",
     }
 
     r = await stack.http.request(
-        "DELETE", f"{API}/keys/{kid}", json={"userId": "alice", "reason": "done"},
+        "DELETE",
+        f"{API}/keys/{kid}",
+        json={"userId": "alice", "reason": "done"},
         headers=stack.auth(),
     )
     assert r.status_code == 200 and r.json()["key"]["status"] == "revoked"
@@ -88,18 +95,25 @@ async def test_generate_use_rotate_with_grace_and_revoke(stack: Stack) -> None:
 
 
 async def test_sign_and_verify_across_rotation(stack: Stack) -> None:
-    for type_, algorithm in (("signing", "RSA-2048"), ("signing", "Ed25519"), ("signing", "ECDSA-P256")):
+    for type_, algorithm in (
+        ("signing", "RSA-2048"),
+        ("signing", "Ed25519"),
+        ("signing", "ECDSA-P256"),
+    ):
         key = await generate(stack, type=type_, algorithm=algorithm)
         kid = key["id"]
         assert key["algorithm"] == algorithm
         msg = b64(b"release 1.2.3")
-        sig = (await stack.http.post(
-            f"{API}/keys/{kid}/sign", json={"message": msg}, headers=stack.auth()
-        )).json()
+        sig = (
+            await stack.http.post(
+                f"{API}/keys/{kid}/sign", json={"message": msg}, headers=stack.auth()
+            )
+        ).json()
         assert sig["version"] == 1
         await stack.http.post(f"{API}/keys/{kid}/rotate", json={}, headers=stack.auth())
         ok = await stack.http.post(
-            f"{API}/keys/{kid}/verify", json={"message": msg, "signature": sig["signature"]},
+            f"{API}/keys/{kid}/verify",
+            json={"message": msg, "signature": sig["signature"]},
             headers=stack.auth(),
         )
         assert ok.json() == {"valid": True, "version": 1}
@@ -152,7 +166,12 @@ async def test_bad_input_is_4xx_and_changes_nothing(stack: Stack) -> None:
         ("POST", f"{API}/keys/generate", {"type": "encryption", "algorithm": "ROT13"}, 400),
         ("POST", f"{API}/keys/generate", {"type": "encryption", "provider": "aws-kms"}, 400),
         ("POST", f"{API}/keys/generate", {"type": "encryption", "environment": "mars"}, 400),
-        ("POST", f"{API}/keys/generate", {"type": "encryption", "expiresAt": "2001-01-01T00:00:00Z"}, 400),
+        (
+            "POST",
+            f"{API}/keys/generate",
+            {"type": "encryption", "expiresAt": "2001-01-01T00:00:00Z"},
+            400,
+        ),
         ("POST", f"{API}/keys/generate", {"type": "encryption", "surprise": 1}, 400),
         ("POST", f"{API}/keys/{kid}/rotate", {"gracePeriod": "7 days"}, 400),
         ("POST", f"{API}/keys/{kid}/rotate", {"gracePeriod": "P1000D"}, 409),
@@ -186,7 +205,9 @@ async def test_list_filters_and_cursor_pagination(stack: Stack) -> None:
         if cursor is None:
             break
     assert set(made) <= set(seen) and len(seen) == len(set(seen))
-    offset = (await stack.http.get(f"{API}/keys?type=api&limit=2&offset=2", headers=stack.auth())).json()
+    offset = (
+        await stack.http.get(f"{API}/keys?type=api&limit=2&offset=2", headers=stack.auth())
+    ).json()
     assert [k["id"] for k in offset["keys"]] == seen[2:4]
     stats = (await stack.http.get(f"{API}/keys/statistics", headers=stack.auth())).json()
     assert stats["statistics"]["byType"]["api"] >= 5

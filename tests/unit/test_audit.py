@@ -113,7 +113,9 @@ def test_record_hash_depends_on_every_field_but_not_on_the_time_zone() -> None:
         ({"at": datetime(2025, 1, 1)}, "timezone-aware"),
         ({"details": {"ratio": 0.5}}, "must be str, int, bool or None"),
         ({"details": {"nested": {"a": 1}}}, "must be str, int, bool or None"),
-        ({"actor": ""}, "actor must be a non-empty string"),
+        ({"event_id": ""}, "event_id must not be empty"),
+        ({"action": ""}, "action must not be empty"),
+        ({"actor": "x" * 201}, "actor is longer than 200"),
         ({"object_id": "x" * 65}, "object_id is longer than 64"),
         ({"version": True}, "version must be an int"),
     ],
@@ -121,6 +123,11 @@ def test_record_hash_depends_on_every_field_but_not_on_the_time_zone() -> None:
 def test_invalid_entries_are_rejected(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         entry(1, **overrides)
+
+
+def test_an_unnamed_actor_is_recorded_as_given() -> None:
+    # An operator's signal may carry no actor; that must not block the transition it records.
+    assert entry(1, actor="").actor == ""
 
 
 def test_entry_keeps_its_own_copy_of_details() -> None:

@@ -38,7 +38,10 @@ from workflows.types import (
 DAY = 86400
 # the default encryption policy of config/keyrotor.toml: P30D / P7D / P90D, grace P7D
 POLICY = LifecyclePolicy(
-    rotation_interval=30 * DAY, warning_threshold=7 * DAY, max_lifetime=90 * DAY, grace_period=7 * DAY
+    rotation_interval=30 * DAY,
+    warning_threshold=7 * DAY,
+    max_lifetime=90 * DAY,
+    grace_period=7 * DAY,
 )
 
 
@@ -164,7 +167,7 @@ async def test_emergency_rotation_compromises_at_once(
 async def test_rotate_update_is_idempotent_and_honours_grace_override(
     env: WorkflowEnvironment, services: Services, task_queue: str
 ) -> None:
-    handle, spec, t0 = await start_key(env, task_queue)
+    handle, spec, _ = await start_key(env, task_queue)
     req = RotateRequest(reason="manual", grace_period_seconds=3600, request_id="req-1")
     first = await handle.execute_update(KeyLifecycleWorkflow.rotate, req)
     again = await handle.execute_update(KeyLifecycleWorkflow.rotate, req)
@@ -193,7 +196,8 @@ async def test_validator_rejects_bad_requests_before_history(
         await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
     history = await handle.fetch_history()
     accepted = [
-        e for e in history.events
+        e
+        for e in history.events
         if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
     ]
     assert accepted == [] or all(
@@ -208,9 +212,12 @@ async def test_suspend_resume_and_expiry_while_suspended(
     env: WorkflowEnvironment, services: Services, task_queue: str
 ) -> None:
     handle, spec, _ = await start_key(env, task_queue)
-    assert await handle.execute_update(
-        KeyLifecycleWorkflow.change_status, StatusChange("suspend", "investigating")
-    ) == "suspended"
+    assert (
+        await handle.execute_update(
+            KeyLifecycleWorkflow.change_status, StatusChange("suspend", "investigating")
+        )
+        == "suspended"
+    )
     assert versions(services, spec.key_id) == {1: "suspended"}
     with pytest.raises(KeyStateError):
         services.keys.encrypt(spec.key_id, b"x", b"")
@@ -259,4 +266,3 @@ async def _wait(
 
 def test_policy_matches_config(services: Services) -> None:
     assert services.policies.key_type("encryption").lifecycle() == POLICY
-

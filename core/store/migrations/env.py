@@ -1,12 +1,14 @@
 """Alembic environment for keyrotor.
 
 `Store.migrate()` runs the migrations programmatically and hands over its connection (already in a
-transaction holding the migration lock) through `config.attributes["connection"]`. For authoring
-new revisions from the command line, e.g.
+transaction holding the migration lock) through `config.attributes["connection"]`.
 
-    alembic -c /dev/null -x url=sqlite:///.keyrotor/dev.db revision --autogenerate -m "..."
+To author a revision from the command line, Alembic needs `script_location`; with
+`[tool.alembic] script_location = "core/store/migrations"` in pyproject.toml:
 
-pass the database URL with `-x url=...`, `sqlalchemy.url`, or `KEYROTOR_DATABASE_URL`.
+    alembic -x url=sqlite:///.keyrotor/keyrotor.db revision --autogenerate -m "..."
+
+The URL comes from `-x url=...`, `sqlalchemy.url`, or `KEYROTOR_DATABASE_URL`.
 """
 
 from __future__ import annotations
