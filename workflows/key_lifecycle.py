@@ -45,7 +45,9 @@ with workflow.unsafe.imports_passed_through():
         StatusChange,
     )
 
-COMMIT_TIMEOUT = timedelta(seconds=60)
+# Generous for a local commit; short enough that a task lost with a crashed worker is
+# retried on another within seconds.
+COMMIT_TIMEOUT = timedelta(seconds=15)
 COMMIT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,

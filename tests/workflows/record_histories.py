@@ -34,7 +34,9 @@ async def record() -> None:
     async with env, build_worker(env.client, services, "record"):
         policy = services.policies.key_type("encryption")
         now = await env.get_current_time()
-        spec = KeySpec("key_recordedhistory001", "dev", "encryption", policy.algorithm, "local", 256)
+        spec = KeySpec(
+            "key_recordedhistory001", "dev", "encryption", policy.algorithm, "local", 256
+        )
         handle = await env.client.start_workflow(
             KeyLifecycleWorkflow.run,
             KeyWorkflowInput(

@@ -1,0 +1,197 @@
+"""Temporal is down: lifecycle writes answer 503 and change nothing, the use path keeps working.
+
+The app is created without a Temporal client and points at a local port nobody listens on,
+as `keyrotor api` does while the Temporal server is unreachable.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from api.app import create_app
+from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+from core.keys import new_key_id
+from core.lifecycle import new_key
+from core.objects import KeySpec, KeyTransitionCommit
+from core.services import Services
+
+API = "/api/key-management"
+# generous: a refused connection fails at once and the API gives up connecting after 3 s
+PROMPT = 15.0
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@dataclass
+class Degraded:
+    services: Services
+    http: httpx.AsyncClient
+    headers: dict[str, str]
+    key_id: str
+
+
+def commit_existing_key(services: Services) -> str:
+    """A key created while Temporal was up: committed to the store as its workflow would."""
+    policy = services.policies.key_type("encryption")
+    key_id = new_key_id()
+    now = datetime.now(UTC)
+    spec = KeySpec(
+        key_id=key_id,
+        environment="dev",
+        type=policy.name,
+        algorithm=policy.algorithm,
+        provider="local",
+        key_bits=policy.key_bits,
+        name="orders",
+        created_by="alice",
+    )
+    services.keys.commit_transition(
+        KeyTransitionCommit(
+            transition_id=f"keyrotor/key/dev/{key_id}/1",
+            spec=spec,
+            lifecycle=new_key(policy.lifecycle(), now),
+            action="key.created",
+            event="keyCreated",
+            at=now,
+            actor="alice",
+            version=1,
+            new_version=1,
+        )
+    )
+    return key_id
+
+
+@pytest.fixture(name="d")
+async def degraded_app(services: Services) -> AsyncIterator[Degraded]:
+    services.settings.temporal_address = f"127.0.0.1:{closed_port()}"
+    key_id = commit_existing_key(services)
+    admin = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE))
+    headers = {"Authorization": f"Bearer {admin.create('test-admin', Role.ADMIN, 'test')}"}
+    app = create_app(services)  # no client: it connects on first need
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://keyrotor.test") as http:
+        yield Degraded(services, http, headers, key_id)
+
+
+async def statistics(d: Degraded) -> dict[str, object]:
+    r = await d.http.get(f"{API}/keys/statistics", headers=d.headers)
+    assert r.status_code == 200, r.text
+    stats: dict[str, object] = r.json()["statistics"]
+    return stats
+
+
+async def test_generate_answers_503_promptly_and_creates_nothing(d: Degraded) -> None:
+    before = await statistics(d)
+    assert before["totalKeys"] == 1
+    for _ in range(2):  # and again: a failed connection is not cached as a client
+        started = time.monotonic()
+        r = await d.http.post(
+            f"{API}/keys/generate", json={"type": "encryption", "name": "x"}, headers=d.headers
+        )
+        assert time.monotonic() - started < PROMPT
+        assert r.status_code == 503, r.text
+        assert r.json() == {
+            "error": {
+                "code": "TEMPORAL_UNAVAILABLE",
+                "message": "the lifecycle service is unavailable; retry later",
+            }
+        }
+    assert await statistics(d) == before
+    listed = (await d.http.get(f"{API}/keys", headers=d.headers)).json()["keys"]
+    assert [k["id"] for k in listed] == [d.key_id]
+
+
+async def test_use_path_works_without_temporal(d: Degraded) -> None:
+    r = await d.http.post(
+        f"{API}/keys/{d.key_id}/encrypt",
+        json={"plaintext": b64(b"card 4111"), "aad": b64(b"order-7")},
+        headers=d.headers,
+    )
+    assert r.status_code == 200, r.text
+    enc = r.json()
+    assert enc["keyId"] == d.key_id and enc["version"] == 1
+    assert enc["ciphertext"].startswith(f"kr:{d.key_id}:1:")
+    r = await d.http.post(
+        f"{API}/keys/{d.key_id}/decrypt",
+        json={"ciphertext": enc["ciphertext"], "aad": b64(b"order-7")},
+        headers=d.headers,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"plaintext": b64(b"card 4111"), "version": 1}
+    r = await d.http.post(
+        f"{API}/keys/{d.key_id}/decrypt",
+        json={"ciphertext": enc["ciphertext"], "aad": b64(b"order-8")},
+        headers=d.headers,
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "DECRYPTION_FAILED"
+    got = (await d.http.get(f"{API}/keys/{d.key_id}", headers=d.headers)).json()["key"]
+    assert got["status"] == "active" and got["name"] == "orders"
+    assert got["workflowId"] == f"keyrotor/key/dev/{d.key_id}"
+
+
+async def test_rotate_and_revoke_answer_503_and_change_nothing(d: Degraded) -> None:
+    before = (await d.http.get(f"{API}/keys/{d.key_id}", headers=d.headers)).json()
+    started = time.monotonic()
+    r = await d.http.post(
+        f"{API}/keys/{d.key_id}/rotate",
+        json={"reason": "manual"},
+        headers={**d.headers, "Idempotency-Key": "rot-1"},
+    )
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "TEMPORAL_UNAVAILABLE"
+    r = await d.http.request(
+        "DELETE", f"{API}/keys/{d.key_id}", json={"reason": "leak"}, headers=d.headers
+    )
+    assert r.status_code == 503, r.text
+    assert r.json()["error"]["code"] == "TEMPORAL_UNAVAILABLE"
+    assert time.monotonic() - started < 2 * PROMPT
+    after = (await d.http.get(f"{API}/keys/{d.key_id}", headers=d.headers)).json()
+    assert after == before
+    assert [v["state"] for v in after["key"]["versions"]] == ["active"]
+    # still usable: nothing was revoked
+    r = await d.http.post(
+        f"{API}/keys/{d.key_id}/encrypt", json={"plaintext": b64(b"m")}, headers=d.headers
+    )
+    assert r.status_code == 200 and r.json()["version"] == 1
+
+
+async def test_health_is_degraded_and_livez_is_up(d: Degraded) -> None:
+    r = await d.http.get(f"{API}/health")
+    assert r.status_code == 200, r.text
+    health = r.json()["health"]
+    assert health["status"] == "degraded"
+    assert health["components"]["temporal"] == {"status": "down"}
+    assert health["components"]["database"] == {"status": "up"}
+    assert health["components"]["provider:local"] == {"status": "up"}
+    r = await d.http.get("/livez")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+async def test_health_sees_temporal_once_it_is_reachable(d: Degraded, dev_env) -> None:
+    """`keyrotor api` starts without a client: health must not report Temporal down forever."""
+    from tests.fixtures.temporal import target
+
+    assert (await d.http.get(f"{API}/health")).json()["health"]["status"] == "degraded"
+    d.services.settings.temporal_address = target(dev_env.client)
+    r = await d.http.get(f"{API}/health")
+    assert r.status_code == 200
+    health = r.json()["health"]
+    assert health["components"]["temporal"] == {"status": "up"}
+    assert health["status"] == "healthy"
