@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 # Debian packages the tests need (installed only when running as root, e.g. on CI).
 SYSTEM_PACKAGES :=
 
-.PHONY: run test install lint typecheck unit bench clean
+.PHONY: run test install system-deps lint typecheck bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

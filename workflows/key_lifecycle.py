@@ -57,6 +57,7 @@ COMMIT_RETRY = RetryPolicy(
 FAILED_ROTATION_BACKOFF = timedelta(hours=1)
 RECENT_REQUESTS_KEPT = 64
 MAX_COMMENT = 1000
+MAX_ACTOR = 200
 
 # audit action and event name of each time-driven transition
 TIMED_ACTIONS = {
@@ -194,8 +195,9 @@ class KeyLifecycleWorkflow:
                 action=action,
                 event=event,
                 at=workflow.now(),
-                actor=actor,
-                reason=reason,
+                # signals carry whatever an operator typed: keep it within the audit columns
+                actor=actor[:MAX_ACTOR],
+                reason=reason[:MAX_COMMENT],
                 version=version,
                 new_version=new_version,
             ),

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 
-from api.deps import services
+from api.deps import services, temporal
 from core.services import Services
 from core.store.models import KeyRow
 
@@ -36,10 +36,9 @@ async def health(request: Request, svc: Svc) -> JSONResponse:
         components["database"] = {"status": "up"}
     except Exception:  # any failure means down; the reason is in the server log
         components["database"] = {"status": "down"}
-    client = request.app.state.client
     try:
-        if client is None:
-            raise RuntimeError("not connected")
+        # without a client yet (`keyrotor api` connects on first need), try to connect now
+        client = request.app.state.client or await temporal(request)
         await client.service_client.check_health()
         components["temporal"] = {"status": "up"}
     except Exception:

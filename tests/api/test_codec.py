@@ -16,7 +16,7 @@ import pytest
 from temporalio.api.common.v1 import Payload
 
 from api.app import create_app
-from core.codec import ENCODING, KEY_ID, EncryptionCodec
+from core.codec import KEY_ID, EncryptionCodec
 from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
 from core.services import Services
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
@@ -22,6 +23,7 @@ from core.keys import new_key_id
 from core.lifecycle import new_key
 from core.objects import KeySpec, KeyTransitionCommit
 from core.services import Services
+from tests.fixtures.temporal import target
 
 API = "/api/key-management"
 # generous: a refused connection fails at once and the API gives up connecting after 3 s
@@ -184,10 +186,10 @@ async def test_health_is_degraded_and_livez_is_up(d: Degraded) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-async def test_health_sees_temporal_once_it_is_reachable(d: Degraded, dev_env) -> None:
+async def test_health_sees_temporal_once_it_is_reachable(
+    d: Degraded, dev_env: WorkflowEnvironment
+) -> None:
     """`keyrotor api` starts without a client: health must not report Temporal down forever."""
-    from tests.fixtures.temporal import target
-
     assert (await d.http.get(f"{API}/health")).json()["health"]["status"] == "degraded"
     d.services.settings.temporal_address = target(dev_env.client)
     r = await d.http.get(f"{API}/health")
