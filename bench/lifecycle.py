@@ -28,24 +28,24 @@ with workflow.unsafe.imports_passed_through():
     import argparse
     import asyncio
     import base64
+    import contextlib
     import functools
     import itertools
     import math
     import os
     import platform
-    import socket
     import subprocess
     import sys
     import tempfile
     import threading
     import time
     import uuid
-    from collections.abc import Awaitable, Callable, Iterable
-    from dataclasses import dataclass, field
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
     from pathlib import Path
     from typing import Any, TypeVar
 
     import httpx
+    import sqlalchemy.event
     import uvicorn
     from pydantic import SecretStr
     from temporalio.client import Client, WithStartWorkflowOperation
@@ -60,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from core.envelope import MasterKeyring, generate_master_key
     from core.services import Services, build_services
     from core.settings import Settings
+    from core.store.db import WRITE_TRANSACTION_OPTION
     from worker.main import build_worker
     from workflows.types import (
         SEARCH_ATTRIBUTE_KEYS,
@@ -111,29 +112,35 @@ class NoopKeyWorkflow:
 # --- measurement helpers ---------------------------------------------------------------------
 
 
-@dataclass
+# Plain classes, not dataclasses, below: the workflow sandbox re-executes this module for every
+# baseline workflow run, and building a dataclass costs more than the no-op workflow itself.
+
+
 class RunResult:
     """One measured run of create + rotate pairs."""
 
-    name: str
-    keys: int
-    seconds: float
-    create_latencies: list[float] = field(default_factory=list)
-    rotate_latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    def __init__(self, name: str, keys: int, seconds: float) -> None:
+        self.name = name
+        self.keys = keys
+        self.seconds = seconds
+        self.cpu = 0.0  # CPU seconds of this process (all threads) during the run
+        self.server_cpu = 0.0  # CPU seconds of the Temporal dev server during the run
+        self.create_latencies: list[float] = []
+        self.rotate_latencies: list[float] = []
+        self.errors: list[str] = []
 
     @property
     def rate(self) -> float:
         return self.keys / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass
 class Timers:
     """Wall time spent inside instrumented product calls, summed over the threads running them."""
 
-    totals: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, int] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.lock = threading.Lock()
 
     def wrap(self, name: str, fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
@@ -142,16 +149,26 @@ class Timers:
             try:
                 return fn(*args, **kwargs)
             finally:
-                elapsed = time.perf_counter() - start
-                with self.lock:
-                    self.totals[name] = self.totals.get(name, 0.0) + elapsed
-                    self.counts[name] = self.counts.get(name, 0) + 1
+                self.add(name, start)
 
         return timed
+
+    def add(self, name: str, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        with self.lock:
+            self.totals[name] = self.totals.get(name, 0.0) + elapsed
+            self.counts[name] = self.counts.get(name, 0) + 1
 
     def snapshot(self) -> dict[str, tuple[int, float]]:
         with self.lock:
             return {k: (self.counts[k], self.totals[k]) for k in self.totals}
+
+    def since(self, before: dict[str, tuple[int, float]]) -> dict[str, tuple[int, float]]:
+        """Calls and time since `before`, in the order the names were first seen."""
+        return {
+            k: (c - before.get(k, (0, 0.0))[0], t - before.get(k, (0, 0.0))[1])
+            for k, (c, t) in self.snapshot().items()
+        }
 
 
 def percentile(values: Iterable[float], p: float) -> float:
@@ -192,11 +209,30 @@ async def run_pairs(
             result.create_latencies.append(t1 - t0)
             result.rotate_latencies.append(t2 - t1)
 
-    start = time.perf_counter()
+    start, cpu, server_cpu = time.perf_counter(), time.process_time(), children_cpu()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - start
+    result.cpu = time.process_time() - cpu
+    result.server_cpu = children_cpu() - server_cpu
     result.keys = len(result.create_latencies)
     return result
+
+
+def children_cpu() -> float:
+    """CPU seconds used so far by this process's children (the dev server); NaN off Linux."""
+    me = str(os.getpid())
+    total = 0.0
+    try:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rpartition(")")[2].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if fields[1] == me:  # ppid
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return math.nan
+    return total
 
 
 # --- the two systems -------------------------------------------------------------------------
@@ -261,13 +297,14 @@ class Keyrotor:
             raise RuntimeError(f"rotate answered {r.json()['rotation']}")
 
 
-@dataclass
 class EmergencyResult:
     """Signal-sent to decrypt-refused latencies, one per key."""
 
-    latencies: list[float] = field(default_factory=list)
-    polls: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.polls: list[int] = []
+        self.decrypt_latencies: list[float] = []
+        self.errors: list[str] = []
 
 
 async def emergency(
@@ -295,7 +332,9 @@ async def emergency(
         sent = time.perf_counter()
         await handle.signal("emergency_rotate", OperatorAction(reason="bench", actor="bench"))
         while True:
+            t = time.perf_counter()
             r = await http.post(f"{KEYS_PATH}/{key['id']}/decrypt", json=body)
+            result.decrypt_latencies.append(time.perf_counter() - t)
             polls += 1
             if r.status_code == 409:
                 result.latencies.append(time.perf_counter() - sent)
@@ -337,269 +376,342 @@ def machine() -> dict[str, str]:
     }
 
 
-def free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 def instrument(services: Services, timers: Timers) -> None:
     """Time the product's blocking calls (bench-side wrappers on this process's instances)."""
     keys = services.keys
     keys.commit_transition = timers.wrap(  # type: ignore[method-assign]
         "KeyService.commit_transition (activity body)", keys.commit_transition
     )
-    keys.get = timers.wrap("KeyService.get (API read)", keys.get)  # type: ignore[method-assign]
+    keys.get = timers.wrap("KeyService.get (API reads)", keys.get)  # type: ignore[method-assign]
     for name, provider in services.providers.items():
         provider.create_version = timers.wrap(  # type: ignore[method-assign]
-            f"{name} provider create_version (key generation)", provider.create_version
+            f"  of which {name} provider create_version", provider.create_version
         )
-    store = services.store
-    original_write = store.write
+    write = services.store.write
+    current = threading.local()
 
-    def timed_write() -> Any:
-        # Time from BEGIN IMMEDIATE to COMMIT done: the write lock wait, the statements and fsync.
-        ctx = original_write()
+    @contextlib.contextmanager
+    def timed_write() -> Iterator[Any]:
+        # BEGIN IMMEDIATE to COMMIT: waiting for the write lock, the statements and the fsync.
+        current.start, current.locked = time.perf_counter(), None
+        try:
+            with write() as session:
+                yield session
+        finally:
+            timers.add("  of which Store.write (lock wait + SQL + commit)", current.start)
+            if current.locked is not None:
+                timers.add("    of which write lock held (SQL + commit)", current.locked)
+            current.start = None
 
-        class Timed:
-            def __enter__(self) -> Any:
-                self.start = time.perf_counter()
-                return ctx.__enter__()
+    # Runs after the store's own "begin" listener, i.e. once BEGIN IMMEDIATE has the lock.
+    @sqlalchemy.event.listens_for(services.store.engine, "begin")
+    def _locked(connection: Any) -> None:
+        options = connection.get_execution_options()
+        if options.get(WRITE_TRANSACTION_OPTION) and getattr(current, "start", None) is not None:
+            timers.add("    of which waiting for the write lock", current.start)
+            current.locked = time.perf_counter()
 
-            def __exit__(self, *exc: Any) -> Any:
-                try:
-                    return ctx.__exit__(*exc)
-                finally:
-                    elapsed = time.perf_counter() - self.start
-                    with timers.lock:
-                        name = "Store.write (lock wait + statements + commit)"
-                        timers.totals[name] = timers.totals.get(name, 0.0) + elapsed
-                        timers.counts[name] = timers.counts.get(name, 0) + 1
+    services.store.write = timed_write  # type: ignore[method-assign]
 
-        return Timed()
 
-    store.write = timed_write  # type: ignore[method-assign]
+async def history_size(client: Client, workflow_id: str) -> tuple[int, int]:
+    """Events and encoded bytes of a workflow's history so far."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return len(history.events), sum(e.ByteSize() for e in history.events)
 
 
 async def terminate_all(client: Client, workflow_ids: list[str], concurrency: int) -> int:
-    failed = 0
+    """Terminate the bench's workflows; answers how many were already gone."""
+    gone = 0
     ids = iter(workflow_ids)
 
     async def worker() -> None:
-        nonlocal failed
+        nonlocal gone
         for wid in ids:
             try:
                 await client.get_workflow_handle(wid).terminate("benchmark finished")
             except RPCError:
-                failed += 1
+                gone += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return failed
+    return gone
 
 
 def print_run(r: RunResult) -> None:
     print(
-        f"  {r.name:<9} {r.keys:>5} keys in {r.seconds:7.2f} s = {r.rate:7.1f} keys/s"
-        f"   create p50 {ms(percentile(r.create_latencies, 50))}"
+        f"  {r.name:<9} {r.keys:>5} keys in {r.seconds:7.2f} s = {r.rate:6.1f} keys/s"
+        f" | create p50 {ms(percentile(r.create_latencies, 50))}"
         f" p99 {ms(percentile(r.create_latencies, 99))}"
         f" | rotate p50 {ms(percentile(r.rotate_latencies, 50))}"
         f" p99 {ms(percentile(r.rotate_latencies, 99))}"
-        + (f"   ERRORS {len(r.errors)}" if r.errors else ""),
+        + (f" | ERRORS {len(r.errors)}" if r.errors else ""),
         flush=True,
     )
+    if r.keys:
+        print(
+            f"  {'':<9} CPU per pair: this process {ms(r.cpu / r.keys)}"
+            f" ({r.cpu / r.seconds:.0%} of one core), Temporal dev server"
+            f" {ms(r.server_cpu / r.keys)} ({r.server_cpu / r.seconds:.0%})",
+            flush=True,
+        )
     for e in r.errors[:3]:
         print(f"    error: {e}")
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) {five:.2f} (5 min)"
+
+
+def merged(runs: list[RunResult]) -> RunResult:
+    out = RunResult(runs[0].name if runs else "-", 0, 0.0)
+    for r in runs:
+        out.keys += r.keys
+        out.seconds += r.seconds
+        out.cpu += r.cpu
+        out.server_cpu += r.server_cpu
+        out.create_latencies += r.create_latencies
+        out.rotate_latencies += r.rotate_latencies
+        out.errors += r.errors
+    return out
+
+
+def report(
+    args: argparse.Namespace,
+    order: str,
+    runs: dict[str, list[RunResult]],
+    em: EmergencyResult | None,
+    breakdown: dict[str, tuple[int, float]],
+    histories: dict[str, tuple[int, int]],
+) -> None:
+    b, k = merged(runs["baseline"]), merged(runs["keyrotor"])
+    rows: list[tuple[str, str]] = []
+    if runs["baseline"]:
+        rows.append(("baseline: no-op workflow, Temporal client", f"{b.rate:.1f} keys/s"))
+    if runs["keyrotor"]:
+        rows.append(("keyrotor: REST -> workflow -> activity -> SQLite", f"{k.rate:.1f} keys/s"))
+    if runs["baseline"] and runs["keyrotor"]:
+        ratio = k.rate / b.rate if b.rate else math.nan
+        rows.append(("ratio keyrotor / baseline (target >= 0.5)", f"{ratio:.2f}"))
+    for r in (b, k):
+        if r.keys:
+            rows.append(
+                (
+                    f"{r.name} CPU per pair: bench process / dev server",
+                    f"{ms(r.cpu / r.keys)} / {ms(r.server_cpu / r.keys)}",
+                )
+            )
+            if r.name in histories:
+                events, size = histories[r.name]
+                rows.append(
+                    (f"{r.name} history after create + rotate", f"{events} events, {size} B")
+                )
+            for p in (50, 99):
+                rows.append(
+                    (
+                        f"{r.name} latency p{p}: create / rotate",
+                        f"{ms(percentile(r.create_latencies, p))} / "
+                        f"{ms(percentile(r.rotate_latencies, p))}",
+                    )
+                )
+    if em is not None:
+        n = len(em.latencies)
+        rows += [
+            (f"emergency signal -> decrypt 409 (n={n}) p50", ms(percentile(em.latencies, 50))),
+            ("emergency p99 (target <= 1 s)", ms(percentile(em.latencies, 99))),
+            ("emergency max", ms(max(em.latencies, default=math.nan))),
+            ("emergency decrypt polls per key, p50", f"{percentile(em.polls, 50):.0f}"),
+            ("one decrypt request while polling, p50", ms(percentile(em.decrypt_latencies, 50))),
+        ]
+    errors = sum(len(r.errors) for rs in runs.values() for r in rs)
+    errors += len(em.errors) if em is not None else 0
+    rows.append(("errors", str(errors)))
+
+    width = 80
+    print("\n" + "=" * width)
+    print(f"RESULTS: {args.keys} pairs per system, concurrency {args.concurrency}; order: {order}")
+    print("=" * width)
+    for label, value in rows:
+        print(f"{label:<52}{value:>28}")
+    if breakdown and k.keys:
+        print("-" * width)
+        print(
+            f"inside the product during the keyrotor runs ({k.keys} pairs in {k.seconds:.1f} s),"
+            " wall time summed over threads:"
+        )
+        for name, (count, secs) in sorted(breakdown.items(), key=_breakdown_order):
+            per = secs / k.keys
+            print(f"  {name:<56}{count:>5} calls {ms(per):>10}/pair")
+    print("=" * width, flush=True)
+
+
+def _breakdown_order(item: tuple[str, tuple[int, float]]) -> tuple[int, str]:
+    order = (
+        "KeyService.commit",
+        "  of which local",
+        "  of which Store",
+        "    of which waiting",
+        "    of which write lock",
+        "KeyService.get",
+    )
+    name = item[0]
+    return next((i for i, p in enumerate(order) if name.startswith(p)), len(order)), name
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any) -> AsyncIterator[int]:
+    """Serve `app` with uvicorn on a free 127.0.0.1 port in this loop; yields the port.
+
+    uvicorn binds the port itself: a socket handed in from `socket.socket()` has protocol 0, so
+    asyncio does not set TCP_NODELAY on the connections it accepts, and every response then
+    waits ~40 ms for a delayed ACK.
+    """
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off"
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it could not start
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.01)
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        await task
 
 
 async def bench(args: argparse.Namespace) -> None:
     info = machine()
     print(
         f"machine: {info['cpus']} CPUs, Python {info['python']}, {info['platform']}\n"
-        f"temporal: {info['temporal']}",
+        f"temporal: {info['temporal']}\n"
+        f"workflow module bytecode: "
+        + ("compiled from source per workflow run" if args.no_pycache else "cached")
+        + f"\nbefore: {load()}",
         flush=True,
     )
-    keyring_text = generate_master_key()
-    keyring = MasterKeyring.parse(keyring_text)
+    master_key = generate_master_key()
     setup_start = time.perf_counter()
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(BIN / "temporal"),
         search_attributes=SEARCH_ATTRIBUTE_KEYS,
-        data_converter=data_converter(keyring),
+        data_converter=data_converter(MasterKeyring.parse(master_key)),
         dev_server_log_level="error",
     )
-    tmp = tempfile.TemporaryDirectory(prefix="keyrotor-bench-")
-    server: uvicorn.Server | None = None
-    serve_task: asyncio.Task[None] | None = None
-    baseline: Baseline | None = None
-    keyrotor: Keyrotor | None = None
-    services: Services | None = None
+    client = env.client
+    suffix = uuid.uuid4().hex[:8]
+    baseline = Baseline(client, f"bench-noop-{suffix}")
+    http: httpx.AsyncClient | None = None
+    workflow_ids: list[str] = []
     try:
-        client = env.client
-        suffix = uuid.uuid4().hex[:8]
-        settings = Settings(
-            data_dir=Path(tmp.name),
-            master_key=SecretStr(keyring_text),
-            task_queue=f"bench-keyrotor-{suffix}",
-        )
-        services = build_services(settings)
-        timers = Timers()
-        instrument(services, timers)
-        admin_key = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE)).create(
-            "bench", Role.ADMIN, "bench"
-        )
-        sock = free_socket()
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            create_app(services, client),
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-        )
-        server = uvicorn.Server(config)
-        serve_task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if serve_task.done():
-                serve_task.result()
-            await asyncio.sleep(0.01)
-        baseline_queue = f"bench-noop-{suffix}"
-        async with (
-            build_worker(client, services),
-            Worker(client, task_queue=baseline_queue, workflows=[NoopKeyWorkflow]),
-            httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}",
-                headers={"Authorization": f"Bearer {admin_key}"},
-                timeout=HTTP_TIMEOUT,
-                limits=httpx.Limits(max_connections=args.concurrency * 2),
-            ) as http,
-        ):
-            print(
-                f"setup: dev server, worker, API on 127.0.0.1:{port} in "
-                f"{time.perf_counter() - setup_start:.1f} s; data dir {tmp.name} (SQLite WAL)",
-                flush=True,
+        with tempfile.TemporaryDirectory(prefix="keyrotor-bench-") as data_dir:
+            settings = Settings(
+                data_dir=Path(data_dir),
+                master_key=SecretStr(master_key),
+                task_queue=f"bench-keyrotor-{suffix}",
             )
-            baseline = Baseline(client, baseline_queue)
-            keyrotor = Keyrotor(http)
-            order = "baseline first, then keyrotor" + (
-                f", alternating for {args.rounds} rounds" if args.rounds > 1 else ""
+            services = build_services(settings)
+            timers = Timers()
+            instrument(services, timers)
+            admin_key = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE)).create(
+                "bench", Role.ADMIN, "bench"
             )
-            print(
-                f"\nthroughput: {args.keys} create+rotate pairs per system per round, "
-                f"{args.concurrency} concurrent clients, {args.warmup} warm-up pairs each "
-                f"(not counted); order: {order}",
-                flush=True,
-            )
-            for system in (baseline, keyrotor):
-                await run_pairs(
-                    "warm-up", args.warmup, args.concurrency, system.create, system.rotate
-                )
-            runs: dict[str, list[RunResult]] = {"baseline": [], "keyrotor": []}
-            for _ in range(args.rounds):
-                for name, system in (("baseline", baseline), ("keyrotor", keyrotor)):
-                    if name == "keyrotor":
-                        before = timers.snapshot()
-                    r = await run_pairs(
-                        name, args.keys, args.concurrency, system.create, system.rotate
+            try:
+                async with (
+                    serve(create_app(services, client)) as port,
+                    build_worker(client, services),
+                    Worker(client, task_queue=baseline.task_queue, workflows=[NoopKeyWorkflow]),
+                    httpx.AsyncClient(
+                        base_url=f"http://127.0.0.1:{port}",
+                        headers={"Authorization": f"Bearer {admin_key}"},
+                        timeout=HTTP_TIMEOUT,
+                        limits=httpx.Limits(max_connections=2 * args.concurrency),
+                    ) as http,
+                ):
+                    keyrotor = Keyrotor(http)
+                    print(
+                        f"setup: dev server, both workers and the API on 127.0.0.1:{port} in "
+                        f"{time.perf_counter() - setup_start:.1f} s (SQLite WAL in {data_dir})",
+                        flush=True,
                     )
-                    if name == "keyrotor":
-                        after = timers.snapshot()
-                        breakdown = {
-                            k: (c - before.get(k, (0, 0.0))[0], t - before.get(k, (0, 0.0))[1])
-                            for k, (c, t) in after.items()
-                        }
-                    runs[name].append(r)
-                    print_run(r)
-
-            print(
-                f"\nemergency rotation: {args.emergency_keys} fresh keys, "
-                f"{args.emergency_concurrency} at a time, decrypt polled every "
-                f"{POLL_INTERVAL * 1000:.0f} ms",
-                flush=True,
-            )
-            em = await emergency(client, keyrotor, args.emergency_keys, args.emergency_concurrency)
-            for e in em.errors[:3]:
-                print(f"    error: {e}")
-
-            def total(rs: list[RunResult]) -> tuple[int, float]:
-                return sum(r.keys for r in rs), sum(r.seconds for r in rs)
-
-            b_keys, b_secs = total(runs["baseline"])
-            k_keys, k_secs = total(runs["keyrotor"])
-            b_rate = b_keys / b_secs if b_secs else 0.0
-            k_rate = k_keys / k_secs if k_secs else 0.0
-            ratio = k_rate / b_rate if b_rate else math.nan
-            k_all = runs["keyrotor"]
-            b_all = runs["baseline"]
-
-            print("\n" + "=" * 78)
-            print(f"RESULTS  (order: {order}; keys/s counts create+rotate pairs)")
-            print("=" * 78)
-            rows = [
-                ("baseline (no-op workflow, Temporal client)", f"{b_rate:.1f} keys/s"),
-                ("keyrotor (REST -> workflow -> activity -> SQLite)", f"{k_rate:.1f} keys/s"),
-                ("ratio keyrotor / baseline (target >= 0.5)", f"{ratio:.2f}"),
-                (
-                    "baseline create / rotate p50",
-                    f"{ms(percentile(_all(b_all, 'create'), 50))} / "
-                    f"{ms(percentile(_all(b_all, 'rotate'), 50))}",
-                ),
-                (
-                    "keyrotor create / rotate p50",
-                    f"{ms(percentile(_all(k_all, 'create'), 50))} / "
-                    f"{ms(percentile(_all(k_all, 'rotate'), 50))}",
-                ),
-                (
-                    "keyrotor create / rotate p99",
-                    f"{ms(percentile(_all(k_all, 'create'), 99))} / "
-                    f"{ms(percentile(_all(k_all, 'rotate'), 99))}",
-                ),
-                (
-                    f"emergency signal -> decrypt 409 (n={len(em.latencies)}) p50",
-                    ms(percentile(em.latencies, 50)),
-                ),
-                ("emergency p99 (target <= 1 s)", ms(percentile(em.latencies, 99))),
-                ("emergency max", ms(max(em.latencies, default=math.nan))),
-            ]
-            for label, value in rows:
-                print(f"{label:<56} {value:>20}")
-            errors = sum(len(r.errors) for rs in runs.values() for r in rs) + len(em.errors)
-            print(f"{'errors':<56} {errors:>20}")
-            print("-" * 78)
-            print(
-                f"time inside product calls during the last keyrotor run ({k_all[-1].keys} pairs,"
-            )
-            print(f"{k_all[-1].seconds:.2f} s wall; summed over threads, per pair):")
-            for name, (count, secs) in sorted(breakdown.items(), key=lambda kv: -kv[1][1]):
-                per = secs / k_all[-1].keys if k_all[-1].keys else math.nan
-                print(f"  {name:<54} {count:>5} calls {ms(per):>12}/pair")
-            print("=" * 78, flush=True)
+                    try:
+                        await measure(args, baseline, keyrotor, client, timers)
+                    finally:
+                        workflow_ids = baseline.workflow_ids + [
+                            k["workflowId"] for k in keyrotor.keys
+                        ]
+                        cleanup_start = time.perf_counter()
+                        gone = await terminate_all(client, workflow_ids, args.concurrency)
+                        print(
+                            f"cleanup: terminated {len(workflow_ids) - gone} bench workflows"
+                            f" ({gone} already gone) in {time.perf_counter() - cleanup_start:.1f}"
+                            " s",
+                            flush=True,
+                        )
+            finally:
+                services.close()
     finally:
-        cleanup_start = time.perf_counter()
-        ids: list[str] = []
-        if baseline is not None:
-            ids += baseline.workflow_ids
-        if keyrotor is not None:
-            ids += [k["workflowId"] for k in keyrotor.keys]
-        failed = await terminate_all(env.client, ids, 16) if ids else 0
-        if server is not None and serve_task is not None:
-            server.should_exit = True
-            await serve_task
-        if services is not None:
-            services.close()
         await env.shutdown()
-        tmp.cleanup()
+        print(f"after: {load()}; API, workers and dev server stopped")
+
+
+async def measure(
+    args: argparse.Namespace,
+    baseline: Baseline,
+    keyrotor: Keyrotor,
+    client: Client,
+    timers: Timers,
+) -> None:
+    systems: list[tuple[str, Baseline | Keyrotor]] = []
+    if args.systems in ("both", "baseline"):
+        systems.append(("baseline", baseline))
+    if args.systems in ("both", "keyrotor"):
+        systems.append(("keyrotor", keyrotor))
+    order = ", then ".join(name for name, _ in systems)
+    rounds = max(1, min(args.rounds, args.keys))
+    sizes = [args.keys // rounds + (1 if i < args.keys % rounds else 0) for i in range(rounds)]
+    if rounds > 1 and len(systems) > 1:
+        order += f", alternating in {rounds} rounds of {'/'.join(map(str, sizes))} pairs"
+    print(
+        f"\nthroughput: {args.keys} create+rotate pairs per system, {args.concurrency} concurrent "
+        f"clients, after {args.warmup} uncounted warm-up pairs per system; order: {order}",
+        flush=True,
+    )
+    for _, system in systems:
+        await run_pairs("warm-up", args.warmup, args.concurrency, system.create, system.rotate)
+    runs: dict[str, list[RunResult]] = {"baseline": [], "keyrotor": []}
+    breakdown: dict[str, tuple[int, float]] = {}
+    for size in sizes:
+        for name, system in systems:
+            before = timers.snapshot()
+            r = await run_pairs(name, size, args.concurrency, system.create, system.rotate)
+            runs[name].append(r)
+            print_run(r)
+            if name == "keyrotor":
+                for k, (c, t) in timers.since(before).items():
+                    c0, t0 = breakdown.get(k, (0, 0.0))
+                    breakdown[k] = (c0 + c, t0 + t)
+    histories: dict[str, tuple[int, int]] = {}
+    if runs["baseline"] and baseline.workflow_ids:
+        histories["baseline"] = await history_size(client, baseline.workflow_ids[-1])
+    if runs["keyrotor"] and keyrotor.keys:
+        histories["keyrotor"] = await history_size(client, keyrotor.keys[-1]["workflowId"])
+    em: EmergencyResult | None = None
+    if args.emergency_keys > 0 and args.systems != "baseline":
         print(
-            f"cleanup: terminated {len(ids) - failed} bench workflows"
-            + (f" ({failed} already gone)" if failed else "")
-            + f", stopped the API and the dev server in {time.perf_counter() - cleanup_start:.1f} s"
+            f"\nemergency rotation: {args.emergency_keys} fresh keys, "
+            f"{args.emergency_concurrency} at a time, decrypt polled every "
+            f"{POLL_INTERVAL * 1000:.0f} ms",
+            flush=True,
         )
-
-
-def _all(runs: list[RunResult], which: str) -> list[float]:
-    out: list[float] = []
-    for r in runs:
-        out += r.create_latencies if which == "create" else r.rotate_latencies
-    return out
+        em = await emergency(client, keyrotor, args.emergency_keys, args.emergency_concurrency)
+        for e in em.errors[:3]:
+            print(f"    error: {e}")
+    report(args, order, runs, em, breakdown, histories)
 
 
 def main() -> None:
@@ -608,15 +720,37 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--warmup", type=int, default=16, help="uncounted pairs per system")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="alternate baseline and keyrotor this many times"
+        "--rounds",
+        type=int,
+        default=2,
+        help="split the pairs into this many rounds of baseline then keyrotor (interleaved)",
     )
     parser.add_argument("--emergency-keys", type=int, default=50, help="keys (M) for latency")
     parser.add_argument(
         "--emergency-concurrency", type=int, default=1, help="emergency rotations at a time"
     )
+    parser.add_argument(
+        "--systems",
+        choices=("both", "baseline", "keyrotor"),
+        default="both",
+        help="measure only one system (for profiling)",
+    )
+    parser.add_argument(
+        "--no-pycache",
+        action="store_true",
+        help="keep PYTHONDONTWRITEBYTECODE as set: the sandbox then compiles each workflow's "
+        "module from source for every workflow run",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
-    asyncio.run(bench(args))
+    with tempfile.TemporaryDirectory(prefix="keyrotor-bench-pycache-") as pycache:
+        if not args.no_pycache:
+            # The workflow sandbox re-imports a workflow's module for each workflow run; with
+            # bytecode writing off (as on these machines) that means a compile every time, which
+            # a deployed worker does not pay. Cache bytecode outside the work tree instead.
+            sys.pycache_prefix = pycache
+            sys.dont_write_bytecode = False
+        asyncio.run(bench(args))
     print(f"total: {time.perf_counter() - start:.1f} s")
 
 

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -32,6 +33,17 @@ from workflows.types import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("keyrotor.dev")
 PR_SET_PDEATHSIG = 1
+
+
+class _APIServer(uvicorn.Server):
+    """uvicorn without its own signal handling: after serving it re-raises the Ctrl-C it
+    caught, which cancels `run_dev` in the middle of the worker's shutdown; the Temporal
+    server is then stopped under the half-shut worker and asyncio.run waits forever for its
+    tasks. `run_dev` routes SIGINT and SIGTERM to `handle_exit` on the loop instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def temporal_binary() -> str:
@@ -140,7 +152,10 @@ async def run_dev(data_dir: Path, api_port: int, temporal_port: int, ui_port: in
         config = uvicorn.Config(
             create_app(services, client), host=settings.api_host, port=api_port, log_level="warning"
         )
-        api = uvicorn.Server(config)
+        api = _APIServer(config)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, api.handle_exit, sig, None)
         async with build_worker(client, services):
             print(
                 f"\nkeyrotor dev is running\n"
