@@ -128,7 +128,12 @@ class KeyLifecycle:
     def current(self) -> VersionTimes | None:
         """The version that is (or, while suspended, would be) the one in use."""
         return next(
-            (v for v in self.versions if v.state in (VersionState.ACTIVE, VersionState.SUSPENDED)),
+            (
+                v
+                for v in self.versions
+                if v.state == VersionState.ACTIVE
+                or (v.state == VersionState.SUSPENDED and v.grace_until is None)
+            ),
             None,
         )
 
@@ -194,7 +199,7 @@ def next_transition(key: KeyLifecycle, now: datetime) -> Transition | None:
             if not v.warned:
                 candidates.append(Transition(TransitionKind.WARN, v.warn_at, v.number))
             candidates.append(Transition(TransitionKind.ROTATE, v.rotate_at, v.number))
-        if v.state == VersionState.GRACE and v.grace_until is not None:
+        if _in_grace(v) and v.grace_until is not None:
             candidates.append(Transition(TransitionKind.END_GRACE, v.grace_until, v.number))
         if v.state in LIVE_STATES:
             candidates.append(Transition(TransitionKind.EXPIRE_VERSION, v.hard_expiry, v.number))
@@ -204,6 +209,16 @@ def next_transition(key: KeyLifecycle, now: datetime) -> Transition | None:
         return None
     order = list(TransitionKind)
     return min(candidates, key=lambda t: (t.at, order.index(t.kind), t.version))
+
+
+def _in_grace(v: VersionTimes) -> bool:
+    """In grace, or suspended while in grace: its grace ends on time either way.
+
+    Only a version that left `active` through rotation has `grace_until`, so a suspended
+    version with one was in grace and returns there on resume."""
+    return v.state == VersionState.GRACE or (
+        v.state == VersionState.SUSPENDED and v.grace_until is not None
+    )
 
 
 def _set_version(key: KeyLifecycle, new: VersionTimes) -> KeyLifecycle:
@@ -217,7 +232,6 @@ def _move(v: VersionTimes, state: VersionState, now: datetime) -> VersionTimes:
 # The version states each version transition applies to (what next_transition plans them for).
 _APPLIES_TO = {
     TransitionKind.WARN: frozenset({VersionState.ACTIVE}),
-    TransitionKind.END_GRACE: frozenset({VersionState.GRACE}),
     TransitionKind.EXPIRE_VERSION: LIVE_STATES,
 }
 
@@ -240,7 +254,8 @@ def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle
         )
         return replace(key, status=KeyStatus.EXPIRED, versions=versions)
     v = key.version(t.version)
-    if v.state not in _APPLIES_TO[t.kind]:
+    applies = _in_grace(v) if t.kind == TransitionKind.END_GRACE else v.state in _APPLIES_TO[t.kind]
+    if not applies:
         raise LifecycleError(f"{t.kind} does not apply to version {v.number}, which is {v.state}")
     if t.kind == TransitionKind.WARN:
         return _set_version(key, replace(v, warned=True))
@@ -258,15 +273,18 @@ def rotate(
     """A new active version; the old one enters grace, or is compromised at once.
 
     The grace period (the policy's unless overridden) never runs past the old version's hard
-    expiry; a zero grace retires the old version immediately.
+    expiry; a zero grace retires the old version immediately. A suspended key can only take a
+    compromise rotation: its old version is compromised and the new one stays suspended
+    until the key is resumed (a suspicion must not block an emergency rotation).
     """
-    if key.status != KeyStatus.ACTIVE:
+    suspended = key.status == KeyStatus.SUSPENDED and reason == RotationReason.COMPROMISE
+    if key.status != KeyStatus.ACTIVE and not suspended:
         raise LifecycleError(f"a {key.status} key cannot rotate")
     grace = key.policy.grace_period if grace_period is None else grace_period
     if grace < 0:
         raise LifecycleError("grace period must not be negative")
     versions = list(key.versions)
-    old = key.active()
+    old = key.current()
     if old is not None:
         if reason == RotationReason.COMPROMISE:
             moved = _move(old, VersionState.COMPROMISED, now)
@@ -278,7 +296,8 @@ def rotate(
                 moved = replace(_move(old, VersionState.GRACE, now), grace_until=until)
         versions = [moved if v.number == old.number else v for v in versions]
     number = key.last_version + 1
-    versions.append(plan_version(number, now, key.policy))
+    new = plan_version(number, now, key.policy)
+    versions.append(replace(new, state=VersionState.SUSPENDED) if suspended else new)
     return replace(key, versions=tuple(versions), last_version=number)
 
 
@@ -294,22 +313,28 @@ def revoke(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
 
 
 def suspend(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
-    """Suspend the key: its active version stops being usable until it is resumed."""
+    """Suspend the key: its active and grace versions stop being usable until it is resumed
+    (as a disabled key in AWS KMS or Vault refuses every version)."""
     if key.status != KeyStatus.ACTIVE:
         raise LifecycleError(f"a {key.status} key cannot be suspended")
     versions = tuple(
-        _move(v, VersionState.SUSPENDED, now) if v.state == VersionState.ACTIVE else v
+        _move(v, VersionState.SUSPENDED, now)
+        if v.state in (VersionState.ACTIVE, VersionState.GRACE)
+        else v
         for v in key.versions
     )
     return replace(key, status=KeyStatus.SUSPENDED, versions=versions)
 
 
 def resume(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
-    """Resume a suspended key; a rotation that fell due meanwhile becomes due at once."""
+    """Resume a suspended key: versions go back to active or grace; a rotation that fell
+    due meanwhile becomes due at once."""
     if key.status != KeyStatus.SUSPENDED:
         raise LifecycleError(f"a {key.status} key cannot be resumed")
     versions = tuple(
-        _move(v, VersionState.ACTIVE, now) if v.state == VersionState.SUSPENDED else v
+        _move(v, VersionState.GRACE if v.grace_until is not None else VersionState.ACTIVE, now)
+        if v.state == VersionState.SUSPENDED
+        else v
         for v in key.versions
     )
     return replace(key, status=KeyStatus.ACTIVE, versions=versions)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import version
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -26,6 +27,8 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
         activities=[keys.commit_key_transition],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,
+        # Without it the SDK hashes the code of every loaded module at start-up.
+        build_id=f"keyrotor-{version('keyrotor')}",
     )
 
 

@@ -173,6 +173,12 @@ class KeyLifecycleWorkflow:
         )
         return RotationResult(from_version=old.number if old else 0, to_version=new.last_version)
 
+    def _can_rotate(self, reason: RotationReason) -> bool:
+        # an emergency rotation also applies to a suspended key (see core.lifecycle.rotate)
+        return self._key.status == KeyStatus.ACTIVE or (
+            self._key.status == KeyStatus.SUSPENDED and reason == RotationReason.COMPROMISE
+        )
+
     async def _commit(
         self,
         new: KeyLifecycle,
@@ -186,7 +192,9 @@ class KeyLifecycleWorkflow:
     ) -> None:
         """Project `new` into the store (one audited transaction), then adopt it."""
         self._seq += 1
-        await workflow.execute_activity_method(
+        # A local activity: the commit is short and idempotent, and running it inside the
+        # workflow task saves two server round trips and a workflow task per transition.
+        await workflow.execute_local_activity_method(
             KeyActivities.commit_key_transition,
             KeyTransitionCommit(
                 transition_id=f"{workflow.info().workflow_id}/{self._seq}",
@@ -244,7 +252,7 @@ class KeyLifecycleWorkflow:
             for done in self._recent:
                 if request.request_id and done.request_id == request.request_id:
                     return RotationResult(done.from_version, done.to_version)
-            if self._key.status != KeyStatus.ACTIVE:
+            if not self._can_rotate(RotationReason(request.reason)):
                 raise ApplicationError(
                     f"a {self._key.status} key cannot rotate", type="KeyStateError"
                 )
@@ -273,7 +281,7 @@ class KeyLifecycleWorkflow:
             raise ValueError(f"comment is longer than {MAX_COMMENT} characters")
         if any(r.request_id == request.request_id for r in self._recent if request.request_id):
             return
-        if self._key.status != KeyStatus.ACTIVE:
+        if not self._can_rotate(RotationReason(request.reason)):
             raise ValueError(f"a {self._key.status} key cannot rotate")
 
     @workflow.update
@@ -309,7 +317,7 @@ class KeyLifecycleWorkflow:
         """The active version is compromised: replace it now, with no grace."""
         await workflow.wait_condition(lambda: self._created)
         async with self._lock:
-            if self._key.status != KeyStatus.ACTIVE:
+            if not self._can_rotate(RotationReason.COMPROMISE):
                 workflow.logger.warning("emergency_rotate ignored: key is %s", self._key.status)
                 return
             try:

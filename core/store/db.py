@@ -9,8 +9,9 @@ tries to upgrade its read lock while another connection is writing.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Final
 
@@ -62,6 +63,9 @@ class Store:
         else:
             self.engine = create_engine(parsed, pool_pre_ping=True)
         self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if self.is_sqlite else nullcontext()
+        )
         self._write_sessions = sessionmaker(
             bind=self.engine.execution_options(**{WRITE_TRANSACTION_OPTION: True}),
             expire_on_commit=False,
@@ -87,7 +91,10 @@ class Store:
         database lock (up to the busy timeout) instead of failing; on PostgreSQL it is an
         ordinary READ COMMITTED transaction and writers serialise on row locks.
         """
-        with self._write_sessions() as session, session.begin():
+        # SQLite has one writer at a time and its busy handler sleeps in steps of up to 100 ms
+        # while it waits; queueing this process's writers on a lock hands the database over
+        # at once (other processes still queue on the busy timeout).
+        with self._write_lock, self._write_sessions() as session, session.begin():
             yield session
 
     def migrate(self) -> None:

@@ -67,22 +67,34 @@ async def test_worker_killed_mid_rotation(dev_env: WorkflowEnvironment, tmp_path
         for h in handles:
             await h.execute_update(KeyLifecycleWorkflow.wait_created)
 
-        updates = [
-            await h.start_update(
-                KeyLifecycleWorkflow.rotate,
-                RotateRequest(reason="manual", request_id="crash-test"),
-                wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+        def rotated() -> int:
+            with services.store.session() as s:
+                n = s.scalar(
+                    select(func.count()).select_from(KeyVersionRow).where(KeyVersionRow.number == 2)
+                )
+                return n or 0
+
+        starting = asyncio.gather(
+            *(
+                h.start_update(
+                    KeyLifecycleWorkflow.rotate,
+                    RotateRequest(reason="manual", request_id="crash-test"),
+                    wait_for_stage=WorkflowUpdateStage.ACCEPTED,
+                )
+                for h in handles
             )
-            for h in handles
-        ]
-        with services.store.session() as s:  # the worker is in the middle of it
-            done_before_kill = s.scalar(
-                select(func.count()).select_from(KeyVersionRow).where(KeyVersionRow.number == 2)
-            )
+        )
+        for _ in range(1000):  # kill as soon as the first rotation is committed
+            if rotated():
+                break
+            await asyncio.sleep(0.005)
         worker.send_signal(signal.SIGKILL)
         worker.wait(timeout=10)
-        assert done_before_kill is not None and done_before_kill < KEYS
+        done_before_kill = rotated()
+        assert 0 < done_before_kill < KEYS, done_before_kill
 
+        worker = start_worker(env)
+        updates = await asyncio.wait_for(starting, 120)
         worker = start_worker(env)
         results = await asyncio.wait_for(asyncio.gather(*(u.result() for u in updates)), 120)
         assert results == [RotationResult(1, 2)] * KEYS

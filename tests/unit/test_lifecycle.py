@@ -315,12 +315,31 @@ def test_suspended_key_neither_warns_nor_rotates() -> None:
 def test_grace_still_ends_while_suspended() -> None:
     key = rotate(new_key(ENCRYPTION, T0), day(30), RotationReason.SCHEDULED)
     key = suspend(key, day(31))
-    assert states(key) == {1: S.GRACE, 2: S.SUSPENDED}
+    # a suspended key refuses every version, the one in grace too
+    assert states(key) == {1: S.SUSPENDED, 2: S.SUSPENDED}
     key, timeline = follow_schedule(key, day(200))
     assert timeline == [(K.END_GRACE, day(37), 1), (K.EXPIRE_VERSION, day(120), 2)]
     assert states(key) == {1: S.RETIRED, 2: S.EXPIRED}
     # Nothing is usable and nothing is planned until an operator resumes the key.
     assert next_transition(key, day(200)) is None
+
+
+def test_resume_returns_versions_to_active_and_grace() -> None:
+    key = rotate(new_key(ENCRYPTION, T0), day(30), RotationReason.SCHEDULED)
+    key = resume(suspend(key, day(31)), day(32))
+    assert states(key) == {1: S.GRACE, 2: S.ACTIVE}
+    assert key.version(1).grace_until == day(37)
+    assert next_transition(key, day(32)) == Transition(K.END_GRACE, day(37), 1)
+
+
+def test_emergency_rotation_of_a_suspended_key() -> None:
+    key = rotate(new_key(ENCRYPTION, T0), day(30), RotationReason.SCHEDULED)
+    key = rotate(suspend(key, day(31)), day(32), RotationReason.COMPROMISE)
+    assert key.status == KeyStatus.SUSPENDED
+    assert states(key) == {1: S.SUSPENDED, 2: S.COMPROMISED, 3: S.SUSPENDED}
+    assert key.current() == key.version(3)
+    key = resume(key, day(33))
+    assert states(key) == {1: S.GRACE, 2: S.COMPROMISED, 3: S.ACTIVE}
 
 
 def test_resume_makes_an_overdue_rotation_due_at_once() -> None:
@@ -496,6 +515,8 @@ def test_a_transition_applies_once() -> None:
 def test_rotate_refuses_a_key_that_is_not_active(status: str) -> None:
     key = _key_with_status(status)
     for reason in RotationReason:
+        if status == "suspended" and reason == RotationReason.COMPROMISE:
+            continue  # an emergency rotation applies to a suspended key
         with pytest.raises(LifecycleError, match=f"^a {status} key cannot rotate$"):
             rotate(key, day(50), reason)
 
@@ -621,7 +642,7 @@ class KeyMachine(RuleBasedStateMachine):
             )
         elif t.kind == K.END_GRACE:
             old = before.version(t.version)
-            assert old.state == S.GRACE and t.at == old.grace_until
+            assert old.state in (S.GRACE, S.SUSPENDED) and t.at == old.grace_until
             assert self.key.version(t.version).state == S.RETIRED
         elif t.kind == K.EXPIRE_VERSION:
             old = before.version(t.version)
@@ -666,7 +687,8 @@ class KeyMachine(RuleBasedStateMachine):
     )
     def rotate_now(self, reason: RotationReason, grace: int | None) -> None:
         before = self.key
-        if before.status != KeyStatus.ACTIVE:
+        emergency = before.status == KeyStatus.SUSPENDED and reason == RotationReason.COMPROMISE
+        if before.status != KeyStatus.ACTIVE and not emergency:
             with pytest.raises(LifecycleError, match="key cannot rotate"):
                 rotate(before, self.now, reason, grace)
             return
@@ -680,8 +702,11 @@ class KeyMachine(RuleBasedStateMachine):
         key, now = self.key, self.now
         new = key.versions[-1]
         assert new.number == before.last_version + 1 == key.last_version
-        assert new == plan_version(new.number, now, key.policy)
-        old = before.active()
+        planned = plan_version(new.number, now, key.policy)
+        if before.status == KeyStatus.SUSPENDED:
+            planned = replace(planned, state=S.SUSPENDED)
+        assert new == planned
+        old = before.current()
         assert len(key.versions) == len(before.versions) + 1
         for b in before.versions:
             if old is None or b.number != old.number:
@@ -711,6 +736,7 @@ class KeyMachine(RuleBasedStateMachine):
         self._message()
         assert self.key.status == KeyStatus.SUSPENDED
         assert self.key.active() is None
+        assert not [v for v in self.key.versions if v.state == S.GRACE]
         active = before.active()
         assert self.key.current() == (
             None if active is None else replace(active, state=S.SUSPENDED, changed_at=self.now)
@@ -735,6 +761,10 @@ class KeyMachine(RuleBasedStateMachine):
             assert next_transition(self.key, self.now) is not None
         else:
             assert self.key.active() == replace(suspended, state=S.ACTIVE, changed_at=self.now)
+        for b in before.versions:
+            if b.state == S.SUSPENDED and b.grace_until is not None:
+                got = self.key.version(b.number)
+                assert (got.state, got.grace_until) == (S.GRACE, b.grace_until)
 
     # Revocation ends the story, so it is drawn rarely: most runs should live long enough to
     # rotate, suspend and resume many times.
@@ -806,17 +836,19 @@ class KeyMachine(RuleBasedStateMachine):
             assert v.hard_expiry - v.created_at == timedelta(seconds=policy.max_lifetime)
             assert v.created_at <= (v.changed_at or v.created_at) <= self.now
             if v.state == S.GRACE:
-                # Grace starts at the rotation and ends after it, never past the hard expiry.
+                # Grace starts at the rotation (or a resume) and ends no earlier, never past the
+                # hard expiry; a resume at the very end of grace leaves it due at once.
                 assert v.grace_until is not None and v.changed_at is not None
-                assert v.changed_at < v.grace_until <= v.hard_expiry
-            if v.state in (S.ACTIVE, S.SUSPENDED):
+                assert v.changed_at <= v.grace_until <= v.hard_expiry
+            if v.state == S.ACTIVE:
                 assert v.grace_until is None
 
     @invariant()
     def one_version_in_use(self) -> None:
         key = self.key
         active = [v for v in key.versions if v.state == S.ACTIVE]
-        suspended = [v for v in key.versions if v.state == S.SUSPENDED]
+        # suspended versions that were in use (not in grace when the key was suspended)
+        suspended = [v for v in key.versions if v.state == S.SUSPENDED and v.grace_until is None]
         assert len(active) <= 1
         assert len(suspended) <= 1
         if key.status == KeyStatus.ACTIVE:
@@ -832,6 +864,8 @@ class KeyMachine(RuleBasedStateMachine):
         else:
             assert not active and not suspended
             assert not [v for v in key.versions if v.state in LIVE_STATES]
+        if key.status != KeyStatus.SUSPENDED:
+            assert not [v for v in key.versions if v.state == S.SUSPENDED]
 
     @invariant()
     def final_states_never_change(self) -> None:

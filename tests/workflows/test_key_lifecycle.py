@@ -266,3 +266,18 @@ async def _wait(
 
 def test_policy_matches_config(services: Services) -> None:
     assert services.policies.key_type("encryption").lifecycle() == POLICY
+
+
+async def test_emergency_rotation_reaches_a_suspended_key(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue)
+    await handle.execute_update(KeyLifecycleWorkflow.rotate, RotateRequest())
+    await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("suspend"))
+    # suspension stops the grace version too
+    assert versions(services, spec.key_id) == {1: "suspended", 2: "suspended"}
+    await handle.signal(KeyLifecycleWorkflow.emergency_rotate, OperatorAction(reason="leak"))
+    await _wait(handle, lambda d: d.lifecycle.last_version == 3)
+    assert versions(services, spec.key_id) == {1: "suspended", 2: "compromised", 3: "suspended"}
+    await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
+    assert versions(services, spec.key_id) == {1: "grace", 2: "compromised", 3: "active"}
