@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import audit
-from core.lifecycle import PROCESS_STATES, PROTECT_STATES, KeyStatus, next_rotation_at
+from core.lifecycle import (
+    PROCESS_STATES,
+    PROTECT_STATES,
+    KeyStatus,
+    VersionState,
+    next_rotation_at,
+)
 from core.objects import KeyTransitionCommit
 from core.providers.base import KeyProvider, ProviderConfigurationError, VersionHandle
 from core.store.db import Store
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
 
 PREFIX = "kr"
+_VERSION = re.compile(r"[0-9]{1,9}")
 _PROTECT = frozenset(str(s) for s in PROTECT_STATES)
 _PROCESS = frozenset(str(s) for s in PROCESS_STATES)
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
@@ -68,7 +76,7 @@ def format_token(key_id: str, version: int, payload: bytes) -> str:
 def parse_token(token: str, key_id: str) -> tuple[int, bytes]:
     """The version and payload of a `kr:` token made by `key_id`."""
     parts = token.split(":")
-    if len(parts) != 4 or parts[0] != PREFIX or not parts[2].isdigit():
+    if len(parts) != 4 or parts[0] != PREFIX or not _VERSION.fullmatch(parts[2]):
         raise MalformedTokenError("expected kr:<key id>:<version>:<payload>")
     if parts[1] != key_id:
         raise MalformedTokenError(f"this was made with key {parts[1]}, not {key_id}")
@@ -172,6 +180,18 @@ class KeyService:
                 row.hard_expiry = v.hard_expiry
                 row.grace_until = v.grace_until
                 row.state_changed_at = v.changed_at or c.at
+            # A version numbered past the workflow's last one was committed by a workflow task
+            # that was lost (a crash before it completed) and replayed differently: not in use
+            # until the workflow makes that version again.
+            s.execute(
+                update(KeyVersionRow)
+                .where(
+                    KeyVersionRow.key_id == spec.key_id,
+                    KeyVersionRow.number > lc.last_version,
+                    KeyVersionRow.state != str(VersionState.PENDING),
+                )
+                .values(state=str(VersionState.PENDING), state_changed_at=c.at)
+            )
             audit.append(
                 s,
                 audit.AuditEntry(
@@ -222,6 +242,13 @@ class KeyService:
                     raise KeyStateError(f"key {key_id} has no version {number}")
             if row.state not in allowed:
                 raise KeyStateError(f"version {row.number} of key {key_id} is {row.state}")
+            # The workflow moves versions on at their deadlines; should it be late (workers
+            # down), the deadlines still hold here.
+            now = datetime.now(UTC)
+            if row.hard_expiry <= now:
+                raise KeyStateError(f"version {row.number} of key {key_id} is past its lifetime")
+            if row.state == "grace" and row.grace_until is not None and row.grace_until <= now:
+                raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
             return self.provider(row.provider), VersionHandle(
                 key_id=row.key_id,
                 number=row.number,

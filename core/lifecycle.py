@@ -182,8 +182,13 @@ def new_key(
     )
 
 
-def next_transition(key: KeyLifecycle, now: datetime) -> Transition | None:
+def next_transition(
+    key: KeyLifecycle, now: datetime, *, rotation: bool = True
+) -> Transition | None:
     """The earliest time-driven change of `key`, or None when nothing is scheduled.
+
+    With `rotation=False` rotations are left out (while a failed rotation waits for its retry,
+    grace periods must still end and versions still expire).
 
     A transition whose `at` is not after `now` is due. While the key is suspended it neither
     warns nor rotates, but grace periods still end and versions still expire. An active key
@@ -198,12 +203,13 @@ def next_transition(key: KeyLifecycle, now: datetime) -> Transition | None:
         if v.state == VersionState.ACTIVE and key.status == KeyStatus.ACTIVE:
             if not v.warned:
                 candidates.append(Transition(TransitionKind.WARN, v.warn_at, v.number))
-            candidates.append(Transition(TransitionKind.ROTATE, v.rotate_at, v.number))
+            if rotation:
+                candidates.append(Transition(TransitionKind.ROTATE, v.rotate_at, v.number))
         if _in_grace(v) and v.grace_until is not None:
             candidates.append(Transition(TransitionKind.END_GRACE, v.grace_until, v.number))
         if v.state in LIVE_STATES:
             candidates.append(Transition(TransitionKind.EXPIRE_VERSION, v.hard_expiry, v.number))
-    if key.status == KeyStatus.ACTIVE and key.active() is None:
+    if rotation and key.status == KeyStatus.ACTIVE and key.active() is None:
         candidates.append(Transition(TransitionKind.ROTATE, now, 0))
     if not candidates:
         return None
@@ -299,6 +305,16 @@ def rotate(
     new = plan_version(number, now, key.policy)
     versions.append(replace(new, state=VersionState.SUSPENDED) if suspended else new)
     return replace(key, versions=tuple(versions), last_version=number)
+
+
+def compromise(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
+    """Mark the version in use compromised without a successor: what an emergency rotation
+    leaves when the new version cannot be made. Use fails closed until a rotation succeeds
+    (an active key without an active version is due to rotate at once)."""
+    current = key.current()
+    if key.status in TERMINAL_KEY_STATUSES or current is None:
+        raise LifecycleError(f"a {key.status} key has no version in use to compromise")
+    return _set_version(key, _move(current, VersionState.COMPROMISED, now))
 
 
 def revoke(key: KeyLifecycle, now: datetime) -> KeyLifecycle:

@@ -8,7 +8,8 @@ change, and has the `commit_key_transition` activity project it (audited) into t
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import contextlib
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -24,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         RotationReason,
         TransitionKind,
         apply_timed,
+        compromise,
         next_rotation_at,
         next_transition,
         prune,
@@ -53,6 +55,9 @@ COMMIT_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(minutes=2),
 )
+# How a failed commit surfaces in the workflow (a local activity's failure arrives as its
+# ApplicationError itself, a regular activity's wrapped in an ActivityError).
+COMMIT_FAILED = (ActivityError, ApplicationError)
 # After a rotation fails for a reason retrying cannot fix, try again after this long.
 FAILED_ROTATION_BACKOFF = timedelta(hours=1)
 RECENT_REQUESTS_KEPT = 64
@@ -92,7 +97,7 @@ class KeyLifecycleWorkflow:
         self._recent = list(input.recent_requests)
         self._lock = asyncio.Lock()
         self._wake = False
-        self._blocked_until = workflow.now() - timedelta(seconds=1)
+        self._rotation_retry_at = input.rotation_retry_at
 
     @workflow.run
     async def run(self, input: KeyWorkflowInput) -> str:
@@ -114,14 +119,14 @@ class KeyLifecycleWorkflow:
                 )
                 workflow.continue_as_new(self._carry())
             now = workflow.now()
-            due = next_transition(self._key, now)
-            if due is not None and due.at <= now and now >= self._blocked_until:
+            due = next_transition(self._key, now, rotation=self._rotation_allowed(now))
+            if due is not None and due.at <= now:
                 async with self._lock:
                     await self._apply_due()
                 continue
-            wake_at = self._blocked_until if due is not None and due.at <= now else None
-            if due is not None and wake_at is None:
-                wake_at = due.at
+            retry = self._rotation_retry_at
+            wakes = [t for t in (due.at if due else None, retry) if t is not None and t > now]
+            wake_at = min(wakes) if wakes else None
             self._wake = False
             try:
                 await workflow.wait_condition(
@@ -138,15 +143,16 @@ class KeyLifecycleWorkflow:
         """Apply the transition that is due now (re-read under the lock: a handler may have
         changed the state while this waited)."""
         now = workflow.now()
-        due = next_transition(self._key, now)
+        due = next_transition(self._key, now, rotation=self._rotation_allowed(now))
         if due is None or due.at > now:
             return
         if due.kind == TransitionKind.ROTATE:
             try:
                 await self._rotate(RotationReason.SCHEDULED, None, "keyrotor", "scheduled")
-            except ActivityError as e:
-                workflow.logger.error("scheduled rotation failed; retrying later: %s", e.cause)
-                self._blocked_until = now + FAILED_ROTATION_BACKOFF
+                self._rotation_retry_at = None
+            except COMMIT_FAILED as e:
+                workflow.logger.error("scheduled rotation failed; retrying later: %s", e)
+                self._rotation_retry_at = now + FAILED_ROTATION_BACKOFF
             return
         action, event = TIMED_ACTIONS[due.kind]
         await self._commit(
@@ -156,21 +162,39 @@ class KeyLifecycleWorkflow:
             version=due.version or None,
         )
 
+    def _rotation_allowed(self, now: datetime) -> bool:
+        return self._rotation_retry_at is None or now >= self._rotation_retry_at
+
     async def _rotate(
         self, reason: RotationReason, grace: int | None, actor: str, comment: str
     ) -> RotationResult:
-        old = self._key.active()
+        old = self._key.current()
         new = rotate(self._key, workflow.now(), reason, grace)
         action = "key.emergency_rotated" if reason == RotationReason.COMPROMISE else "key.rotated"
-        await self._commit(
-            new,
-            action=action,
-            event="keyRotated",
-            version=new.last_version,
-            new_version=new.last_version,
-            actor=actor,
-            reason=f"{reason}: {comment}" if comment else str(reason),
-        )
+        why = f"{reason}: {comment}" if comment else str(reason)
+        try:
+            await self._commit(
+                new,
+                action=action,
+                event="keyRotated",
+                version=new.last_version,
+                new_version=new.last_version,
+                actor=actor,
+                reason=why,
+            )
+        except COMMIT_FAILED:
+            if reason == RotationReason.COMPROMISE and old is not None:
+                # No new version, but the compromised one must stop being used all the same.
+                with contextlib.suppress(*COMMIT_FAILED):
+                    await self._commit(
+                        compromise(self._key, workflow.now()),
+                        action="key.version_compromised",
+                        event="keyVersionCompromised",
+                        version=old.number,
+                        actor=actor,
+                        reason=f"{why} (no new version could be made)",
+                    )
+            raise
         return RotationResult(from_version=old.number if old else 0, to_version=new.last_version)
 
     def _can_rotate(self, reason: RotationReason) -> bool:
@@ -197,7 +221,10 @@ class KeyLifecycleWorkflow:
         await workflow.execute_local_activity_method(
             KeyActivities.commit_key_transition,
             KeyTransitionCommit(
-                transition_id=f"{workflow.info().workflow_id}/{self._seq}",
+                # What is committed is part of its id: a local activity leaves no trace in
+                # history until its workflow task completes, so after a crash the same number
+                # can be replayed by a different transition, which must not count as done.
+                transition_id=f"{workflow.info().workflow_id}/{self._seq}:{action}:{version}",
                 spec=self._spec,
                 lifecycle=new,
                 action=action,
@@ -233,6 +260,7 @@ class KeyLifecycleWorkflow:
             created=True,
             transition_seq=self._seq,
             recent_requests=tuple(self._recent[-RECENT_REQUESTS_KEPT:]),
+            rotation_retry_at=self._rotation_retry_at,
         )
 
     # --- updates -------------------------------------------------------------------------
@@ -289,7 +317,11 @@ class KeyLifecycleWorkflow:
         """Revoke, suspend or resume; answers the new status once it is committed."""
         await workflow.wait_condition(lambda: self._created)
         async with self._lock:
-            await self._change_status(change.action, change.reason, change.actor or "api")
+            try:
+                await self._change_status(change.action, change.reason, change.actor or "api")
+            except LifecycleError as e:
+                # the state changed between validation and the lock (a concurrent request)
+                raise ApplicationError(str(e), type="KeyStateError", non_retryable=True) from e
             return str(self._key.status)
 
     @change_status.validator
@@ -313,8 +345,9 @@ class KeyLifecycleWorkflow:
     # --- signals (fire and forget: what cannot apply is logged and ignored) ------------------
 
     @workflow.signal
-    async def emergency_rotate(self, action: OperatorAction) -> None:
+    async def emergency_rotate(self, action: OperatorAction | None = None) -> None:
         """The active version is compromised: replace it now, with no grace."""
+        action = action or OperatorAction()
         await workflow.wait_condition(lambda: self._created)
         async with self._lock:
             if not self._can_rotate(RotationReason.COMPROMISE):
@@ -322,33 +355,35 @@ class KeyLifecycleWorkflow:
                 return
             try:
                 await self._rotate(RotationReason.COMPROMISE, 0, action.actor, action.reason)
-            except ActivityError as e:
-                workflow.logger.error("emergency rotation failed: %s", e.cause)
+            except COMMIT_FAILED as e:
+                workflow.logger.error("emergency rotation failed: %s", e)
 
     @workflow.signal
-    async def revoke(self, action: OperatorAction) -> None:
+    async def revoke(self, action: OperatorAction | None = None) -> None:
         """Revoke the key: every live version is compromised and the workflow ends."""
         await self._signalled_status("revoke", action)
 
     @workflow.signal
-    async def suspend(self, action: OperatorAction) -> None:
+    async def suspend(self, action: OperatorAction | None = None) -> None:
         """Suspend the key until `resume`."""
         await self._signalled_status("suspend", action)
 
     @workflow.signal
-    async def resume(self, action: OperatorAction) -> None:
+    async def resume(self, action: OperatorAction | None = None) -> None:
         """Resume a suspended key."""
         await self._signalled_status("resume", action)
 
-    async def _signalled_status(self, name: str, action: OperatorAction) -> None:
+    async def _signalled_status(self, name: str, action: OperatorAction | None) -> None:
+        # A signal sent with no input (an empty form in the UI) must not fail the workflow task.
+        action = action or OperatorAction()
         await workflow.wait_condition(lambda: self._created)
         async with self._lock:
             try:
                 await self._change_status(name, action.reason, action.actor)
             except LifecycleError as e:
                 workflow.logger.warning("%s ignored: %s", name, e)
-            except ActivityError as e:
-                workflow.logger.error("%s failed: %s", name, e.cause)
+            except COMMIT_FAILED as e:
+                workflow.logger.error("%s failed: %s", name, e)
 
     # --- query -----------------------------------------------------------------------------
 

@@ -84,6 +84,8 @@ class KeyWorkflowInput:
     created: bool = False
     transition_seq: int = 0
     recent_requests: tuple[RequestOutcome, ...] = ()
+    # When a rotation failed for a reason retrying cannot fix: the next attempt.
+    rotation_retry_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from google.protobuf import json_format
+from starlette.concurrency import run_in_threadpool
 from temporalio.api.common.v1 import Payloads
 
 from api.auth import Permission, principal, require
@@ -18,22 +19,27 @@ router = APIRouter(prefix="/codec", tags=["codec"])
 def _authorize(request: Request) -> None:
     settings = request.app.state.services.settings
     origin = request.headers.get("origin")
-    if settings.codec_allow_ui_origin and origin in settings.ui_origins():
-        return  # `keyrotor dev` only: the dev UI has no way to present an admin key
+    client = request.client.host if request.client else ""
+    if (
+        settings.codec_allow_ui_origin
+        and origin in settings.ui_origins()
+        and client in ("127.0.0.1", "::1")
+    ):
+        return  # `keyrotor dev` only: the local dev UI has no way to present an admin key
     require(Permission.CODEC)(principal(request))
 
 
 async def _payloads(request: Request) -> Payloads:
     try:
         return json_format.Parse(await request.body(), Payloads())
-    except json_format.ParseError:
+    except (json_format.ParseError, UnicodeDecodeError, ValueError):
         raise APIError(400, "INVALID_REQUEST", 'body must be {"payloads": [...]}') from None
 
 
 @router.post("/encode")
 async def encode(request: Request) -> dict[str, Any]:
     """Encrypt payloads (Temporal codec server protocol)."""
-    _authorize(request)
+    await run_in_threadpool(_authorize, request)
     codec: EncryptionCodec = request.app.state.codec
     out = Payloads(payloads=await codec.encode(list((await _payloads(request)).payloads)))
     return json_format.MessageToDict(out)
@@ -42,7 +48,7 @@ async def encode(request: Request) -> dict[str, Any]:
 @router.post("/decode")
 async def decode(request: Request) -> dict[str, Any]:
     """Decrypt payloads for an authenticated operator (Temporal codec server protocol)."""
-    _authorize(request)
+    await run_in_threadpool(_authorize, request)
     codec: EncryptionCodec = request.app.state.codec
     try:
         out = Payloads(payloads=await codec.decode(list((await _payloads(request)).payloads)))

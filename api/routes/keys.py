@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError
 
 from api import schemas
@@ -40,6 +40,17 @@ from workflows.types import (
 
 router = APIRouter(prefix="/api/key-management/keys", tags=["keys"])
 UPDATE_TIMEOUT = 30.0
+# How a refused or failed update answers, by the failure's type (validators raise ValueError).
+UPDATE_FAILURES = {
+    "ValueError": (400, "INVALID_REQUEST"),
+    "KeyStateError": (409, "KEY_STATE"),
+    "LifecycleError": (409, "KEY_STATE"),
+    "ProviderConfigurationError": (400, "PROVIDER_NOT_CONFIGURED"),
+    "UnsupportedAlgorithmError": (400, "UNSUPPORTED_ALGORITHM"),
+    "ProviderUnavailableError": (503, "PROVIDER_UNAVAILABLE"),
+    "ProviderOperationError": (503, "PROVIDER_UNAVAILABLE"),
+    "ProviderError": (503, "PROVIDER_UNAVAILABLE"),
+}
 
 Svc = Annotated[Services, Depends(services)]
 Temporal = Annotated[Client, Depends(temporal)]
@@ -106,10 +117,13 @@ def _cursor(key: KeyRow) -> str:
 
 def _parse_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        at, kid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(at), str(kid)
+        at_text, kid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        at = datetime.fromisoformat(at_text)
     except (ValueError, TypeError, binascii.Error):
         raise APIError(400, "INVALID_REQUEST", "cursor is not one this API returned") from None
+    if at.tzinfo is None:
+        raise APIError(400, "INVALID_REQUEST", "cursor is not one this API returned")
+    return at, str(kid)
 
 
 async def _update(client: Client, workflow_id: str, name: str, arg: Any, **kw: Any) -> Any:
@@ -119,8 +133,13 @@ async def _update(client: Client, workflow_id: str, name: str, arg: Any, **kw: A
         return await asyncio.wait_for(handle.execute_update(name, arg, **kw), UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as e:
         cause = e.cause
-        message = cause.message if isinstance(cause, ApplicationError) else "update refused"
-        raise APIError(409, "KEY_STATE", message) from None
+        if isinstance(cause, ActivityError) and cause.cause is not None:
+            cause = cause.cause
+        if not isinstance(cause, ApplicationError):
+            raise APIError(409, "KEY_STATE", "update refused") from None
+        status, code = UPDATE_FAILURES.get(cause.type or "", (409, "KEY_STATE"))
+        message = "the key provider failed" if status == 503 else cause.message
+        raise APIError(status, code, message) from None
     except TimeoutError:
         raise APIError(503, "WORKER_UNAVAILABLE", "no worker answered in time; retry") from None
     except RPCError as e:
@@ -162,7 +181,7 @@ async def generate_key(
         algorithm=algorithm,
         provider=provider,
         key_bits=key_bits,
-        owner=body.owner or body.user_id,
+        owner=body.owner,  # a search attribute: never defaulted to a (personal) user id
         name=body.name,
         created_by=body.user_id or who.name,
         metadata=metadata,
@@ -249,7 +268,8 @@ async def rotate_key(
     """Rotate now. A retried request with the same `Idempotency-Key` rotates once."""
     body = body or schemas.RotateKeyRequest()
     key, _ = await run_in_threadpool(svc.keys.get, key_id)
-    if key.status != KeyStatus.ACTIVE:
+    emergency = body.reason == RotationReason.COMPROMISE and key.status == KeyStatus.SUSPENDED
+    if key.status != KeyStatus.ACTIVE and not emergency:
         raise APIError(409, "KEY_STATE", f"a {key.status} key cannot rotate")
     grace = None
     if body.grace_period is not None:

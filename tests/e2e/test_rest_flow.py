@@ -10,6 +10,8 @@ from core.credentials import Role
 from tests.e2e.conftest import Stack
 
 API = "/api/key-management"
+# a forged cursor whose timestamp has no zone
+NAIVE_CURSOR = "WyIyMDI2LTAxLTAxVDAwOjAwOjAwIiwgImtleV94Il0"
 
 
 def b64(data: bytes) -> str:
@@ -174,7 +176,16 @@ async def test_bad_input_is_4xx_and_changes_nothing(stack: Stack) -> None:
         ),
         ("POST", f"{API}/keys/generate", {"type": "encryption", "surprise": 1}, 400),
         ("POST", f"{API}/keys/{kid}/rotate", {"gracePeriod": "7 days"}, 400),
-        ("POST", f"{API}/keys/{kid}/rotate", {"gracePeriod": "P1000D"}, 409),
+        ("POST", f"{API}/keys/{kid}/rotate", {"gracePeriod": "P1000D"}, 400),
+        ("POST", f"{API}/keys/{kid}/decrypt", {"ciphertext": f"kr:{kid}:\u00b2:AAAA"}, 400),
+        ("POST", f"{API}/keys/{kid}/decrypt", {"ciphertext": f"kr:{kid}:{10**30}:AAAA"}, 400),
+        (
+            "POST",
+            f"{API}/keys/{kid}/verify",
+            {"message": "AA==", "signature": f"kr:{kid}:\u00b2:AA"},
+            400,
+        ),
+        ("GET", f"{API}/keys?cursor={NAIVE_CURSOR}", None, 400),
         ("POST", f"{API}/keys/{kid}/encrypt", {"plaintext": "%%%"}, 400),
         ("POST", f"{API}/keys/{kid}/decrypt", {"ciphertext": "kr:other:1:AAAA"}, 400),
         ("POST", f"{API}/keys/{kid}/decrypt", {"ciphertext": "garbage"}, 400),

@@ -21,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from core.keys import KeyStateError
 from core.lifecycle import LifecyclePolicy, new_key
 from core.objects import KeySpec
+from core.providers.base import ProviderConfigurationError
 from core.services import Services
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
 from worker.main import build_worker
@@ -281,3 +282,66 @@ async def test_emergency_rotation_reaches_a_suspended_key(
     assert versions(services, spec.key_id) == {1: "suspended", 2: "compromised", 3: "suspended"}
     await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
     assert versions(services, spec.key_id) == {1: "grace", 2: "compromised", 3: "active"}
+
+
+async def test_signals_sent_without_input_apply(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    # `temporal workflow signal --name suspend` with no --input, or an empty form in the UI
+    handle, spec, _ = await start_key(env, task_queue)
+    await handle.signal("suspend")
+    await _wait(handle, lambda d: d.lifecycle.status == "suspended")
+    await handle.signal("resume")
+    await _wait(handle, lambda d: d.lifecycle.status == "active")
+    assert actions(services, spec.key_id)[-2:] == ["key.suspended", "key.resumed"]
+
+
+async def test_concurrent_status_changes_fail_cleanly(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue)
+    outcomes = await asyncio.gather(
+        *(
+            handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("suspend"))
+            for _ in range(3)
+        ),
+        return_exceptions=True,
+    )
+    assert outcomes.count("suspended") == 1
+    assert all(isinstance(o, WorkflowUpdateFailedError) for o in outcomes if o != "suspended")
+    # the workflow is healthy: it still takes messages
+    assert (
+        await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
+        == "active"
+    )
+    assert actions(services, spec.key_id).count("key.suspended") == 1
+
+
+class BrokenProvider:
+    """A provider that cannot make versions (as if removed from the configuration)."""
+
+    name = "local"
+
+    def create_version(self, *args: object, **kwargs: object) -> None:
+        raise ProviderConfigurationError("provider 'local' is not configured")
+
+
+async def test_failed_emergency_rotation_still_stops_the_compromised_version(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue)
+    await handle.execute_update(KeyLifecycleWorkflow.rotate, RotateRequest())  # v1 in grace 7 d
+    working = services.providers["local"]
+    services.providers["local"] = BrokenProvider()  # type: ignore[assignment]
+    await handle.signal(KeyLifecycleWorkflow.emergency_rotate, OperatorAction(reason="leak"))
+    await _wait(handle, lambda d: d.lifecycle.current() is None)
+    assert versions(services, spec.key_id) == {1: "grace", 2: "compromised"}
+    with pytest.raises(KeyStateError):  # fails closed: no version to encrypt with
+        services.keys.encrypt(spec.key_id, b"x", b"")
+    assert actions(services, spec.key_id)[-1] == "key.version_compromised"
+    # the rotation that is now due keeps failing, but other deadlines still apply
+    await env.sleep(timedelta(days=8))
+    assert versions(services, spec.key_id) == {1: "retired", 2: "compromised"}
+    services.providers["local"] = working
+    await env.sleep(timedelta(hours=1, minutes=1))  # the next rotation attempt succeeds
+    assert versions(services, spec.key_id) == {1: "retired", 2: "compromised", 3: "active"}
