@@ -9,7 +9,7 @@ from temporalio.client import Client
 from api import errors
 from api.routes import codec, health, keys
 from core.codec import EncryptionCodec
-from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+from core.credentials import AdminKeys, Role
 from core.services import Services
 
 
@@ -26,7 +26,7 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
     app.state.services = services
     app.state.client = client
     app.state.codec = EncryptionCodec(services.keyring)
-    app.state.admin_keys = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE))
+    app.state.admin_keys = AdminKeys(services.store, services.keyring)
     admin_key = services.settings.admin_key
     if admin_key is not None:
         app.state.admin_keys.ensure(admin_key.get_secret_value(), "bootstrap", Role.ADMIN)

@@ -56,7 +56,7 @@ with workflow.unsafe.imports_passed_through():
 
     from api.app import create_app
     from core.codec import data_converter
-    from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+    from core.credentials import AdminKeys, Role
     from core.envelope import MasterKeyring, generate_master_key
     from core.services import Services, build_services
     from core.settings import Settings
@@ -617,7 +617,7 @@ async def bench(args: argparse.Namespace) -> None:
             services = build_services(settings)
             timers = Timers()
             instrument(services, timers)
-            admin_key = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE)).create(
+            admin_key = AdminKeys(services.store, services.keyring).create(
                 "bench", Role.ADMIN, "bench"
             )
             try:

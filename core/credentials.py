@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from sqlalchemy import select
-
 from core import audit
+from core.envelope import MasterKeyring
 from core.store.db import Store
 from core.store.models import AdminKeyRow
 
@@ -56,11 +55,17 @@ def parse_admin_key(presented: str) -> tuple[str, str]:
 
 
 class AdminKeys:
-    """Admin API keys in the store."""
+    """Admin API keys in the store.
 
-    def __init__(self, store: Store, pepper: bytes) -> None:
+    Each hash records which master key its pepper came from, so adding a master key (the
+    first one listed becomes current) keeps every admin key working; a key verified under an
+    older pepper is re-hashed under the current one.
+    """
+
+    def __init__(self, store: Store, keyring: MasterKeyring) -> None:
         self._store = store
-        self._pepper = pepper
+        self._keyring = keyring
+        self._peppers = {kid: keyring.derive(PEPPER_PURPOSE, kid) for kid in keyring.ids()}
         # Same cost for unknown ids as for known ones: compare against a dummy hash.
         self._dummy_salt = secrets.token_bytes(16)
 
@@ -75,13 +80,16 @@ class AdminKeys:
         """Make sure `presented` (e.g. KEYROTOR_ADMIN_KEY) is a valid key with `role`."""
         key_id, secret = parse_admin_key(presented)
         with self._store.session() as s:
-            if s.get(AdminKeyRow, key_id) is not None:
-                return
-        self._insert(key_id, name, role, secret, "bootstrap")
+            exists = s.get(AdminKeyRow, key_id) is not None
+        if not exists:
+            self._insert(key_id, name, role, secret, "bootstrap")
+        else:
+            self.authenticate(presented)  # an id that exists with another secret is refused
 
     def _insert(self, key_id: str, name: str, role: Role, secret: str, actor: str) -> str:
         salt = secrets.token_bytes(16)
         now = datetime.now(UTC)
+        pepper_id = self._keyring.current_id
         with self._store.write() as s:
             s.add(
                 AdminKeyRow(
@@ -89,7 +97,8 @@ class AdminKeys:
                     name=name,
                     role=str(role),
                     salt=salt,
-                    secret_hash=keyed_hash(self._pepper, salt, secret),
+                    secret_hash=keyed_hash(self._peppers[pepper_id], salt, secret),
+                    pepper_id=pepper_id,
                     created_at=now,
                 )
             )
@@ -110,10 +119,25 @@ class AdminKeys:
     def authenticate(self, presented: str) -> AdminPrincipal:
         key_id, secret = parse_admin_key(presented)
         with self._store.session() as s:
-            row = s.scalars(select(AdminKeyRow).where(AdminKeyRow.id == key_id)).first()
+            row = s.get(AdminKeyRow, key_id)
+        pepper = self._peppers.get(row.pepper_id) if row else None
         salt = row.salt if row else self._dummy_salt
         expected = row.secret_hash if row else b"\0" * 32
-        ok = hmac.compare_digest(keyed_hash(self._pepper, salt, secret), expected)
-        if row is None or not ok or row.revoked_at is not None:
+        ok = hmac.compare_digest(
+            keyed_hash(pepper or self._peppers[self._keyring.current_id], salt, secret), expected
+        )
+        if row is None or pepper is None or not ok or row.revoked_at is not None:
             raise AuthenticationError("invalid admin key")
+        if row.pepper_id != self._keyring.current_id:
+            self._rehash(row.id, secret)
         return AdminPrincipal(row.id, row.name, Role(row.role))
+
+    def _rehash(self, key_id: str, secret: str) -> None:
+        salt = secrets.token_bytes(16)
+        pepper_id = self._keyring.current_id
+        with self._store.write() as s:
+            row = s.get(AdminKeyRow, key_id)
+            if row is not None:
+                row.salt = salt
+                row.secret_hash = keyed_hash(self._peppers[pepper_id], salt, secret)
+                row.pepper_id = pepper_id

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import secrets
 from collections.abc import Mapping
@@ -56,6 +57,12 @@ class MalformedTokenError(KeyDomainError):
 def new_key_id() -> str:
     """`key_` + 20 random base32 characters (100 bits): unguessable, URL- and id-safe."""
     return "key_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+
+
+def key_id_for(principal: str, idempotency_key: str) -> str:
+    """The key id a create request with this idempotency key gets (stable across retries)."""
+    digest = hashlib.sha256(f"{principal}\0{idempotency_key}".encode()).digest()
+    return "key_" + base64.b32encode(digest).decode().lower()[:20]
 
 
 def _b64e(data: bytes) -> str:

@@ -25,7 +25,7 @@ from temporalio.client import Client
 
 from api.app import create_app
 from cli.main import build_or_exit
-from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+from core.credentials import AdminKeys, Role
 from core.envelope import generate_master_key
 from core.settings import Settings
 from worker.main import build_worker
@@ -135,7 +135,7 @@ async def run_dev(data_dir: Path, api_port: int, temporal_port: int, ui_port: in
         )
     settings = Settings(**overrides)  # type: ignore[arg-type]
     services = build_or_exit(settings)
-    admin = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE))
+    admin = AdminKeys(services.store, services.keyring)
     if settings.admin_key is not None:
         admin_key = settings.admin_key.get_secret_value()
         admin.ensure(admin_key, "bootstrap", Role.ADMIN)

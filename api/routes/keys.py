@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Depends, Header, Query
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api import schemas
@@ -22,7 +22,7 @@ from api.deps import services, temporal
 from api.errors import APIError
 from core.algorithms import InvalidSignatureError, resolve
 from core.credentials import AdminPrincipal
-from core.keys import new_key_id, parse_token
+from core.keys import key_id_for, new_key_id, parse_token
 from core.lifecycle import KeyStatus, LifecycleError, RotationReason, new_key
 from core.objects import KeySpec
 from core.policy import parse_duration
@@ -150,9 +150,16 @@ async def _update(client: Client, workflow_id: str, name: str, arg: Any, **kw: A
 
 @router.post("/generate", status_code=201)
 async def generate_key(
-    body: schemas.GenerateKeyRequest, svc: Svc, client: Temporal, who: Operator
+    body: schemas.GenerateKeyRequest,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
-    """Create a key: its workflow generates version 1; answers once it is committed."""
+    """Create a key: its workflow generates version 1; answers once it is committed.
+
+    With an `Idempotency-Key` the key id is derived from it (per admin key), so a retried
+    request (after a timeout, say) answers with the key the first one made."""
     policy = svc.policies.key_type(body.type)
     algorithm = resolve(body.algorithm).name if body.algorithm else policy.algorithm
     key_bits = (
@@ -175,7 +182,7 @@ async def generate_key(
         raise APIError(400, "INVALID_REQUEST", str(e)) from None
     metadata = {str(k): str(v) for k, v in body.metadata.items()}
     spec = KeySpec(
-        key_id=new_key_id(),
+        key_id=key_id_for(who.key_id, idempotency_key) if idempotency_key else new_key_id(),
         environment=environment,
         type=policy.name,
         algorithm=algorithm,
@@ -192,7 +199,7 @@ async def generate_key(
         KeyWorkflowInput(spec=spec, lifecycle=lifecycle),
         id=workflow_id,
         task_queue=svc.settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=key_search_attributes(spec, "active", lifecycle.versions[0].rotate_at),
         memo={"name": spec.name or spec.key_id},
@@ -212,9 +219,13 @@ async def generate_key(
             "WORKER_UNAVAILABLE",
             f"key {spec.key_id} was accepted but no worker created it yet",
         ) from None
+    except WorkflowAlreadyStartedError:
+        pass  # an idempotent retry whose key's workflow has ended: answer with that key
     except RPCError:
         raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
     key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
+    if (key.type, key.algorithm, key.environment) != (spec.type, algorithm, environment):
+        raise APIError(409, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key was used for another key")
     return {"key": key_view(key, versions)}
 
 

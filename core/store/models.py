@@ -171,6 +171,8 @@ class AdminKeyRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     salt: Mapped[bytes] = mapped_column(LargeBinary)
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    # the master key the pepper of `secret_hash` was derived from (peppers rotate with it)
+    pepper_id: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]

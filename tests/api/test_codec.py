@@ -17,7 +17,7 @@ from temporalio.api.common.v1 import Payload
 
 from api.app import create_app
 from core.codec import KEY_ID, EncryptionCodec
-from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+from core.credentials import AdminKeys, Role
 from core.services import Services
 
 UI_ORIGIN = "http://localhost:8233"
@@ -41,7 +41,7 @@ def json_payload(value: Any) -> dict[str, Any]:
 
 
 def new_key(services: Services, role: Role) -> str:
-    keys = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE))
+    keys = AdminKeys(services.store, services.keyring)
     return keys.create(f"test-{role}", role, "test")
 
 

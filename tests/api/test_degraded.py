@@ -18,7 +18,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+from core.credentials import AdminKeys, Role
 from core.keys import new_key_id
 from core.lifecycle import new_key
 from core.objects import KeySpec, KeyTransitionCommit
@@ -84,7 +84,7 @@ def commit_existing_key(services: Services) -> str:
 async def degraded_app(services: Services) -> AsyncIterator[Degraded]:
     services.settings.temporal_address = f"127.0.0.1:{closed_port()}"
     key_id = commit_existing_key(services)
-    admin = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE))
+    admin = AdminKeys(services.store, services.keyring)
     headers = {"Authorization": f"Bearer {admin.create('test-admin', Role.ADMIN, 'test')}"}
     app = create_app(services)  # no client: it connects on first need
     transport = httpx.ASGITransport(app=app)

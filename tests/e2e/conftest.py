@@ -14,7 +14,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
-from core.credentials import PEPPER_PURPOSE, AdminKeys, Role
+from core.credentials import AdminKeys, Role
 from core.services import Services, build_services
 from core.settings import Settings
 from tests.fixtures.temporal import TEST_MASTER_KEY
@@ -33,7 +33,7 @@ class Stack:
         return {"Authorization": f"Bearer {key or self.admin_key}"}
 
     def new_admin_key(self, role: Role) -> str:
-        keys = AdminKeys(self.services.store, self.services.keyring.derive(PEPPER_PURPOSE))
+        keys = AdminKeys(self.services.store, self.services.keyring)
         return keys.create(f"test-{role}", role, "test")
 
 
@@ -48,9 +48,7 @@ async def stack(
         task_queue=f"e2e-{uuid.uuid4().hex[:8]}",
     )
     services = build_services(settings)
-    admin_key = AdminKeys(services.store, services.keyring.derive(PEPPER_PURPOSE)).create(
-        "test-admin", Role.ADMIN, "test"
-    )
+    admin_key = AdminKeys(services.store, services.keyring).create("test-admin", Role.ADMIN, "test")
     app = create_app(services, dev_env.client)
     transport = httpx.ASGITransport(app=app)
     async with (

@@ -231,3 +231,27 @@ async def test_health_reports_components(stack: Stack) -> None:
     keys = (await stack.http.get(f"{API}/health/keys")).json()["health"]
     assert keys["overdueRotations"] == 0 and keys["activeKeys"] >= 1
     await asyncio.sleep(0)
+
+
+async def test_generate_is_idempotent_by_idempotency_key(stack: Stack) -> None:
+    headers = {**stack.auth(), "Idempotency-Key": "create-orders-key"}
+    body = {"type": "encryption", "name": "orders"}
+    first = await stack.http.post(f"{API}/keys/generate", json=body, headers=headers)
+    again = await stack.http.post(f"{API}/keys/generate", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    kid = first.json()["key"]["id"]
+    assert again.json()["key"]["id"] == kid
+    r = await stack.http.request("DELETE", f"{API}/keys/{kid}", headers=stack.auth())
+    assert r.status_code == 200
+    late = await stack.http.post(f"{API}/keys/generate", json=body, headers=headers)
+    assert late.json()["key"] == {**late.json()["key"], "id": kid, "status": "revoked"}
+    other = await stack.http.post(f"{API}/keys/generate", json={"type": "signing"}, headers=headers)
+    assert other.status_code == 409 and other.json()["error"]["code"] == "IDEMPOTENCY_KEY_REUSED"
+    # another admin key with the same Idempotency-Key gets its own key
+    operator = stack.new_admin_key(Role.OPERATOR)
+    theirs = await stack.http.post(
+        f"{API}/keys/generate",
+        json=body,
+        headers={**stack.auth(operator), "Idempotency-Key": "create-orders-key"},
+    )
+    assert theirs.status_code == 201 and theirs.json()["key"]["id"] != kid

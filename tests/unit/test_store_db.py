@@ -31,7 +31,13 @@ def schema_diff(store: Store, metadata: MetaData = Base.metadata) -> list[Any]:
 
 def admin_key(id_: str, created_at: datetime = NOW) -> AdminKeyRow:
     return AdminKeyRow(
-        id=id_, name=id_, role="admin", salt=b"s", secret_hash=b"h", created_at=created_at
+        id=id_,
+        name=id_,
+        role="admin",
+        salt=b"s",
+        secret_hash=b"h",
+        pepper_id="mk-test",
+        created_at=created_at,
     )
 
 

@@ -121,6 +121,7 @@ def upgrade() -> None:
         sa.Column("role", sa.String(16), nullable=False),
         sa.Column("salt", sa.LargeBinary(), nullable=False),
         sa.Column("secret_hash", sa.LargeBinary(), nullable=False),
+        sa.Column("pepper_id", sa.String(32), nullable=False),
         _ts("created_at"),
         _ts("revoked_at", nullable=True),
         _ts("last_used_at", nullable=True),
