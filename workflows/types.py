@@ -15,7 +15,6 @@ from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSear
 from core.lifecycle import KeyLifecycle, Transition
 from core.objects import KeySpec
 
-TASK_QUEUE = "keyrotor"
 KEY_WORKFLOW = "KeyLifecycleWorkflow"
 
 # Search attributes: what operators filter on in the UI and what `GET /keys` can list by.

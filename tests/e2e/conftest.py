@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ async def stack(
     data_dir = tmp_path_factory.mktemp("stack")
     settings = Settings(
         data_dir=data_dir,
+        # the stack's store: SQLite in the data dir unless a database URL is given
+        database_url=os.environ.get("KEYROTOR_TEST_STACK_DATABASE_URL", ""),
         master_key=SecretStr(TEST_MASTER_KEY),
         task_queue=f"e2e-{uuid.uuid4().hex[:8]}",
     )
