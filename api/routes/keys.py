@@ -126,20 +126,24 @@ def _parse_cursor(cursor: str) -> tuple[datetime, str]:
     return at, str(kid)
 
 
+def update_failure(e: WorkflowUpdateFailedError) -> APIError:
+    """The answer to an update the workflow refused (validator) or failed (handler)."""
+    cause = e.cause
+    if isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if not isinstance(cause, ApplicationError):
+        return APIError(409, "KEY_STATE", "update refused")
+    status, code = UPDATE_FAILURES.get(cause.type or "", (409, "KEY_STATE"))
+    return APIError(status, code, "the key provider failed" if status == 503 else cause.message)
+
+
 async def _update(client: Client, workflow_id: str, name: str, arg: Any, **kw: Any) -> Any:
     """Run an update on a key's workflow; turn its refusals into 4xx and silence into 503."""
     handle = client.get_workflow_handle(workflow_id)
     try:
         return await asyncio.wait_for(handle.execute_update(name, arg, **kw), UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as e:
-        cause = e.cause
-        if isinstance(cause, ActivityError) and cause.cause is not None:
-            cause = cause.cause
-        if not isinstance(cause, ApplicationError):
-            raise APIError(409, "KEY_STATE", "update refused") from None
-        status, code = UPDATE_FAILURES.get(cause.type or "", (409, "KEY_STATE"))
-        message = "the key provider failed" if status == 503 else cause.message
-        raise APIError(status, code, message) from None
+        raise update_failure(e) from None
     except TimeoutError:
         raise APIError(503, "WORKER_UNAVAILABLE", "no worker answered in time; retry") from None
     except RPCError as e:
@@ -221,6 +225,8 @@ async def generate_key(
         ) from None
     except WorkflowAlreadyStartedError:
         pass  # an idempotent retry whose key's workflow has ended: answer with that key
+    except WorkflowUpdateFailedError as e:  # version 1 could not be made
+        raise update_failure(e) from None
     except RPCError:
         raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
     key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
