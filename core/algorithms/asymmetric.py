@@ -22,7 +22,6 @@ from core.algorithms.base import (
     DecryptionError,
     InvalidSignatureError,
     Operation,
-    UnsupportedOperationError,
 )
 
 PrivateKeyT = TypeVar(
@@ -132,8 +131,7 @@ class ECDSAAlgorithm(AsymmetricAlgorithm[ec.EllipticCurvePrivateKey]):
 class RSAAlgorithm(AsymmetricAlgorithm[rsa.RSAPrivateKey]):
     """RSA of one modulus size: PSS-SHA256 signatures and OAEP-SHA256 encryption.
 
-    OAEP has no associated data here, so encrypt and decrypt refuse a non-empty aad rather than
-    silently ignoring what the caller believes is bound to the ciphertext.
+    Associated data is bound as the OAEP label: decryption with any other aad fails.
     """
 
     _key_type = rsa.RSAPrivateKey
@@ -183,12 +181,8 @@ class RSAAlgorithm(AsymmetricAlgorithm[rsa.RSAPrivateKey]):
     def _pss(self) -> padding.PSS:
         return padding.PSS(mgf=padding.MGF1(self._HASH), salt_length=32)
 
-    def _oaep(self) -> padding.OAEP:
-        return padding.OAEP(mgf=padding.MGF1(self._HASH), algorithm=self._HASH, label=None)
-
-    def _refuse_aad(self, aad: bytes) -> None:
-        if aad:
-            raise UnsupportedOperationError(f"{self.name} encryption does not support aad")
+    def _oaep(self, aad: bytes) -> padding.OAEP:
+        return padding.OAEP(mgf=padding.MGF1(self._HASH), algorithm=self._HASH, label=aad or None)
 
     @property
     def max_plaintext_bytes(self) -> int:
@@ -205,18 +199,16 @@ class RSAAlgorithm(AsymmetricAlgorithm[rsa.RSAPrivateKey]):
             raise self._bad_signature() from None
 
     def encrypt(self, material: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        self._refuse_aad(aad)
         if len(plaintext) > self.max_plaintext_bytes:
             raise AlgorithmError(
                 f"{self.name} OAEP can encrypt at most {self.max_plaintext_bytes} bytes; "
                 f"got {len(plaintext)}"
             )
-        return self._load(material).public_key().encrypt(plaintext, self._oaep())
+        return self._load(material).public_key().encrypt(plaintext, self._oaep(aad))
 
     def decrypt(self, material: bytes, data: bytes, aad: bytes) -> bytes:
-        self._refuse_aad(aad)
         key = self._load(material)
         try:
-            return key.decrypt(data, self._oaep())
+            return key.decrypt(data, self._oaep(aad))
         except ValueError:
             raise DecryptionError("decryption failed") from None

@@ -255,3 +255,24 @@ async def test_generate_is_idempotent_by_idempotency_key(stack: Stack) -> None:
         headers={**stack.auth(operator), "Idempotency-Key": "create-orders-key"},
     )
     assert theirs.status_code == 201 and theirs.json()["key"]["id"] != kid
+
+
+async def test_rsa_key_encrypts_with_aad_bound(stack: Stack) -> None:
+    key = await generate(stack, type="signing")
+    assert key["algorithm"] == "RSA-2048"
+    body = {"plaintext": b64(b"data key"), "aad": b64(b"tenant-1")}
+    enc = await stack.http.post(f"{API}/keys/{key['id']}/encrypt", json=body, headers=stack.auth())
+    assert enc.status_code == 200, enc.text
+    ct = enc.json()["ciphertext"]
+    ok = await stack.http.post(
+        f"{API}/keys/{key['id']}/decrypt",
+        json={"ciphertext": ct, "aad": b64(b"tenant-1")},
+        headers=stack.auth(),
+    )
+    assert ok.json() == {"plaintext": b64(b"data key"), "version": 1}
+    bad = await stack.http.post(
+        f"{API}/keys/{key['id']}/decrypt",
+        json={"ciphertext": ct, "aad": b64(b"tenant-2")},
+        headers=stack.auth(),
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "DECRYPTION_FAILED"

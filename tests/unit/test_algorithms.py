@@ -411,14 +411,20 @@ def test_rsa_oaep_round_trip(materials: dict[str, tuple[bytes, bytes]]) -> None:
         algorithm.decrypt(key, data[:-1], b"")
 
 
-def test_rsa_refuses_aad(materials: dict[str, tuple[bytes, bytes]]) -> None:
+def test_rsa_binds_aad_as_the_oaep_label(materials: dict[str, tuple[bytes, bytes]]) -> None:
     algorithm = resolve("RSA-2048")
     key = materials["RSA-2048"][0]
-    with pytest.raises(UnsupportedOperationError, match="aad"):
-        algorithm.encrypt(key, b"x", b"context")
-    data = algorithm.encrypt(key, b"x", b"")
-    with pytest.raises(UnsupportedOperationError, match="aad"):
-        algorithm.decrypt(key, data, b"context")
+    data = algorithm.encrypt(key, b"x", b"context")
+    assert algorithm.decrypt(key, data, b"context") == b"x"
+    for wrong in (b"", b"other"):
+        with pytest.raises(DecryptionError):
+            algorithm.decrypt(key, data, wrong)
+    private = serialization.load_der_private_key(key, password=None)
+    assert isinstance(private, rsa.RSAPrivateKey)
+    oaep = padding.OAEP(
+        mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=b"context"
+    )
+    assert private.decrypt(data, oaep) == b"x"
 
 
 def test_rsa_plaintext_limit(materials: dict[str, tuple[bytes, bytes]]) -> None:
