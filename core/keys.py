@@ -288,6 +288,16 @@ class KeyService:
 
     # --- reads -----------------------------------------------------------------------------
 
+    def workflow_of(self, key_id: str) -> tuple[str, str]:
+        """The id of the key's workflow and the key's status (one indexed read)."""
+        with self._store.session() as s:
+            row = s.execute(
+                select(KeyRow.workflow_id, KeyRow.status).where(KeyRow.id == key_id)
+            ).first()
+        if row is None:
+            raise KeyNotFoundError(f"key {key_id} not found")
+        return row[0], row[1]
+
     def get(self, key_id: str) -> tuple[KeyRow, list[KeyVersionRow]]:
         with self._store.session() as s:
             key = s.get(KeyRow, key_id)

@@ -284,10 +284,10 @@ async def rotate_key(
 ) -> dict[str, Any]:
     """Rotate now. A retried request with the same `Idempotency-Key` rotates once."""
     body = body or schemas.RotateKeyRequest()
-    key, _ = await run_in_threadpool(svc.keys.get, key_id)
-    emergency = body.reason == RotationReason.COMPROMISE and key.status == KeyStatus.SUSPENDED
-    if key.status != KeyStatus.ACTIVE and not emergency:
-        raise APIError(409, "KEY_STATE", f"a {key.status} key cannot rotate")
+    workflow_id, status = await run_in_threadpool(svc.keys.workflow_of, key_id)
+    emergency = body.reason == RotationReason.COMPROMISE and status == KeyStatus.SUSPENDED
+    if status != KeyStatus.ACTIVE and not emergency:
+        raise APIError(409, "KEY_STATE", f"a {status} key cannot rotate")
     grace = None
     if body.grace_period is not None:
         try:
@@ -305,7 +305,7 @@ async def rotate_key(
     )
     result: RotationResult = await _update(
         client,
-        key.workflow_id,
+        workflow_id,
         "rotate",
         request,
         id=f"rotate/{idempotency_key}" if idempotency_key else None,
@@ -327,10 +327,10 @@ async def _change_status(
     who: AdminPrincipal,
 ) -> dict[str, Any]:
     body = body or schemas.ReasonRequest()
-    key, _ = await run_in_threadpool(svc.keys.get, key_id)
+    workflow_id, _ = await run_in_threadpool(svc.keys.workflow_of, key_id)
     await _update(
         client,
-        key.workflow_id,
+        workflow_id,
         "change_status",
         StatusChange(action=action, reason=body.reason, actor=body.user_id or who.name),
         result_type=str,
