@@ -95,7 +95,6 @@ async def test_worker_killed_mid_rotation(dev_env: WorkflowEnvironment, tmp_path
 
         worker = start_worker(env)
         updates = await asyncio.wait_for(starting, 120)
-        worker = start_worker(env)
         results = await asyncio.wait_for(asyncio.gather(*(u.result() for u in updates)), 120)
         assert results == [RotationResult(1, 2)] * KEYS
     finally:
