@@ -254,7 +254,11 @@ class KeyService:
             now = datetime.now(UTC)
             if row.hard_expiry <= now:
                 raise KeyStateError(f"version {row.number} of key {key_id} is past its lifetime")
-            if row.state == "grace" and row.grace_until is not None and row.grace_until <= now:
+            if (
+                row.state == VersionState.GRACE
+                and row.grace_until is not None
+                and row.grace_until <= now
+            ):
                 raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
             return self.provider(row.provider), VersionHandle(
                 key_id=row.key_id,

@@ -270,6 +270,13 @@ def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle
     return _set_version(key, _move(v, VersionState.EXPIRED, now))
 
 
+def may_rotate(status: KeyStatus | str, reason: RotationReason | str) -> bool:
+    """An active key rotates for any reason; a suspended one only for a compromise."""
+    return status == KeyStatus.ACTIVE or (
+        status == KeyStatus.SUSPENDED and reason == RotationReason.COMPROMISE
+    )
+
+
 def rotate(
     key: KeyLifecycle,
     now: datetime,
@@ -283,9 +290,9 @@ def rotate(
     compromise rotation: its old version is compromised and the new one stays suspended
     until the key is resumed (a suspicion must not block an emergency rotation).
     """
-    suspended = key.status == KeyStatus.SUSPENDED and reason == RotationReason.COMPROMISE
-    if key.status != KeyStatus.ACTIVE and not suspended:
+    if not may_rotate(key.status, reason):
         raise LifecycleError(f"a {key.status} key cannot rotate")
+    suspended = key.status == KeyStatus.SUSPENDED
     grace = key.policy.grace_period if grace_period is None else grace_period
     if grace < 0:
         raise LifecycleError("grace period must not be negative")

@@ -20,12 +20,12 @@ with workflow.unsafe.imports_passed_through():
     from core.lifecycle import (
         TERMINAL_KEY_STATUSES,
         KeyLifecycle,
-        KeyStatus,
         LifecycleError,
         RotationReason,
         TransitionKind,
         apply_timed,
         compromise,
+        may_rotate,
         next_rotation_at,
         next_transition,
         prune,
@@ -197,12 +197,6 @@ class KeyLifecycleWorkflow:
             raise
         return RotationResult(from_version=old.number if old else 0, to_version=new.last_version)
 
-    def _can_rotate(self, reason: RotationReason) -> bool:
-        # an emergency rotation also applies to a suspended key (see core.lifecycle.rotate)
-        return self._key.status == KeyStatus.ACTIVE or (
-            self._key.status == KeyStatus.SUSPENDED and reason == RotationReason.COMPROMISE
-        )
-
     async def _commit(
         self,
         new: KeyLifecycle,
@@ -280,7 +274,7 @@ class KeyLifecycleWorkflow:
             for done in self._recent:
                 if request.request_id and done.request_id == request.request_id:
                     return RotationResult(done.from_version, done.to_version)
-            if not self._can_rotate(RotationReason(request.reason)):
+            if not may_rotate(self._key.status, request.reason):
                 raise ApplicationError(
                     f"a {self._key.status} key cannot rotate", type="KeyStateError"
                 )
@@ -309,7 +303,7 @@ class KeyLifecycleWorkflow:
             raise ValueError(f"comment is longer than {MAX_COMMENT} characters")
         if any(r.request_id == request.request_id for r in self._recent if request.request_id):
             return
-        if not self._can_rotate(RotationReason(request.reason)):
+        if not may_rotate(self._key.status, request.reason):
             raise ValueError(f"a {self._key.status} key cannot rotate")
 
     @workflow.update
@@ -350,7 +344,7 @@ class KeyLifecycleWorkflow:
         action = action or OperatorAction()
         await workflow.wait_condition(lambda: self._created)
         async with self._lock:
-            if not self._can_rotate(RotationReason.COMPROMISE):
+            if not may_rotate(self._key.status, RotationReason.COMPROMISE):
                 workflow.logger.warning("emergency_rotate ignored: key is %s", self._key.status)
                 return
             try:

@@ -23,7 +23,7 @@ from api.errors import APIError
 from core.algorithms import InvalidSignatureError, resolve
 from core.credentials import AdminPrincipal
 from core.keys import key_id_for, new_key_id, parse_token
-from core.lifecycle import KeyStatus, LifecycleError, RotationReason, new_key
+from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
 from core.objects import KeySpec
 from core.policy import parse_duration
 from core.services import Services
@@ -285,8 +285,7 @@ async def rotate_key(
     """Rotate now. A retried request with the same `Idempotency-Key` rotates once."""
     body = body or schemas.RotateKeyRequest()
     workflow_id, status = await run_in_threadpool(svc.keys.workflow_of, key_id)
-    emergency = body.reason == RotationReason.COMPROMISE and status == KeyStatus.SUSPENDED
-    if status != KeyStatus.ACTIVE and not emergency:
+    if not may_rotate(status, body.reason):
         raise APIError(409, "KEY_STATE", f"a {status} key cannot rotate")
     grace = None
     if body.grace_period is not None:
