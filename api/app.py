@@ -2,22 +2,50 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from temporalio.client import Client
 
 from api import errors
-from api.routes import codec, health, keys
+from api.routes import codec, credentials, health, keys
 from core.codec import EncryptionCodec
 from core.credentials import AdminKeys, Role
 from core.services import Services
+
+log = logging.getLogger("keyrotor.api")
+USAGE_FLUSH_INTERVAL = 1.0
+
+
+async def _flush_usage(services: Services) -> None:
+    """Write buffered credential usage counts to the store about once a second."""
+    while True:
+        await asyncio.sleep(USAGE_FLUSH_INTERVAL)
+        try:
+            await asyncio.to_thread(services.credentials.flush_usage)
+        except Exception as e:  # the store may be briefly unavailable: try again next time
+            log.warning("could not write credential usage counts: %s", type(e).__name__)
 
 
 def create_app(services: Services, client: Client | None = None) -> FastAPI:
     """The REST API over `services`. Without `client` it connects to Temporal on first need,
     so the use path serves even while Temporal is down."""
 
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        flusher = asyncio.create_task(_flush_usage(services))
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            await asyncio.to_thread(services.credentials.flush_usage)
+
     app = FastAPI(
+        lifespan=lifespan,
         title="keyrotor",
         version="0.1.0",
         description="Key lifecycle and rotation on Temporal. Every route except health and "
@@ -39,5 +67,6 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(health.router)
     app.include_router(keys.router)
+    app.include_router(credentials.router)
     app.include_router(codec.router)
     return app

@@ -17,6 +17,7 @@ class Permission(StrEnum):
     READ = "read"
     LIFECYCLE = "lifecycle"
     USE = "use"
+    VERIFY = "verify"
     CODEC = "codec"
     ADMIN = "admin"
 
@@ -24,9 +25,16 @@ class Permission(StrEnum):
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
     Role.OPERATOR: frozenset(
-        {Permission.READ, Permission.LIFECYCLE, Permission.USE, Permission.CODEC}
+        {
+            Permission.READ,
+            Permission.LIFECYCLE,
+            Permission.USE,
+            Permission.VERIFY,
+            Permission.CODEC,
+        }
     ),
     Role.AUDITOR: frozenset({Permission.READ}),
+    Role.SERVICE: frozenset({Permission.VERIFY}),
 }
 
 

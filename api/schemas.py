@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
 
@@ -55,3 +55,35 @@ class SignRequest(Body):
 class VerifyRequest(Body):
     message: str = Field(description="base64", max_length=4 * 1024 * 1024)
     signature: str = Field(max_length=65536)
+
+
+Scope = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[!-~]+$")]
+
+
+class RateLimit(Body):
+    limit: int = Field(ge=1, le=1_000_000, description="verifications per window")
+    duration: str = Field(max_length=64, description="the window, ISO 8601 (PT1M)")
+
+
+class CreateCredentialRequest(Body):
+    name: str = Field(default="", max_length=200)
+    owner: str = Field(default="", max_length=200)
+    scopes: list[Scope] = Field(default_factory=list, max_length=100)
+    expires_at: datetime | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    environment: str | None = Field(default=None, max_length=32)
+    rate_limit: RateLimit | None = None
+    usage_limit: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    scheduled_rotation: bool = False
+    user_id: str = Field(default="", max_length=200)
+
+
+class RotateCredentialRequest(Body):
+    grace_period: str | None = Field(default=None, max_length=64, description="ISO 8601 duration")
+    reason: str = Field(default="manual", max_length=1000)
+    user_id: str = Field(default="", max_length=200)
+
+
+class VerifyCredentialRequest(Body):
+    key: str = Field(max_length=512)
+    scopes: list[Scope] = Field(default_factory=list, max_length=100)

@@ -165,6 +165,12 @@ def append(session: Session, entry: AuditEntry) -> AuditRecordRow:
     return row
 
 
+def recorded(session: Session, event_id: str) -> bool:
+    """Whether a record with `event_id` exists (the idempotency check of a transition)."""
+    q = select(AuditRecordRow.seq).where(AuditRecordRow.event_id == event_id)
+    return session.scalar(q) is not None
+
+
 def _by_event_id(session: Session, event_id: str) -> AuditRecordRow | None:
     return session.scalars(
         select(AuditRecordRow).where(AuditRecordRow.event_id == event_id)

@@ -1,20 +1,35 @@
-"""Secrets that callers present: admin API keys (and, later, API credentials and handles).
+"""Secrets that callers present: admin API keys and API credentials (formats and hashing).
 
-A secret is stored only as HMAC-SHA256(pepper, salt || secret) with a per-secret salt; the
-pepper is derived from the master key and never stored. Checks are constant-time.
+A secret is stored only as HMAC-SHA256(pepper, salt || secret) with a per-secret salt. The
+pepper is never stored: it comes from `KEYROTOR_CREDENTIAL_PEPPER` or, when that is unset, is
+derived from the master key; each hash records the id of its pepper so that peppers rotate.
+Checks are constant-time.
+
+An API credential looks like `krc_<environment>_<lookup id>_<secret><checksum>`:
+
+- `krc_` and the environment make leaked keys easy to find for secret scanners and people;
+- the lookup id (16 base32 characters) finds the stored hash without scanning;
+- the secret is 32 random bytes in base64url (43 characters, 256 bits);
+- the checksum (CRC32 of everything before it, 6 base62 characters) rejects typos and
+  truncated keys before any lookup.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import re
 import secrets
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
 from core import audit
-from core.envelope import MasterKeyring
+from core.envelope import MasterKeyring, _decode_key
 from core.store.db import Store
 from core.store.models import AdminKeyRow
 
@@ -28,6 +43,8 @@ class Role(StrEnum):
     ADMIN = "admin"
     OPERATOR = "operator"
     AUDITOR = "auditor"
+    # for the services that check their callers' credentials: verify and validate only
+    SERVICE = "service"
 
 
 class AuthenticationError(Exception):
@@ -36,6 +53,120 @@ class AuthenticationError(Exception):
 
 def keyed_hash(pepper: bytes, salt: bytes, secret: str) -> bytes:
     return hmac.new(pepper, salt + secret.encode(), hashlib.sha256).digest()
+
+
+PEPPER_BYTES = 32
+
+
+class PepperError(ValueError):
+    """The pepper setting is unusable (the message names the entry, never its value)."""
+
+
+class PepperRing:
+    """Peppers by id; the first is current (hashes new secrets), all verify.
+
+    Rotation: put a new pepper first in `KEYROTOR_CREDENTIAL_PEPPER` and keep the old ones
+    after it; each secret is re-hashed under the current pepper the next time it verifies, and
+    an old pepper can be dropped once no hash names it.
+    """
+
+    def __init__(self, peppers: Sequence[tuple[str, bytes]]) -> None:
+        if not peppers:
+            raise PepperError("the pepper ring needs at least one pepper")
+        self._peppers = dict(peppers)
+        self.current_id = peppers[0][0]
+
+    @classmethod
+    def from_setting(cls, value: str | None, keyring: MasterKeyring) -> PepperRing:
+        """From comma-separated base64 peppers, or derived from the master keys when unset."""
+        if not value:
+            return cls([(kid, keyring.derive(PEPPER_PURPOSE, kid)) for kid in keyring.ids()])
+        peppers: list[tuple[str, bytes]] = []
+        entries = value.split(",")
+        for position, entry in enumerate(entries, start=1):
+            where = f"credential pepper {position} of {len(entries)}"
+            try:
+                pepper = _decode_key(entry)
+            except (binascii.Error, ValueError):
+                raise PepperError(f"{where} is not valid base64") from None
+            if len(pepper) != PEPPER_BYTES:
+                raise PepperError(f"{where} decodes to {len(pepper)} bytes, expected 32")
+            pid = "pp-" + hashlib.sha256(b"keyrotor pepper id\0" + pepper).hexdigest()[:16]
+            peppers.append((pid, pepper))
+        return cls(peppers)
+
+    def get(self, pepper_id: str) -> bytes | None:
+        return self._peppers.get(pepper_id)
+
+    @property
+    def current(self) -> bytes:
+        return self._peppers[self.current_id]
+
+    def ids(self) -> list[str]:
+        return list(self._peppers)
+
+    def __repr__(self) -> str:
+        return f"PepperRing(ids={self.ids()!r})"
+
+
+# --- API credentials -------------------------------------------------------------------------
+
+CREDENTIAL_PREFIX = "krc"
+SECRET_BYTES = 32
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_LOOKUP_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_CREDENTIAL = re.compile(
+    r"krc_(?P<env>[a-z][a-z0-9-]{0,31})_(?P<lookup>[a-z2-7]{16})_"
+    r"(?P<secret>[A-Za-z0-9_-]{43})(?P<checksum>[0-9A-Za-z]{6})"
+)
+
+
+class MalformedCredentialError(ValueError):
+    """The presented text is not a keyrotor API credential (wrong shape or checksum)."""
+
+
+def _checksum(body: str) -> str:
+    n = zlib.crc32(body.encode())
+    digits = []
+    for _ in range(6):
+        n, r = divmod(n, 62)
+        digits.append(_BASE62[r])
+    return "".join(reversed(digits))
+
+
+def new_lookup_id() -> str:
+    """16 random base32 characters (80 bits): the public part that finds a secret's hash."""
+    return "".join(secrets.choice(_LOOKUP_ALPHABET) for _ in range(16))
+
+
+def new_secret() -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).rstrip(b"=").decode()
+
+
+def format_credential(environment: str, lookup_id: str, secret: str) -> str:
+    body = f"{CREDENTIAL_PREFIX}_{environment}_{lookup_id}_{secret}"
+    return body + _checksum(body)
+
+
+@dataclass(frozen=True)
+class PresentedCredential:
+    environment: str
+    lookup_id: str
+    secret: str
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"PresentedCredential({self.environment!r}, {self.lookup_id!r}, secret=***)"
+
+
+def parse_credential(text: str) -> PresentedCredential:
+    """Split a presented API credential; MalformedCredentialError if its shape or checksum
+    is wrong (a typo or a truncated copy is caught here, before any lookup)."""
+    m = _CREDENTIAL.fullmatch(text)
+    if m is None:
+        raise MalformedCredentialError("not a keyrotor API credential")
+    if not hmac.compare_digest(_checksum(text[:-6]), m["checksum"]):
+        raise MalformedCredentialError("the credential's checksum does not match (a typo?)")
+    return PresentedCredential(m["env"], m["lookup"], m["secret"])
 
 
 @dataclass(frozen=True)
@@ -64,8 +195,8 @@ class AdminKeys:
 
     def __init__(self, store: Store, keyring: MasterKeyring) -> None:
         self._store = store
-        self._keyring = keyring
-        self._peppers = {kid: keyring.derive(PEPPER_PURPOSE, kid) for kid in keyring.ids()}
+        # Admin keys always use peppers derived from the master keys.
+        self._peppers = PepperRing.from_setting(None, keyring)
         # Same cost for unknown ids as for known ones: compare against a dummy hash.
         self._dummy_salt = secrets.token_bytes(16)
 
@@ -89,7 +220,7 @@ class AdminKeys:
     def _insert(self, key_id: str, name: str, role: Role, secret: str, actor: str) -> str:
         salt = secrets.token_bytes(16)
         now = datetime.now(UTC)
-        pepper_id = self._keyring.current_id
+        pepper_id = self._peppers.current_id
         with self._store.write() as s:
             s.add(
                 AdminKeyRow(
@@ -97,7 +228,7 @@ class AdminKeys:
                     name=name,
                     role=str(role),
                     salt=salt,
-                    secret_hash=keyed_hash(self._peppers[pepper_id], salt, secret),
+                    secret_hash=keyed_hash(self._peppers.current, salt, secret),
                     pepper_id=pepper_id,
                     created_at=now,
                 )
@@ -124,20 +255,20 @@ class AdminKeys:
         salt = row.salt if row else self._dummy_salt
         expected = row.secret_hash if row else b"\0" * 32
         ok = hmac.compare_digest(
-            keyed_hash(pepper or self._peppers[self._keyring.current_id], salt, secret), expected
+            keyed_hash(pepper or self._peppers.current, salt, secret), expected
         )
         if row is None or pepper is None or not ok or row.revoked_at is not None:
             raise AuthenticationError("invalid admin key")
-        if row.pepper_id != self._keyring.current_id:
+        if row.pepper_id != self._peppers.current_id:
             self._rehash(row.id, secret)
         return AdminPrincipal(row.id, row.name, Role(row.role))
 
     def _rehash(self, key_id: str, secret: str) -> None:
         salt = secrets.token_bytes(16)
-        pepper_id = self._keyring.current_id
+        pepper_id = self._peppers.current_id
         with self._store.write() as s:
             row = s.get(AdminKeyRow, key_id)
             if row is not None:
                 row.salt = salt
-                row.secret_hash = keyed_hash(self._peppers[pepper_id], salt, secret)
+                row.secret_hash = keyed_hash(self._peppers.current, salt, secret)
                 row.pepper_id = pepper_id

@@ -59,10 +59,10 @@ def new_key_id() -> str:
     return "key_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
 
 
-def key_id_for(principal: str, idempotency_key: str) -> str:
-    """The key id a create request with this idempotency key gets (stable across retries)."""
-    digest = hashlib.sha256(f"{principal}\0{idempotency_key}".encode()).digest()
-    return "key_" + base64.b32encode(digest).decode().lower()[:20]
+def derived_id(prefix: str, principal: str, idempotency_key: str) -> str:
+    """The id a create request with this idempotency key gets (stable across retries)."""
+    digest = hashlib.sha256(f"{prefix}\0{principal}\0{idempotency_key}".encode()).digest()
+    return prefix + base64.b32encode(digest).decode().lower()[:20]
 
 
 def _b64e(data: bytes) -> str:
@@ -127,7 +127,7 @@ class KeyService:
         """
         spec = c.spec
         with self._store.session() as s:
-            if _committed(s, c.transition_id):
+            if audit.recorded(s, c.transition_id):
                 return
             have_version = (
                 c.new_version is not None
@@ -139,7 +139,7 @@ class KeyService:
                 spec.key_id, c.new_version, spec.algorithm, spec.key_bits
             )
         with self._store.write() as s:
-            if _committed(s, c.transition_id):
+            if audit.recorded(s, c.transition_id):
                 return
             key = s.get(KeyRow, spec.key_id)
             if key is None:
@@ -362,8 +362,3 @@ class KeyService:
 
 def _counts(s: Session, column: InstrumentedAttribute[str]) -> dict[str, int]:
     return {value: n for value, n in s.execute(select(column, func.count()).group_by(column))}
-
-
-def _committed(s: Session, transition_id: str) -> bool:
-    q = select(AuditRecordRow.seq).where(AuditRecordRow.event_id == transition_id)
-    return s.scalar(q) is not None

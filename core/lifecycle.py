@@ -80,6 +80,9 @@ class LifecyclePolicy:
     warning_threshold: int
     max_lifetime: int
     grace_period: int
+    # False: no scheduled rotation or rotation warning (API credentials opt in); versions still
+    # expire at their max lifetime and a rotation can still be asked for.
+    scheduled: bool = True
 
     def __post_init__(self) -> None:
         if self.rotation_interval <= 0:
@@ -190,17 +193,20 @@ def next_transition(
     With `rotation=False` rotations are left out (while a failed rotation waits for its retry,
     grace periods must still end and versions still expire).
 
+    A policy that is not `scheduled` never warns or rotates by itself.
+
     A transition whose `at` is not after `now` is due. While the key is suspended it neither
     warns nor rotates, but grace periods still end and versions still expire. An active key
     with no usable version (its version expired while suspended) is due to rotate at `now`.
     """
     if key.status in TERMINAL_KEY_STATUSES:
         return None
+    scheduled = key.policy.scheduled
     candidates: list[Transition] = []
     if key.expires_at is not None:
         candidates.append(Transition(TransitionKind.EXPIRE_KEY, key.expires_at))
     for v in key.versions:
-        if v.state == VersionState.ACTIVE and key.status == KeyStatus.ACTIVE:
+        if v.state == VersionState.ACTIVE and key.status == KeyStatus.ACTIVE and scheduled:
             if not v.warned:
                 candidates.append(Transition(TransitionKind.WARN, v.warn_at, v.number))
             if rotation:
@@ -209,7 +215,7 @@ def next_transition(
             candidates.append(Transition(TransitionKind.END_GRACE, v.grace_until, v.number))
         if v.state in LIVE_STATES:
             candidates.append(Transition(TransitionKind.EXPIRE_VERSION, v.hard_expiry, v.number))
-    if rotation and key.status == KeyStatus.ACTIVE and key.active() is None:
+    if rotation and scheduled and key.status == KeyStatus.ACTIVE and key.active() is None:
         candidates.append(Transition(TransitionKind.ROTATE, now, 0))
     if not candidates:
         return None
@@ -371,6 +377,6 @@ def prune(key: KeyLifecycle) -> KeyLifecycle:
 def next_rotation_at(key: KeyLifecycle) -> datetime | None:
     """When the key rotates next on its schedule, if it is active."""
     active = key.active()
-    if key.status != KeyStatus.ACTIVE or active is None:
+    if key.status != KeyStatus.ACTIVE or active is None or not key.policy.scheduled:
         return None
     return active.rotate_at

@@ -42,3 +42,40 @@ class KeyTransitionCommit:
     reason: str = ""
     version: int | None = None
     new_version: int | None = None
+
+
+@dataclass(frozen=True)
+class CredentialSpec:
+    """What an API credential is; fixed for its life (its secrets are its versions)."""
+
+    credential_id: str
+    environment: str
+    name: str = ""
+    owner: str = ""
+    scopes: tuple[str, ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    created_by: str = ""
+    scheduled_rotation: bool = False
+    rate_limit: int | None = None
+    rate_limit_window: int | None = None
+    usage_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class CredentialTransitionCommit:
+    """Activity input: project a credential's lifecycle change (audited, one transaction).
+
+    `new_version`, when set, gets a fresh secret in that transaction: only its keyed hash and an
+    envelope-encrypted copy for a one-time reveal are stored, and nothing secret comes back.
+    """
+
+    transition_id: str
+    spec: CredentialSpec
+    lifecycle: KeyLifecycle
+    action: str
+    event: str
+    at: datetime
+    actor: str = "keyrotor"
+    reason: str = ""
+    version: int | None = None
+    new_version: int | None = None

@@ -162,10 +162,34 @@ class KeyTypePolicy:
 
 
 @dataclass(frozen=True)
+class CredentialPolicy:
+    """When the versions (secrets) of API credentials change.
+
+    Scheduled rotation is opt-in per credential: without it a secret lives until the
+    credential expires, at most `max_lifetime`; with it, it rotates every `rotation_interval`.
+    """
+
+    rotation_interval: timedelta
+    warning_threshold: timedelta
+    max_lifetime: timedelta
+    grace_period: timedelta
+
+    def lifecycle(self, *, scheduled: bool) -> LifecyclePolicy:
+        return LifecyclePolicy(
+            rotation_interval=_whole_seconds(self.rotation_interval),
+            warning_threshold=_whole_seconds(self.warning_threshold),
+            max_lifetime=_whole_seconds(self.max_lifetime),
+            grace_period=_whole_seconds(self.grace_period),
+            scheduled=scheduled,
+        )
+
+
+@dataclass(frozen=True)
 class Policies:
     """Every policy of one configuration file, checked and read-only."""
 
     key_types: Mapping[str, KeyTypePolicy]
+    credentials: CredentialPolicy
     environments: tuple[str, ...]
     default_environment: str
     default_provider: str
@@ -191,7 +215,8 @@ _KEY_TYPE_FIELDS = (
     "max_lifetime",
     "grace_period",
 )
-_TOP_LEVEL_FIELDS = ("defaults", "key_types")
+_CREDENTIAL_FIELDS = _KEY_TYPE_FIELDS[2:]
+_TOP_LEVEL_FIELDS = ("defaults", "key_types", "credentials")
 
 
 class _Reader:
@@ -247,22 +272,10 @@ class _Reader:
             raise self.fail(field, f"{value!r} is not a whole number of seconds")
         return d
 
-    def key_type(self, name: object, value: object) -> KeyTypePolicy:
-        field = f"key_types.{name}"
-        type_name = self.name(name, field)
-        table = self.table(value, field, _KEY_TYPE_FIELDS)
-        algorithm_name = self.string(table["algorithm"], f"{field}.algorithm")
-        try:
-            algorithm = resolve(algorithm_name)
-        except AlgorithmError as e:
-            raise self.fail(f"{field}.algorithm", str(e)) from None
-        bits = table["key_bits"]
-        if isinstance(bits, bool) or not isinstance(bits, int):
-            raise self.fail(f"{field}.key_bits", f"must be an integer, got {_type_name(bits)}")
-        try:
-            algorithm.validate_key_bits(bits)
-        except AlgorithmError as e:
-            raise self.fail(f"{field}.key_bits", str(e)) from None
+    def timing(
+        self, table: dict[str, Any], field: str
+    ) -> tuple[timedelta, timedelta, timedelta, timedelta]:
+        """rotation_interval, warning_threshold, max_lifetime and grace_period, consistent."""
         rotation = self.duration(table["rotation_interval"], f"{field}.rotation_interval")
         warning = self.duration(table["warning_threshold"], f"{field}.warning_threshold")
         lifetime = self.duration(table["max_lifetime"], f"{field}.max_lifetime")
@@ -287,6 +300,32 @@ class _Reader:
                 f"{format_duration(grace)} must be at most max_lifetime "
                 f"{format_duration(lifetime)}",
             )
+        return rotation, warning, lifetime, grace
+
+    def credentials(self, value: object) -> CredentialPolicy:
+        table = self.table(value, "credentials", _CREDENTIAL_FIELDS)
+        rotation, warning, lifetime, grace = self.timing(table, "credentials")
+        policy = CredentialPolicy(rotation, warning, lifetime, grace)
+        policy.lifecycle(scheduled=True)
+        return policy
+
+    def key_type(self, name: object, value: object) -> KeyTypePolicy:
+        field = f"key_types.{name}"
+        type_name = self.name(name, field)
+        table = self.table(value, field, _KEY_TYPE_FIELDS)
+        algorithm_name = self.string(table["algorithm"], f"{field}.algorithm")
+        try:
+            algorithm = resolve(algorithm_name)
+        except AlgorithmError as e:
+            raise self.fail(f"{field}.algorithm", str(e)) from None
+        bits = table["key_bits"]
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise self.fail(f"{field}.key_bits", f"must be an integer, got {_type_name(bits)}")
+        try:
+            algorithm.validate_key_bits(bits)
+        except AlgorithmError as e:
+            raise self.fail(f"{field}.key_bits", str(e)) from None
+        rotation, warning, lifetime, grace = self.timing(table, field)
         policy = KeyTypePolicy(
             name=type_name,
             algorithm=algorithm.name,
@@ -331,6 +370,7 @@ class _Reader:
         key_types = {name: self.key_type(name, value) for name, value in raw_types.items()}
         return Policies(
             key_types=MappingProxyType(key_types),
+            credentials=self.credentials(data["credentials"]),
             environments=tuple(environments),
             default_environment=environment,
             default_provider=provider,

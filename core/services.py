@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from core.api_credentials import CredentialService
+from core.credentials import PepperError, PepperRing
 from core.envelope import MasterKeyring
 from core.keys import KeyService
 from core.policy import Policies, default_policy_path, load_policies
@@ -27,6 +29,7 @@ class Services:
     store: Store
     providers: dict[str, KeyProvider]
     keys: KeyService
+    credentials: CredentialService
 
     def close(self) -> None:
         self.store.dispose()
@@ -42,4 +45,17 @@ def build_services(settings: Settings) -> Services:
     store = Store(settings.resolved_database_url())
     store.migrate()
     providers: dict[str, KeyProvider] = {"local": LocalProvider(keyring)}
-    return Services(settings, policies, keyring, store, providers, KeyService(store, providers))
+    pepper = settings.credential_pepper
+    try:
+        peppers = PepperRing.from_setting(pepper.get_secret_value() if pepper else None, keyring)
+    except PepperError as e:
+        raise ConfigurationError(f"KEYROTOR_CREDENTIAL_PEPPER: {e}") from None
+    return Services(
+        settings,
+        policies,
+        keyring,
+        store,
+        providers,
+        KeyService(store, providers),
+        CredentialService(store, keyring, peppers),
+    )

@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     database_url: str = ""
     master_key: SecretStr | None = None
     admin_key: SecretStr | None = None
+    # comma-separated base64 peppers for API-credential hashes, current first; unset: derived
+    # from the master key
+    credential_pepper: SecretStr | None = None
     config: Path | None = None
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"

@@ -9,9 +9,11 @@ from importlib.metadata import version
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities
 from core.codec import connect_client
 from core.services import Services
+from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 
 ACTIVITY_THREADS = 32
@@ -20,11 +22,12 @@ ACTIVITY_THREADS = 32
 def build_worker(client: Client, services: Services, task_queue: str | None = None) -> Worker:
     """A worker for every keyrotor workflow and activity, sharing `services`."""
     keys = KeyActivities(services.keys)
+    credentials = CredentialActivities(services.credentials)
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
-        workflows=[KeyLifecycleWorkflow],
-        activities=[keys.commit_key_transition],
+        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow],
+        activities=[keys.commit_key_transition, credentials.commit_credential_transition],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Without it the SDK hashes the code of every loaded module at start-up.

@@ -1,85 +1,24 @@
 """KeyLifecycleWorkflow: one long-running workflow owns one key, from creation to its end.
 
-The workflow is the single writer of the key's lifecycle state. It sleeps until the next
-deadline computed by `core.lifecycle.next_transition` or until a message arrives, applies the
-change, and has the `commit_key_transition` activity project it (audited) into the store.
+The loop, the messages and the commits are `ManagedLifecycleWorkflow`'s; a key's commit
+activity (`commit_key_transition`) creates each new version's material at its provider.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from datetime import datetime, timedelta
-
 from temporalio import workflow
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.managed import ManagedLifecycleWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.keys import KeyActivities
-    from core.lifecycle import (
-        TERMINAL_KEY_STATUSES,
-        KeyLifecycle,
-        LifecycleError,
-        RotationReason,
-        TransitionKind,
-        apply_timed,
-        compromise,
-        may_rotate,
-        next_rotation_at,
-        next_transition,
-        prune,
-        resume,
-        revoke,
-        rotate,
-        suspend,
-    )
+    from core.lifecycle import next_transition
     from core.objects import KeyTransitionCommit
-    from workflows.types import (
-        SA_NEXT_ROTATION,
-        SA_STATE,
-        KeyDescription,
-        KeyWorkflowInput,
-        OperatorAction,
-        RequestOutcome,
-        RotateRequest,
-        RotationResult,
-        StatusChange,
-    )
-
-# Generous for a local commit; short enough that a task lost with a crashed worker is
-# retried on another within seconds.
-COMMIT_TIMEOUT = timedelta(seconds=15)
-COMMIT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-)
-# How a failed commit surfaces in the workflow (a local activity's failure arrives as its
-# ApplicationError itself, a regular activity's wrapped in an ActivityError).
-COMMIT_FAILED = (ActivityError, ApplicationError)
-# After a rotation fails for a reason retrying cannot fix, try again after this long.
-FAILED_ROTATION_BACKOFF = timedelta(hours=1)
-RECENT_REQUESTS_KEPT = 64
-MAX_COMMENT = 1000
-MAX_ACTOR = 200
-
-# audit action and event name of each time-driven transition
-TIMED_ACTIONS = {
-    TransitionKind.WARN: ("key.rotation_warning", "keyExpiring"),
-    TransitionKind.END_GRACE: ("key.version_retired", "keyVersionRetired"),
-    TransitionKind.EXPIRE_VERSION: ("key.version_expired", "keyVersionExpired"),
-    TransitionKind.EXPIRE_KEY: ("key.expired", "keyExpired"),
-}
-STATUS_CHANGES = {
-    "revoke": (revoke, "key.revoked", "keyRevoked"),
-    "suspend": (suspend, "key.suspended", "keySuspended"),
-    "resume": (resume, "key.resumed", "keyResumed"),
-}
+    from workflows.types import KeyDescription, KeyWorkflowInput
 
 
 @workflow.defn
-class KeyLifecycleWorkflow:
+class KeyLifecycleWorkflow(ManagedLifecycleWorkflow):
     """Generates, warns, rotates with grace, retires and expires one key.
 
     Messages: update `rotate` (RotateRequest -> RotationResult), update `change_status`
@@ -87,299 +26,18 @@ class KeyLifecycleWorkflow:
     `resume` (OperatorAction); query `describe` (KeyDescription).
     """
 
+    KIND = "key"
+    COMMIT = KeyActivities.commit_key_transition
+    COMMIT_INPUT = KeyTransitionCommit
+    INPUT = KeyWorkflowInput
+
     @workflow.init
     def __init__(self, input: KeyWorkflowInput) -> None:
-        self._spec = input.spec
-        self._key = input.lifecycle
-        self._publish = input.publish_search_attributes
-        self._created = input.created
-        self._seq = input.transition_seq
-        self._recent = list(input.recent_requests)
-        self._lock = asyncio.Lock()
-        self._wake = False
-        self._rotation_retry_at = input.rotation_retry_at
+        super().__init__(input)
 
     @workflow.run
     async def run(self, input: KeyWorkflowInput) -> str:
-        if not self._created:
-            async with self._lock:
-                await self._commit(
-                    self._key,
-                    action="key.created",
-                    event="keyCreated",
-                    version=1,
-                    new_version=1,
-                    actor=self._spec.created_by or "keyrotor",
-                )
-                self._created = True
-        while self._key.status not in TERMINAL_KEY_STATUSES:
-            if workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(
-                    lambda: workflow.all_handlers_finished() and not self._lock.locked()
-                )
-                workflow.continue_as_new(self._carry())
-            now = workflow.now()
-            due = next_transition(self._key, now, rotation=self._rotation_allowed(now))
-            if due is not None and due.at <= now:
-                async with self._lock:
-                    await self._apply_due()
-                continue
-            retry = self._rotation_retry_at
-            wakes = [t for t in (due.at if due else None, retry) if t is not None and t > now]
-            wake_at = min(wakes) if wakes else None
-            self._wake = False
-            try:
-                await workflow.wait_condition(
-                    lambda: self._wake,
-                    timeout=None if wake_at is None else wake_at - now,
-                    timeout_summary=None if due is None else f"{due.kind} v{due.version}",
-                )
-            except TimeoutError:
-                pass
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        return str(self._key.status)
-
-    async def _apply_due(self) -> None:
-        """Apply the transition that is due now (re-read under the lock: a handler may have
-        changed the state while this waited)."""
-        now = workflow.now()
-        due = next_transition(self._key, now, rotation=self._rotation_allowed(now))
-        if due is None or due.at > now:
-            return
-        if due.kind == TransitionKind.ROTATE:
-            try:
-                await self._rotate(RotationReason.SCHEDULED, None, "keyrotor", "scheduled")
-                self._rotation_retry_at = None
-            except COMMIT_FAILED as e:
-                workflow.logger.error("scheduled rotation failed; retrying later: %s", e)
-                self._rotation_retry_at = now + FAILED_ROTATION_BACKOFF
-            return
-        action, event = TIMED_ACTIONS[due.kind]
-        await self._commit(
-            apply_timed(self._key, due, now),
-            action=action,
-            event=event,
-            version=due.version or None,
-        )
-
-    def _rotation_allowed(self, now: datetime) -> bool:
-        return self._rotation_retry_at is None or now >= self._rotation_retry_at
-
-    async def _rotate(
-        self, reason: RotationReason, grace: int | None, actor: str, comment: str
-    ) -> RotationResult:
-        old = self._key.current()
-        new = rotate(self._key, workflow.now(), reason, grace)
-        action = "key.emergency_rotated" if reason == RotationReason.COMPROMISE else "key.rotated"
-        why = f"{reason}: {comment}" if comment else str(reason)
-        try:
-            await self._commit(
-                new,
-                action=action,
-                event="keyRotated",
-                version=new.last_version,
-                new_version=new.last_version,
-                actor=actor,
-                reason=why,
-            )
-        except COMMIT_FAILED:
-            if reason == RotationReason.COMPROMISE and old is not None:
-                # No new version, but the compromised one must stop being used all the same.
-                with contextlib.suppress(*COMMIT_FAILED):
-                    await self._commit(
-                        compromise(self._key, workflow.now()),
-                        action="key.version_compromised",
-                        event="keyVersionCompromised",
-                        version=old.number,
-                        actor=actor,
-                        reason=f"{why} (no new version could be made)",
-                    )
-            raise
-        return RotationResult(from_version=old.number if old else 0, to_version=new.last_version)
-
-    async def _commit(
-        self,
-        new: KeyLifecycle,
-        *,
-        action: str,
-        event: str,
-        version: int | None = None,
-        new_version: int | None = None,
-        actor: str = "keyrotor",
-        reason: str = "",
-    ) -> None:
-        """Project `new` into the store (one audited transaction), then adopt it."""
-        self._seq += 1
-        # A local activity: the commit is short and idempotent, and running it inside the
-        # workflow task saves two server round trips and a workflow task per transition.
-        await workflow.execute_local_activity_method(
-            KeyActivities.commit_key_transition,
-            KeyTransitionCommit(
-                # What is committed is part of its id: a local activity leaves no trace in
-                # history until its workflow task completes, so after a crash the same number
-                # can be replayed by a different transition, which must not count as done.
-                transition_id=f"{workflow.info().workflow_id}/{self._seq}:{action}:{version}",
-                spec=self._spec,
-                lifecycle=new,
-                action=action,
-                event=event,
-                at=workflow.now(),
-                # signals carry whatever an operator typed: keep it within the audit columns
-                actor=actor[:MAX_ACTOR],
-                reason=reason[:MAX_COMMENT],
-                version=version,
-                new_version=new_version,
-            ),
-            start_to_close_timeout=COMMIT_TIMEOUT,
-            retry_policy=COMMIT_RETRY,
-        )
-        self._key = prune(new)
-        self._wake = True
-        if self._publish:
-            nxt = next_rotation_at(self._key)
-            workflow.upsert_search_attributes(
-                [
-                    SA_STATE.value_set(str(self._key.status)),
-                    SA_NEXT_ROTATION.value_set(nxt)
-                    if nxt is not None
-                    else SA_NEXT_ROTATION.value_unset(),
-                ]
-            )
-
-    def _carry(self) -> KeyWorkflowInput:
-        return KeyWorkflowInput(
-            spec=self._spec,
-            lifecycle=self._key,
-            publish_search_attributes=self._publish,
-            created=True,
-            transition_seq=self._seq,
-            recent_requests=tuple(self._recent[-RECENT_REQUESTS_KEPT:]),
-            rotation_retry_at=self._rotation_retry_at,
-        )
-
-    # --- updates -------------------------------------------------------------------------
-
-    @workflow.update
-    async def wait_created(self) -> int:
-        """Returns the active version once the key's first version is committed."""
-        await workflow.wait_condition(lambda: self._created)
-        current = self._key.current()
-        return current.number if current else 0
-
-    @workflow.update
-    async def rotate(self, request: RotateRequest) -> RotationResult:
-        """Rotate now; idempotent by `request_id`."""
-        await workflow.wait_condition(lambda: self._created)
-        async with self._lock:
-            for done in self._recent:
-                if request.request_id and done.request_id == request.request_id:
-                    return RotationResult(done.from_version, done.to_version)
-            if not may_rotate(self._key.status, request.reason):
-                raise ApplicationError(
-                    f"a {self._key.status} key cannot rotate", type="KeyStateError"
-                )
-            result = await self._rotate(
-                RotationReason(request.reason),
-                0 if request.reason == RotationReason.COMPROMISE else request.grace_period_seconds,
-                request.actor or "api",
-                request.comment,
-            )
-            if request.request_id:
-                self._recent.append(
-                    RequestOutcome(request.request_id, result.from_version, result.to_version)
-                )
-                del self._recent[:-RECENT_REQUESTS_KEPT]
-            return result
-
-    @rotate.validator
-    def _validate_rotate(self, request: RotateRequest) -> None:
-        if request.reason not in RotationReason.__members__.values():
-            allowed = ", ".join(r.value for r in RotationReason)
-            raise ValueError(f"reason must be one of {allowed}")
-        grace = request.grace_period_seconds
-        if grace is not None and not 0 <= grace <= self._key.policy.max_lifetime:
-            raise ValueError("grace period must be between zero and the key's max lifetime")
-        if len(request.comment) > MAX_COMMENT:
-            raise ValueError(f"comment is longer than {MAX_COMMENT} characters")
-        if any(r.request_id == request.request_id for r in self._recent if request.request_id):
-            return
-        if not may_rotate(self._key.status, request.reason):
-            raise ValueError(f"a {self._key.status} key cannot rotate")
-
-    @workflow.update
-    async def change_status(self, change: StatusChange) -> str:
-        """Revoke, suspend or resume; answers the new status once it is committed."""
-        await workflow.wait_condition(lambda: self._created)
-        async with self._lock:
-            try:
-                await self._change_status(change.action, change.reason, change.actor or "api")
-            except LifecycleError as e:
-                # the state changed between validation and the lock (a concurrent request)
-                raise ApplicationError(str(e), type="KeyStateError", non_retryable=True) from e
-            return str(self._key.status)
-
-    @change_status.validator
-    def _validate_change_status(self, change: StatusChange) -> None:
-        if change.action not in STATUS_CHANGES:
-            raise ValueError(f"action must be one of {', '.join(STATUS_CHANGES)}")
-        if len(change.reason) > MAX_COMMENT:
-            raise ValueError(f"reason is longer than {MAX_COMMENT} characters")
-        STATUS_CHANGES[change.action][0](self._key, workflow.now())  # raises LifecycleError
-
-    async def _change_status(self, action: str, reason: str, actor: str) -> None:
-        change, audit_action, event = STATUS_CHANGES[action]
-        await self._commit(
-            change(self._key, workflow.now()),
-            action=audit_action,
-            event=event,
-            actor=actor,
-            reason=reason,
-        )
-
-    # --- signals (fire and forget: what cannot apply is logged and ignored) ------------------
-
-    @workflow.signal
-    async def emergency_rotate(self, action: OperatorAction | None = None) -> None:
-        """The active version is compromised: replace it now, with no grace."""
-        action = action or OperatorAction()
-        await workflow.wait_condition(lambda: self._created)
-        async with self._lock:
-            if not may_rotate(self._key.status, RotationReason.COMPROMISE):
-                workflow.logger.warning("emergency_rotate ignored: key is %s", self._key.status)
-                return
-            try:
-                await self._rotate(RotationReason.COMPROMISE, 0, action.actor, action.reason)
-            except COMMIT_FAILED as e:
-                workflow.logger.error("emergency rotation failed: %s", e)
-
-    @workflow.signal
-    async def revoke(self, action: OperatorAction | None = None) -> None:
-        """Revoke the key: every live version is compromised and the workflow ends."""
-        await self._signalled_status("revoke", action)
-
-    @workflow.signal
-    async def suspend(self, action: OperatorAction | None = None) -> None:
-        """Suspend the key until `resume`."""
-        await self._signalled_status("suspend", action)
-
-    @workflow.signal
-    async def resume(self, action: OperatorAction | None = None) -> None:
-        """Resume a suspended key."""
-        await self._signalled_status("resume", action)
-
-    async def _signalled_status(self, name: str, action: OperatorAction | None) -> None:
-        # A signal sent with no input (an empty form in the UI) must not fail the workflow task.
-        action = action or OperatorAction()
-        await workflow.wait_condition(lambda: self._created)
-        async with self._lock:
-            try:
-                await self._change_status(name, action.reason, action.actor)
-            except LifecycleError as e:
-                workflow.logger.warning("%s ignored: %s", name, e)
-            except COMMIT_FAILED as e:
-                workflow.logger.error("%s failed: %s", name, e)
-
-    # --- query -----------------------------------------------------------------------------
+        return await self._run()
 
     @workflow.query
     def describe(self) -> KeyDescription:

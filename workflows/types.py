@@ -13,9 +13,10 @@ from typing import Any
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
 from core.lifecycle import KeyLifecycle, Transition
-from core.objects import KeySpec
+from core.objects import CredentialSpec, KeySpec
 
 KEY_WORKFLOW = "KeyLifecycleWorkflow"
+CREDENTIAL_WORKFLOW = "CredentialLifecycleWorkflow"
 
 # Search attributes: what operators filter on in the UI and what `GET /keys` can list by.
 # Never encrypted, so never anything secret or personal.
@@ -62,6 +63,27 @@ def key_workflow_id(environment: str, key_id: str) -> str:
     return f"keyrotor/key/{environment}/{key_id}"
 
 
+def credential_search_attributes(
+    spec: CredentialSpec, status: str, next_rotation: datetime | None
+) -> TypedSearchAttributes:
+    """The search attributes of a credential's workflow (type `api`; no algorithm/provider)."""
+    pairs: list[SearchAttributePair[Any]] = [
+        SearchAttributePair(SA_KIND, "credential"),
+        SearchAttributePair(SA_TYPE, "api"),
+        SearchAttributePair(SA_STATE, status),
+        SearchAttributePair(SA_OWNER, spec.owner),
+        SearchAttributePair(SA_ENVIRONMENT, spec.environment),
+    ]
+    if next_rotation is not None:
+        pairs.append(SearchAttributePair(SA_NEXT_ROTATION, next_rotation))
+    return TypedSearchAttributes(pairs)
+
+
+def credential_workflow_id(environment: str, credential_id: str) -> str:
+    """`keyrotor/credential/<environment>/<credential id>`."""
+    return f"keyrotor/credential/{environment}/{credential_id}"
+
+
 @dataclass(frozen=True)
 class RequestOutcome:
     """The result of an idempotent request, remembered across continue-as-new."""
@@ -84,6 +106,19 @@ class KeyWorkflowInput:
     transition_seq: int = 0
     recent_requests: tuple[RequestOutcome, ...] = ()
     # When a rotation failed for a reason retrying cannot fix: the next attempt.
+    rotation_retry_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CredentialWorkflowInput:
+    """Start input of `CredentialLifecycleWorkflow` (fields as in `KeyWorkflowInput`)."""
+
+    spec: CredentialSpec
+    lifecycle: KeyLifecycle
+    publish_search_attributes: bool = True
+    created: bool = False
+    transition_seq: int = 0
+    recent_requests: tuple[RequestOutcome, ...] = ()
     rotation_retry_at: datetime | None = None
 
 
@@ -128,6 +163,16 @@ class KeyDescription:
     """Query `describe`: the key's spec, lifecycle state and what happens next."""
 
     spec: KeySpec
+    lifecycle: KeyLifecycle
+    next_transition: Transition | None
+    created: bool
+
+
+@dataclass(frozen=True)
+class CredentialDescription:
+    """Query `describe` of a credential's workflow (no secret: only states and deadlines)."""
+
+    spec: CredentialSpec
     lifecycle: KeyLifecycle
     next_transition: Transition | None
     created: bool

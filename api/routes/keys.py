@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Query
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
-from temporalio.service import RPCError
 
 from api import schemas
 from api.auth import Permission, require
 from api.deps import services, temporal
 from api.errors import APIError
+from api.lifecycle import (
+    change_status,
+    cursor_of,
+    iso,
+    parse_cursor,
+    run_update,
+    start_and_wait_created,
+)
 from core.algorithms import InvalidSignatureError, resolve
 from core.credentials import AdminPrincipal
-from core.keys import key_id_for, new_key_id, parse_token
+from core.keys import derived_id, new_key_id, parse_token
 from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
 from core.objects import KeySpec
 from core.policy import parse_duration
@@ -33,34 +37,17 @@ from workflows.types import (
     KeyWorkflowInput,
     RotateRequest,
     RotationResult,
-    StatusChange,
     key_search_attributes,
     key_workflow_id,
 )
 
 router = APIRouter(prefix="/api/key-management/keys", tags=["keys"])
-UPDATE_TIMEOUT = 30.0
-# How a refused or failed update answers, by the failure's type (validators raise ValueError).
-UPDATE_FAILURES = {
-    "ValueError": (400, "INVALID_REQUEST"),
-    "KeyStateError": (409, "KEY_STATE"),
-    "LifecycleError": (409, "KEY_STATE"),
-    "ProviderConfigurationError": (400, "PROVIDER_NOT_CONFIGURED"),
-    "UnsupportedAlgorithmError": (400, "UNSUPPORTED_ALGORITHM"),
-    "ProviderUnavailableError": (503, "PROVIDER_UNAVAILABLE"),
-    "ProviderOperationError": (503, "PROVIDER_UNAVAILABLE"),
-    "ProviderError": (503, "PROVIDER_UNAVAILABLE"),
-}
 
 Svc = Annotated[Services, Depends(services)]
 Temporal = Annotated[Client, Depends(temporal)]
 Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
 Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
 User = Annotated[AdminPrincipal, Depends(require(Permission.USE))]
-
-
-def _iso(t: datetime | None) -> str | None:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
 def key_view(key: KeyRow, versions: list[KeyVersionRow] | None = None) -> dict[str, Any]:
@@ -75,10 +62,10 @@ def key_view(key: KeyRow, versions: list[KeyVersionRow] | None = None) -> dict[s
         "owner": key.owner,
         "status": key.status,
         "version": key.current_version,
-        "createdAt": _iso(key.created_at),
-        "updatedAt": _iso(key.updated_at),
-        "nextRotationAt": _iso(key.next_rotation_at),
-        "expiresAt": _iso(key.expires_at),
+        "createdAt": iso(key.created_at),
+        "updatedAt": iso(key.updated_at),
+        "nextRotationAt": iso(key.next_rotation_at),
+        "expiresAt": iso(key.expires_at),
         "createdBy": key.created_by,
         "metadata": key.metadata_,
         "workflowId": key.workflow_id,
@@ -89,12 +76,12 @@ def key_view(key: KeyRow, versions: list[KeyVersionRow] | None = None) -> dict[s
                 "version": v.number,
                 "state": v.state,
                 "algorithm": v.algorithm,
-                "createdAt": _iso(v.created_at),
-                "rotateAt": _iso(v.rotate_at),
-                "warnAt": _iso(v.warn_at),
-                "graceUntil": _iso(v.grace_until),
-                "hardExpiry": _iso(v.hard_expiry),
-                "stateChangedAt": _iso(v.state_changed_at),
+                "createdAt": iso(v.created_at),
+                "rotateAt": iso(v.rotate_at),
+                "warnAt": iso(v.warn_at),
+                "graceUntil": iso(v.grace_until),
+                "hardExpiry": iso(v.hard_expiry),
+                "stateChangedAt": iso(v.state_changed_at),
             }
             for v in versions
         ]
@@ -108,48 +95,6 @@ def _b64(field: str, value: str | None) -> bytes:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise APIError(400, "INVALID_REQUEST", f"{field} must be base64") from None
-
-
-def _cursor(key: KeyRow) -> str:
-    raw = json.dumps([key.created_at.isoformat(), key.id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        at_text, kid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        at = datetime.fromisoformat(at_text)
-    except (ValueError, TypeError, binascii.Error):
-        raise APIError(400, "INVALID_REQUEST", "cursor is not one this API returned") from None
-    if at.tzinfo is None:
-        raise APIError(400, "INVALID_REQUEST", "cursor is not one this API returned")
-    return at, str(kid)
-
-
-def update_failure(e: WorkflowUpdateFailedError) -> APIError:
-    """The answer to an update the workflow refused (validator) or failed (handler)."""
-    cause = e.cause
-    if isinstance(cause, ActivityError) and cause.cause is not None:
-        cause = cause.cause
-    if not isinstance(cause, ApplicationError):
-        return APIError(409, "KEY_STATE", "update refused")
-    status, code = UPDATE_FAILURES.get(cause.type or "", (409, "KEY_STATE"))
-    return APIError(status, code, "the key provider failed" if status == 503 else cause.message)
-
-
-async def _update(client: Client, workflow_id: str, name: str, arg: Any, **kw: Any) -> Any:
-    """Run an update on a key's workflow; turn its refusals into 4xx and silence into 503."""
-    handle = client.get_workflow_handle(workflow_id)
-    try:
-        return await asyncio.wait_for(handle.execute_update(name, arg, **kw), UPDATE_TIMEOUT)
-    except WorkflowUpdateFailedError as e:
-        raise update_failure(e) from None
-    except TimeoutError:
-        raise APIError(503, "WORKER_UNAVAILABLE", "no worker answered in time; retry") from None
-    except RPCError as e:
-        if "not found" in str(e).lower() or "completed" in str(e).lower():
-            raise APIError(409, "KEY_STATE", "the key's workflow has ended") from None
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
 
 
 @router.post("/generate", status_code=201)
@@ -186,7 +131,7 @@ async def generate_key(
         raise APIError(400, "INVALID_REQUEST", str(e)) from None
     metadata = {str(k): str(v) for k, v in body.metadata.items()}
     spec = KeySpec(
-        key_id=key_id_for(who.key_id, idempotency_key) if idempotency_key else new_key_id(),
+        key_id=derived_id("key_", who.key_id, idempotency_key) if idempotency_key else new_key_id(),
         environment=environment,
         type=policy.name,
         algorithm=algorithm,
@@ -210,25 +155,7 @@ async def generate_key(
         static_summary=f"{spec.type} key {spec.name or spec.key_id} ({algorithm})",
         result_type=str,
     )
-    try:
-        await asyncio.wait_for(
-            client.execute_update_with_start_workflow(
-                "wait_created", start_workflow_operation=start, result_type=int
-            ),
-            UPDATE_TIMEOUT,
-        )
-    except TimeoutError:
-        raise APIError(
-            503,
-            "WORKER_UNAVAILABLE",
-            f"key {spec.key_id} was accepted but no worker created it yet",
-        ) from None
-    except WorkflowAlreadyStartedError:
-        pass  # an idempotent retry whose key's workflow has ended: answer with that key
-    except WorkflowUpdateFailedError as e:  # version 1 could not be made
-        raise update_failure(e) from None
-    except RPCError:
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+    await start_and_wait_created(client, start, f"key {spec.key_id}")
     key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
     if (key.type, key.algorithm, key.environment) != (spec.type, algorithm, environment):
         raise APIError(409, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key was used for another key")
@@ -246,7 +173,7 @@ def list_keys(
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Newest first; pass `nextCursor` back as `cursor` for the next page (stable under inserts)."""
-    after = _parse_cursor(cursor) if cursor else None
+    after = parse_cursor(cursor) if cursor else None
     rows = svc.keys.list_keys(type=type, status=status, limit=limit + 1, offset=offset, after=after)
     page = rows[:limit]
     return {
@@ -255,7 +182,7 @@ def list_keys(
             "limit": limit,
             "offset": offset,
             "count": len(page),
-            "nextCursor": _cursor(page[-1]) if len(rows) > limit else None,
+            "nextCursor": cursor_of(page[-1]) if len(rows) > limit else None,
         },
     }
 
@@ -302,7 +229,7 @@ async def rotate_key(
         actor=body.user_id or who.name,
         request_id=idempotency_key or "",
     )
-    result: RotationResult = await _update(
+    result: RotationResult = await run_update(
         client,
         workflow_id,
         "rotate",
@@ -325,15 +252,8 @@ async def _change_status(
     client: Client,
     who: AdminPrincipal,
 ) -> dict[str, Any]:
-    body = body or schemas.ReasonRequest()
     workflow_id, _ = await run_in_threadpool(svc.keys.workflow_of, key_id)
-    await _update(
-        client,
-        workflow_id,
-        "change_status",
-        StatusChange(action=action, reason=body.reason, actor=body.user_id or who.name),
-        result_type=str,
-    )
+    await change_status(client, workflow_id, action, body, who)
     key, versions = await run_in_threadpool(svc.keys.get, key_id)
     return {"key": key_view(key, versions)}
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -59,7 +60,7 @@ class Base(DeclarativeBase):
             "ck": "ck_%(table_name)s_%(constraint_name)s",
         }
     )
-    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON}
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON, list[str]: JSON}
 
 
 class KeyRow(Base):
@@ -176,3 +177,65 @@ class AdminKeyRow(Base):
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     last_used_at: Mapped[datetime | None]
+
+
+class CredentialRow(Base):
+    """An API credential (logical identity); its versions are the secrets it has had."""
+
+    __tablename__ = "credentials"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    environment: Mapped[str] = mapped_column(String(32), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    owner: Mapped[str] = mapped_column(String(200), default="", index=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16))
+    current_version: Mapped[int] = mapped_column(Integer, default=0)
+    scheduled_rotation: Mapped[bool] = mapped_column(Boolean, default=False)
+    # requests per `rate_limit_window` seconds (per API process until a shared store is set up)
+    rate_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_limit_window: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    usage_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # what is left of `usage_limit`, shared by every version (decremented atomically)
+    remaining: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    usage_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    failure_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_used_at: Mapped[datetime | None]
+    workflow_id: Mapped[str] = mapped_column(String(255), unique=True)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    next_rotation_at: Mapped[datetime | None]
+
+
+class CredentialVersionRow(Base):
+    """One secret of a credential, stored only as a keyed hash; found by its lookup id.
+
+    `pending_secret` holds the secret envelope-encrypted until its requester or owner has
+    fetched it once (or the previous secret's grace ends); it is NULL afterwards.
+    """
+
+    __tablename__ = "credential_versions"
+
+    lookup_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("credentials.id", ondelete="CASCADE")
+    )
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    salt: Mapped[bytes] = mapped_column(LargeBinary)
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    pepper_id: Mapped[str] = mapped_column(String(32))
+    pending_secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime]
+    rotate_at: Mapped[datetime]
+    warn_at: Mapped[datetime]
+    hard_expiry: Mapped[datetime]
+    grace_until: Mapped[datetime | None]
+    state_changed_at: Mapped[datetime]
+
+    __table_args__ = (
+        Index("ix_credential_versions_credential_number", "credential_id", "number", unique=True),
+    )

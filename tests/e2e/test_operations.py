@@ -168,6 +168,28 @@ async def test_no_secret_in_any_history_or_log(
         assert r.status_code == 200
         await stack.http.post(f"{API}/keys/{kid}/rotate", json={}, headers=stack.auth())
         await stack.http.request("DELETE", f"{API}/keys/{kid}", headers=stack.auth())
+    # an API credential, rerolled: both its plaintext keys (the API's answers) must not leak
+    r = await stack.http.post(
+        f"{API}/credentials", json={"name": "scan", "scopes": ["a"]}, headers=stack.auth()
+    )
+    cred = r.json()["credential"]
+    secrets["credential v1"] = r.json()["secret"].encode()
+    r = await stack.http.post(
+        f"{API}/credentials/{cred['id']}/rotate", json={}, headers=stack.auth()
+    )
+    secrets["credential v2"] = r.json()["secret"].encode()
+    for name in ("credential v1", "credential v2"):
+        secrets[f"{name} secret"] = secrets[name].split(b"_", 3)[3][:43]
+        # answers about a wrong key, and errors, never repeat what was presented
+        wrong = secrets[name].decode() + "x"
+        r = await stack.http.post(
+            f"{API}/credentials/verify", json={"key": wrong}, headers=stack.auth()
+        )
+        assert r.json()["verification"]["code"] == "NOT_FOUND" and wrong not in r.text
+        r = await stack.http.post(
+            f"{API}/credentials/verify", json={"key": wrong, "scopes": 7}, headers=stack.auth()
+        )
+        assert r.status_code == 400 and wrong not in r.text
     # every version's material, opened from the store with the master key
     with stack.services.store.session() as s:
         for v in s.query(KeyVersionRow).all():

@@ -174,6 +174,12 @@ def _valid() -> dict[str, Any]:
                 "grace_period": "P1D",
             },
         },
+        "credentials": {
+            "rotation_interval": "P90D",
+            "warning_threshold": "P7D",
+            "max_lifetime": "P365D",
+            "grace_period": "P1D",
+        },
     }
 
 
@@ -275,11 +281,25 @@ ENC = "key_types.encryption"
 
 # (id, mutation, field, reason): the reason is matched exactly.
 INVALID: list[tuple[str, Mutation, str, str]] = [
+    ("credentials missing", _delete("credentials"), "credentials", "missing"),
+    (
+        "credential grace past lifetime",
+        _set("credentials.grace_period", "P400D"),
+        "credentials.grace_period",
+        "P400D must be at most max_lifetime P365D",
+    ),
+    (
+        "credential unknown field",
+        _set("credentials.algorithm", "AES-256-GCM"),
+        "credentials.algorithm",
+        "unknown field; expected one of rotation_interval, warning_threshold, max_lifetime,"
+        " grace_period",
+    ),
     (
         "unknown top-level table",
         _set("key_typess", {"x": 1}),
         "key_typess",
-        "unknown field; expected one of defaults, key_types",
+        "unknown field; expected one of defaults, key_types, credentials",
     ),
     ("missing defaults", _delete("defaults"), "defaults", "missing"),
     ("missing key_types", _delete("key_types"), "key_types", "missing"),

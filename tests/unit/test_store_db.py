@@ -19,7 +19,16 @@ from sqlalchemy.exc import IntegrityError, StatementError
 from core.store.db import Store, normalize_url, sqlite_url
 from core.store.models import AdminKeyRow, Base, KeyRow, KeyVersionRow
 
-EXPECTED_TABLES = {"keys", "key_versions", "audit_records", "audit_head", "events", "admin_keys"}
+EXPECTED_TABLES = {
+    "keys",
+    "key_versions",
+    "audit_records",
+    "audit_head",
+    "events",
+    "admin_keys",
+    "credentials",
+    "credential_versions",
+}
 NOW = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 
 
@@ -104,7 +113,7 @@ def test_migrate_twice_is_a_no_op(store: Store) -> None:
     assert schema_diff(store) == []
     assert count(store, AdminKeyRow) == 1
     with store.session() as s:
-        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0001"]
+        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0002"]
 
 
 def test_concurrent_migrations_on_a_new_database_migrate_once(database_url: str) -> None:

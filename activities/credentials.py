@@ -1,0 +1,23 @@
+"""Activities over `core.api_credentials`: every side effect of a credential's lifecycle."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from core.api_credentials import CredentialService
+from core.objects import CredentialTransitionCommit
+
+
+class CredentialActivities:
+    """Credential activities; the worker builds one instance with its dependencies."""
+
+    def __init__(self, credentials: CredentialService) -> None:
+        self._credentials = credentials
+
+    @activity.defn(name="commit_credential_transition")
+    def commit_credential_transition(self, commit: CredentialTransitionCommit) -> None:
+        """Generate the new version's secret if any and commit the transition (idempotent).
+
+        Returns nothing: the secret is stored as its hash and a sealed copy for one reveal.
+        """
+        self._credentials.commit_transition(commit)

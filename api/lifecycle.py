@@ -1,0 +1,115 @@
+"""Calling the lifecycle workflows from routes: updates, their failures, and list cursors."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from api import schemas
+from api.errors import APIError
+from core.credentials import AdminPrincipal
+from workflows.types import StatusChange
+
+UPDATE_TIMEOUT = 30.0
+# How a refused or failed update answers, by the failure's type (validators raise ValueError).
+UPDATE_FAILURES = {
+    "ValueError": (400, "INVALID_REQUEST"),
+    "KeyStateError": (409, "KEY_STATE"),
+    "LifecycleError": (409, "KEY_STATE"),
+    "ProviderConfigurationError": (400, "PROVIDER_NOT_CONFIGURED"),
+    "UnsupportedAlgorithmError": (400, "UNSUPPORTED_ALGORITHM"),
+    "ProviderUnavailableError": (503, "PROVIDER_UNAVAILABLE"),
+    "ProviderOperationError": (503, "PROVIDER_UNAVAILABLE"),
+    "ProviderError": (503, "PROVIDER_UNAVAILABLE"),
+}
+
+
+def iso(t: datetime | None) -> str | None:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
+
+
+def cursor_of(row: Any) -> str:
+    raw = json.dumps([row.created_at.isoformat(), row.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        at_text, kid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        at = datetime.fromisoformat(at_text)
+    except (ValueError, TypeError, binascii.Error):
+        raise APIError(400, "INVALID_REQUEST", "cursor is not one this API returned") from None
+    if at.tzinfo is None:
+        raise APIError(400, "INVALID_REQUEST", "cursor is not one this API returned")
+    return at, str(kid)
+
+
+def update_failure(e: WorkflowUpdateFailedError) -> APIError:
+    """The answer to an update the workflow refused (validator) or failed (handler)."""
+    cause = e.cause
+    if isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if not isinstance(cause, ApplicationError):
+        return APIError(409, "KEY_STATE", "update refused")
+    status, code = UPDATE_FAILURES.get(cause.type or "", (409, "KEY_STATE"))
+    return APIError(status, code, "the key provider failed" if status == 503 else cause.message)
+
+
+async def run_update(client: Client, workflow_id: str, name: str, arg: Any, **kw: Any) -> Any:
+    """Run an update on a key's workflow; turn its refusals into 4xx and silence into 503."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        return await asyncio.wait_for(handle.execute_update(name, arg, **kw), UPDATE_TIMEOUT)
+    except WorkflowUpdateFailedError as e:
+        raise update_failure(e) from None
+    except TimeoutError:
+        raise APIError(503, "WORKER_UNAVAILABLE", "no worker answered in time; retry") from None
+    except RPCError as e:
+        if "not found" in str(e).lower() or "completed" in str(e).lower():
+            raise APIError(409, "KEY_STATE", "the key's workflow has ended") from None
+        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+
+
+async def start_and_wait_created(
+    client: Client, start: WithStartWorkflowOperation[Any, str], what: str
+) -> None:
+    """Start a lifecycle workflow (or find the one an idempotent retry started) and wait
+    until its first version is committed."""
+    try:
+        await asyncio.wait_for(
+            client.execute_update_with_start_workflow(
+                "wait_created", start_workflow_operation=start, result_type=int
+            ),
+            UPDATE_TIMEOUT,
+        )
+    except TimeoutError:
+        raise APIError(
+            503, "WORKER_UNAVAILABLE", f"{what} was accepted but no worker created it yet"
+        ) from None
+    except WorkflowAlreadyStartedError:
+        pass  # an idempotent retry whose workflow has ended: answer with what it made
+    except WorkflowUpdateFailedError as e:  # version 1 could not be made
+        raise update_failure(e) from None
+    except RPCError:
+        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+
+
+async def change_status(
+    client: Client,
+    workflow_id: str,
+    action: str,
+    body: schemas.ReasonRequest | None,
+    who: AdminPrincipal,
+) -> None:
+    """Revoke, suspend or resume through the workflow; returns once it is committed."""
+    body = body or schemas.ReasonRequest()
+    change = StatusChange(action=action, reason=body.reason, actor=body.user_id or who.name)
+    await run_update(client, workflow_id, "change_status", change, result_type=str)

@@ -1,0 +1,373 @@
+"""`/api/key-management/credentials`: API keys whose workflows rotate them; verify from the store.
+
+A new secret reaches its requester exactly once: the workflow's commit stores it sealed, and the
+route that asked for it (create, rotate) takes it out of the store and answers with it. A
+scheduled rotation's secret waits, sealed, for its owner's `POST /{id}/reveal` until the old
+secret's grace ends.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Query, Response
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+from api import schemas
+from api.auth import Permission, require
+from api.deps import services, temporal
+from api.errors import APIError
+from api.lifecycle import (
+    change_status,
+    cursor_of,
+    iso,
+    parse_cursor,
+    run_update,
+    start_and_wait_created,
+)
+from core.api_credentials import Verification, new_credential_id
+from core.credentials import AdminPrincipal, Role
+from core.keys import derived_id
+from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
+from core.objects import CredentialSpec
+from core.policy import parse_duration
+from core.services import Services
+from core.store.models import CredentialRow, CredentialVersionRow
+from workflows.types import (
+    CREDENTIAL_WORKFLOW,
+    CredentialWorkflowInput,
+    RotateRequest,
+    RotationResult,
+    credential_search_attributes,
+    credential_workflow_id,
+)
+
+router = APIRouter(prefix="/api/key-management/credentials", tags=["credentials"])
+
+Svc = Annotated[Services, Depends(services)]
+Temporal = Annotated[Client, Depends(temporal)]
+Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
+Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
+Verifier = Annotated[AdminPrincipal, Depends(require(Permission.VERIFY))]
+
+
+def credential_view(
+    c: CredentialRow, versions: list[CredentialVersionRow] | None = None
+) -> dict[str, Any]:
+    """The public shape of a credential: never a secret, a hash or a salt."""
+    view: dict[str, Any] = {
+        "id": c.id,
+        "name": c.name,
+        "owner": c.owner,
+        "environment": c.environment,
+        "scopes": list(c.scopes),
+        "metadata": c.metadata_,
+        "status": c.status,
+        "version": c.current_version,
+        "scheduledRotation": c.scheduled_rotation,
+        "rateLimit": (
+            {"limit": c.rate_limit, "durationSeconds": c.rate_limit_window}
+            if c.rate_limit is not None
+            else None
+        ),
+        "usageLimit": c.usage_limit,
+        "remaining": c.remaining,
+        "usage": {
+            "count": c.usage_count,
+            "failures": c.failure_count,
+            "lastUsedAt": iso(c.last_used_at),
+        },
+        "createdAt": iso(c.created_at),
+        "updatedAt": iso(c.updated_at),
+        "expiresAt": iso(c.expires_at),
+        "nextRotationAt": iso(c.next_rotation_at),
+        "createdBy": c.created_by,
+        "workflowId": c.workflow_id,
+    }
+    if versions is not None:
+        view["versions"] = [
+            {
+                "version": v.number,
+                "state": v.state,
+                "createdAt": iso(v.created_at),
+                "graceUntil": iso(v.grace_until),
+                "hardExpiry": iso(v.hard_expiry),
+                "stateChangedAt": iso(v.state_changed_at),
+            }
+            for v in versions
+        ]
+    return view
+
+
+def _seconds(field: str, text: str) -> int:
+    try:
+        return int(parse_duration(text).total_seconds())
+    except ValueError as e:
+        raise APIError(400, "INVALID_REQUEST", f"{field}: {e}") from None
+
+
+@router.post("", status_code=201)
+async def create_credential(
+    body: schemas.CreateCredentialRequest,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any]:
+    """Create an API credential; the answer carries its secret, shown this once only."""
+    policy = svc.policies.credentials
+    environment = body.environment or svc.policies.default_environment
+    if environment not in svc.policies.environments:
+        known = ", ".join(svc.policies.environments)
+        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
+    rate_limit = rate_window = None
+    if body.rate_limit is not None:
+        rate_limit = body.rate_limit.limit
+        rate_window = _seconds("rateLimit.duration", body.rate_limit.duration)
+        if not 1 <= rate_window <= 86400:
+            raise APIError(400, "INVALID_REQUEST", "rateLimit.duration must be 1 s to 1 day")
+    now = datetime.now(UTC)
+    expires_at = body.expires_at
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise APIError(400, "INVALID_REQUEST", "expiresAt needs a timezone (e.g. Z)")
+    if not body.scheduled_rotation:
+        # without rotation a secret lives as long as its credential: at most max_lifetime
+        latest = now + policy.max_lifetime
+        if expires_at is not None and expires_at > latest:
+            raise APIError(
+                400,
+                "INVALID_REQUEST",
+                "expiresAt is past the max lifetime of a secret that does not rotate "
+                f"({policy.max_lifetime.days} days); set scheduledRotation or an earlier expiry",
+            )
+        expires_at = expires_at or latest
+    try:
+        lifecycle = new_key(policy.lifecycle(scheduled=body.scheduled_rotation), now, expires_at)
+    except LifecycleError as e:
+        raise APIError(400, "INVALID_REQUEST", str(e)) from None
+    spec = CredentialSpec(
+        credential_id=(
+            derived_id("cred_", who.key_id, idempotency_key)
+            if idempotency_key
+            else new_credential_id()
+        ),
+        environment=environment,
+        name=body.name,
+        owner=body.owner,
+        scopes=tuple(dict.fromkeys(body.scopes)),
+        metadata={str(k): str(v) for k, v in body.metadata.items()},
+        created_by=body.user_id or who.name,
+        scheduled_rotation=body.scheduled_rotation,
+        rate_limit=rate_limit,
+        rate_limit_window=rate_window,
+        usage_limit=body.usage_limit,
+    )
+    start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
+        CREDENTIAL_WORKFLOW,
+        CredentialWorkflowInput(spec=spec, lifecycle=lifecycle),
+        id=credential_workflow_id(environment, spec.credential_id),
+        task_queue=svc.settings.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=credential_search_attributes(spec, "active", None),
+        memo={"name": spec.name or spec.credential_id},
+        static_summary=f"API credential {spec.name or spec.credential_id}",
+        result_type=str,
+    )
+    await start_and_wait_created(client, start, f"credential {spec.credential_id}")
+    secret = await run_in_threadpool(svc.credentials.claim_secret, spec.credential_id, 1, who.name)
+    cred, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id)
+    if secret is None:
+        raise APIError(
+            409,
+            "SECRET_ALREADY_SHOWN",
+            f"credential {cred.id} was made by an earlier request with this Idempotency-Key "
+            "and its secret was shown then; rotate it for a new one",
+        )
+    return {"credential": credential_view(cred, versions), "secret": secret}
+
+
+@router.get("")
+def list_credentials(
+    svc: Svc,
+    who: Reader,
+    owner: str | None = Query(default=None, max_length=200),
+    status: str | None = Query(default=None, pattern="^(active|suspended|revoked|expired)$"),
+    limit: int = Query(default=50, ge=1, le=500),
+    offset: int = Query(default=0, ge=0, le=100_000),
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Newest first; pass `nextCursor` back as `cursor` for the next page."""
+    after = parse_cursor(cursor) if cursor else None
+    rows = svc.credentials.list_credentials(
+        owner=owner, status=status, limit=limit + 1, offset=offset, after=after
+    )
+    page = rows[:limit]
+    return {
+        "credentials": [credential_view(c) for c in page],
+        "pagination": {
+            "limit": limit,
+            "offset": offset,
+            "count": len(page),
+            "nextCursor": cursor_of(page[-1]) if len(rows) > limit else None,
+        },
+    }
+
+
+def verification_view(v: Verification) -> dict[str, Any]:
+    view: dict[str, Any] = {"valid": v.valid, "code": str(v.code)}
+    if v.credential_id is not None:
+        view |= {
+            "credentialId": v.credential_id,
+            "version": v.version,
+            "environment": v.environment,
+            "name": v.name,
+            "owner": v.owner,
+            "scopes": list(v.scopes),
+            "metadata": v.metadata,
+            "expiresAt": iso(v.expires_at),
+            "remaining": v.remaining,
+        }
+    if v.retry_after is not None:
+        view["retryAfterSeconds"] = round(v.retry_after, 3)
+    return view
+
+
+@router.post("/verify")
+def verify_credential(
+    body: schemas.VerifyCredentialRequest, svc: Svc, who: Verifier, response: Response
+) -> dict[str, Any]:
+    """Is this API key valid (and does it have these scopes)? Always 200: the answer is in
+    `valid` and `code`. Never touches Temporal."""
+    v = svc.credentials.verify(body.key, body.scopes)
+    if v.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(v.retry_after)))
+    return {"verification": verification_view(v)}
+
+
+@router.get("/{credential_id}")
+def get_credential(credential_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
+    """A credential with its versions (states and deadlines only)."""
+    cred, versions = svc.credentials.get(credential_id)
+    return {"credential": credential_view(cred, versions)}
+
+
+@router.post("/{credential_id}/rotate")
+async def rotate_credential(
+    credential_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    body: schemas.RotateCredentialRequest | None = None,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> dict[str, Any]:
+    """Reroll: a new secret now; the old one keeps verifying for the grace period (the
+    policy's unless `gracePeriod` is given) and shares the usage budget with the new one."""
+    body = body or schemas.RotateCredentialRequest()
+    workflow_id, status = await run_in_threadpool(svc.credentials.workflow_of, credential_id)
+    reasons = {r.value for r in RotationReason}
+    reason, comment = (body.reason, "") if body.reason in reasons else ("manual", body.reason)
+    if not may_rotate(status, reason):
+        raise APIError(409, "CREDENTIAL_STATE", f"a {status} credential cannot rotate")
+    grace = None if body.grace_period is None else _seconds("gracePeriod", body.grace_period)
+    result: RotationResult = await run_update(
+        client,
+        workflow_id,
+        "rotate",
+        RotateRequest(
+            reason=reason,
+            comment=comment,
+            grace_period_seconds=grace,
+            actor=body.user_id or who.name,
+            request_id=idempotency_key or "",
+        ),
+        id=f"rotate/{idempotency_key}" if idempotency_key else None,
+        result_type=RotationResult,
+    )
+    secret = await run_in_threadpool(
+        svc.credentials.claim_secret, credential_id, result.to_version, who.name
+    )
+    if secret is None:
+        raise APIError(
+            409,
+            "SECRET_ALREADY_SHOWN",
+            f"version {result.to_version} was already handed out (an earlier request with "
+            "this Idempotency-Key, or a reveal)",
+        )
+    cred, versions = await run_in_threadpool(svc.credentials.get, credential_id)
+    return {
+        "credential": credential_view(cred, versions),
+        "secret": secret,
+        "rotation": {"fromVersion": result.from_version, "toVersion": result.to_version},
+    }
+
+
+@router.post("/{credential_id}/reveal")
+def reveal_credential(credential_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
+    """Hand out a secret made by a scheduled rotation, once, to its owner (an admin key whose
+    name is the credential's owner) or an admin; until the previous secret's grace ends."""
+    cred, _ = svc.credentials.get(credential_id)
+    if who.role != Role.ADMIN and (not cred.owner or who.name != cred.owner):
+        raise APIError(403, "FORBIDDEN", "only the credential's owner or an admin may reveal it")
+    secret = svc.credentials.claim_secret(credential_id, cred.current_version, who.name)
+    if secret is None:
+        raise APIError(
+            409,
+            "NOTHING_TO_REVEAL",
+            "the current secret was handed out already, or its reveal window has passed",
+        )
+    cred, versions = svc.credentials.get(credential_id)
+    return {"credential": credential_view(cred, versions), "secret": secret}
+
+
+async def _change_status(
+    credential_id: str,
+    action: str,
+    body: schemas.ReasonRequest | None,
+    svc: Services,
+    client: Client,
+    who: AdminPrincipal,
+) -> dict[str, Any]:
+    workflow_id, _ = await run_in_threadpool(svc.credentials.workflow_of, credential_id)
+    await change_status(client, workflow_id, action, body, who)
+    cred, versions = await run_in_threadpool(svc.credentials.get, credential_id)
+    return {"credential": credential_view(cred, versions)}
+
+
+@router.delete("/{credential_id}")
+async def revoke_credential(
+    credential_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    body: Annotated[schemas.ReasonRequest | None, Body()] = None,
+) -> dict[str, Any]:
+    """Revoke every secret of the credential; verification answers REVOKED from the answer on."""
+    return await _change_status(credential_id, "revoke", body, svc, client, who)
+
+
+@router.post("/{credential_id}/suspend")
+async def suspend_credential(
+    credential_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    body: schemas.ReasonRequest | None = None,
+) -> dict[str, Any]:
+    """Suspend: verification answers SUSPENDED until resumed."""
+    return await _change_status(credential_id, "suspend", body, svc, client, who)
+
+
+@router.post("/{credential_id}/resume")
+async def resume_credential(
+    credential_id: str,
+    svc: Svc,
+    client: Temporal,
+    who: Operator,
+    body: schemas.ReasonRequest | None = None,
+) -> dict[str, Any]:
+    """Resume a suspended credential."""
+    return await _change_status(credential_id, "resume", body, svc, client, who)

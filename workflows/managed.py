@@ -1,0 +1,383 @@
+"""The lifecycle loop every managed object's workflow runs (keys, API credentials).
+
+The workflow is the single writer of its object's lifecycle state. It sleeps until the next
+deadline computed by `core.lifecycle.next_transition` or until a message arrives, applies the
+change, and has its commit activity project it (audited) into the store. Subclasses name the
+kind, build the commit activity's input and carry their input into continue-as-new.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from core.lifecycle import (
+        TERMINAL_KEY_STATUSES,
+        KeyLifecycle,
+        LifecycleError,
+        RotationReason,
+        TransitionKind,
+        apply_timed,
+        compromise,
+        may_rotate,
+        next_rotation_at,
+        next_transition,
+        prune,
+        resume,
+        revoke,
+        rotate,
+        suspend,
+    )
+    from workflows.types import (
+        SA_NEXT_ROTATION,
+        SA_STATE,
+        OperatorAction,
+        RequestOutcome,
+        RotateRequest,
+        RotationResult,
+        StatusChange,
+    )
+
+# Generous for a local commit; short enough that a task lost with a crashed worker is
+# retried on another within seconds.
+COMMIT_TIMEOUT = timedelta(seconds=15)
+COMMIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=2),
+)
+# How a failed commit surfaces in the workflow (a local activity's failure arrives as its
+# ApplicationError itself, a regular activity's wrapped in an ActivityError).
+COMMIT_FAILED = (ActivityError, ApplicationError)
+# After a rotation fails for a reason retrying cannot fix, try again after this long.
+FAILED_ROTATION_BACKOFF = timedelta(hours=1)
+RECENT_REQUESTS_KEPT = 64
+MAX_COMMENT = 1000
+MAX_ACTOR = 200
+
+# The audit action (`<kind>.<action>`) and event name (`<kind><Event>`) of each time-driven
+# transition and status change.
+TIMED_ACTIONS = {
+    TransitionKind.WARN: ("rotation_warning", "Expiring"),
+    TransitionKind.END_GRACE: ("version_retired", "VersionRetired"),
+    TransitionKind.EXPIRE_VERSION: ("version_expired", "VersionExpired"),
+    TransitionKind.EXPIRE_KEY: ("expired", "Expired"),
+}
+STATUS_CHANGES = {
+    "revoke": (revoke, "revoked", "Revoked"),
+    "suspend": (suspend, "suspended", "Suspended"),
+    "resume": (resume, "resumed", "Resumed"),
+}
+
+
+class ManagedLifecycleWorkflow:
+    """Generates, warns, rotates with grace, retires and expires one managed object.
+
+    Messages: update `rotate` (RotateRequest -> RotationResult), update `change_status`
+    (StatusChange), update `wait_created`; signals `emergency_rotate`, `revoke`, `suspend`,
+    `resume` (OperatorAction); query `describe`.
+    """
+
+    KIND: ClassVar[str]
+    # the commit activity (a method reference), its input type and the workflow's input type
+    COMMIT: ClassVar[Callable[..., Any]]
+    COMMIT_INPUT: ClassVar[type]
+    INPUT: ClassVar[type]
+
+    def __init__(self, input: Any) -> None:
+        self._spec = input.spec
+        self._key = input.lifecycle
+        self._publish = input.publish_search_attributes
+        self._created = input.created
+        self._seq = input.transition_seq
+        self._recent = list(input.recent_requests)
+        self._lock = asyncio.Lock()
+        self._wake = False
+        self._rotation_retry_at = input.rotation_retry_at
+
+    def _carry(self) -> Any:
+        """The input of the next run (continue-as-new)."""
+        return self.INPUT(
+            spec=self._spec,
+            lifecycle=self._key,
+            publish_search_attributes=self._publish,
+            created=True,
+            transition_seq=self._seq,
+            recent_requests=tuple(self._recent[-RECENT_REQUESTS_KEPT:]),
+            rotation_retry_at=self._rotation_retry_at,
+        )
+
+    def _names(self, action: str, event: str) -> tuple[str, str]:
+        return f"{self.KIND}.{action}", f"{self.KIND}{event}"
+
+    async def _run(self) -> str:
+        if not self._created:
+            async with self._lock:
+                await self._commit(
+                    self._key,
+                    *self._names("created", "Created"),
+                    version=1,
+                    new_version=1,
+                    actor=self._spec.created_by or "keyrotor",
+                )
+                self._created = True
+        while self._key.status not in TERMINAL_KEY_STATUSES:
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() and not self._lock.locked()
+                )
+                workflow.continue_as_new(self._carry())
+            now = workflow.now()
+            due = next_transition(self._key, now, rotation=self._rotation_allowed(now))
+            if due is not None and due.at <= now:
+                async with self._lock:
+                    await self._apply_due()
+                continue
+            retry = self._rotation_retry_at
+            wakes = [t for t in (due.at if due else None, retry) if t is not None and t > now]
+            wake_at = min(wakes) if wakes else None
+            self._wake = False
+            try:
+                await workflow.wait_condition(
+                    lambda: self._wake,
+                    timeout=None if wake_at is None else wake_at - now,
+                    timeout_summary=None if due is None else f"{due.kind} v{due.version}",
+                )
+            except TimeoutError:
+                pass
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return str(self._key.status)
+
+    async def _apply_due(self) -> None:
+        """Apply the transition that is due now (re-read under the lock: a handler may have
+        changed the state while this waited)."""
+        now = workflow.now()
+        due = next_transition(self._key, now, rotation=self._rotation_allowed(now))
+        if due is None or due.at > now:
+            return
+        if due.kind == TransitionKind.ROTATE:
+            try:
+                await self._rotate(RotationReason.SCHEDULED, None, "keyrotor", "scheduled")
+                self._rotation_retry_at = None
+            except COMMIT_FAILED as e:
+                workflow.logger.error("scheduled rotation failed; retrying later: %s", e)
+                self._rotation_retry_at = now + FAILED_ROTATION_BACKOFF
+            return
+        await self._commit(
+            apply_timed(self._key, due, now),
+            *self._names(*TIMED_ACTIONS[due.kind]),
+            version=due.version or None,
+        )
+
+    def _rotation_allowed(self, now: datetime) -> bool:
+        return self._rotation_retry_at is None or now >= self._rotation_retry_at
+
+    async def _rotate(
+        self, reason: RotationReason, grace: int | None, actor: str, comment: str
+    ) -> RotationResult:
+        old = self._key.current()
+        new = rotate(self._key, workflow.now(), reason, grace)
+        verb = "emergency_rotated" if reason == RotationReason.COMPROMISE else "rotated"
+        why = f"{reason}: {comment}" if comment else str(reason)
+        try:
+            await self._commit(
+                new,
+                *self._names(verb, "Rotated"),
+                version=new.last_version,
+                new_version=new.last_version,
+                actor=actor,
+                reason=why,
+            )
+        except COMMIT_FAILED:
+            if reason == RotationReason.COMPROMISE and old is not None:
+                # No new version, but the compromised one must stop being used all the same.
+                with contextlib.suppress(*COMMIT_FAILED):
+                    await self._commit(
+                        compromise(self._key, workflow.now()),
+                        *self._names("version_compromised", "VersionCompromised"),
+                        version=old.number,
+                        actor=actor,
+                        reason=f"{why} (no new version could be made)",
+                    )
+            raise
+        return RotationResult(from_version=old.number if old else 0, to_version=new.last_version)
+
+    async def _commit(
+        self,
+        new: KeyLifecycle,
+        action: str,
+        event: str,
+        *,
+        version: int | None = None,
+        new_version: int | None = None,
+        actor: str = "keyrotor",
+        reason: str = "",
+    ) -> None:
+        """Project `new` into the store (one audited transaction), then adopt it."""
+        self._seq += 1
+        # A local activity: the commit is short and idempotent, and running it inside the
+        # workflow task saves two server round trips and a workflow task per transition.
+        await workflow.execute_local_activity_method(
+            type(self).COMMIT,
+            self.COMMIT_INPUT(
+                # What is committed is part of its id: a local activity leaves no trace in
+                # history until its workflow task completes, so after a crash the same number
+                # can be replayed by a different transition, which must not count as done.
+                transition_id=f"{workflow.info().workflow_id}/{self._seq}:{action}:{version}",
+                spec=self._spec,
+                lifecycle=new,
+                action=action,
+                event=event,
+                at=workflow.now(),
+                # signals carry whatever an operator typed: keep it within the audit columns
+                actor=actor[:MAX_ACTOR],
+                reason=reason[:MAX_COMMENT],
+                version=version,
+                new_version=new_version,
+            ),
+            start_to_close_timeout=COMMIT_TIMEOUT,
+            retry_policy=COMMIT_RETRY,
+        )
+        self._key = prune(new)
+        self._wake = True
+        if self._publish:
+            nxt = next_rotation_at(self._key)
+            workflow.upsert_search_attributes(
+                [
+                    SA_STATE.value_set(str(self._key.status)),
+                    SA_NEXT_ROTATION.value_set(nxt)
+                    if nxt is not None
+                    else SA_NEXT_ROTATION.value_unset(),
+                ]
+            )
+
+    # --- updates -------------------------------------------------------------------------
+
+    @workflow.update
+    async def wait_created(self) -> int:
+        """Returns the active version once the key's first version is committed."""
+        await workflow.wait_condition(lambda: self._created)
+        current = self._key.current()
+        return current.number if current else 0
+
+    @workflow.update
+    async def rotate(self, request: RotateRequest) -> RotationResult:
+        """Rotate now; idempotent by `request_id`."""
+        await workflow.wait_condition(lambda: self._created)
+        async with self._lock:
+            for done in self._recent:
+                if request.request_id and done.request_id == request.request_id:
+                    return RotationResult(done.from_version, done.to_version)
+            if not may_rotate(self._key.status, request.reason):
+                raise ApplicationError(
+                    f"a {self._key.status} {self.KIND} cannot rotate", type="KeyStateError"
+                )
+            result = await self._rotate(
+                RotationReason(request.reason),
+                0 if request.reason == RotationReason.COMPROMISE else request.grace_period_seconds,
+                request.actor or "api",
+                request.comment,
+            )
+            if request.request_id:
+                self._recent.append(
+                    RequestOutcome(request.request_id, result.from_version, result.to_version)
+                )
+                del self._recent[:-RECENT_REQUESTS_KEPT]
+            return result
+
+    @rotate.validator
+    def _validate_rotate(self, request: RotateRequest) -> None:
+        if request.reason not in RotationReason.__members__.values():
+            allowed = ", ".join(r.value for r in RotationReason)
+            raise ValueError(f"reason must be one of {allowed}")
+        grace = request.grace_period_seconds
+        if grace is not None and not 0 <= grace <= self._key.policy.max_lifetime:
+            raise ValueError("grace period must be between zero and the key's max lifetime")
+        if len(request.comment) > MAX_COMMENT:
+            raise ValueError(f"comment is longer than {MAX_COMMENT} characters")
+        if any(r.request_id == request.request_id for r in self._recent if request.request_id):
+            return
+        if not may_rotate(self._key.status, request.reason):
+            raise ValueError(f"a {self._key.status} {self.KIND} cannot rotate")
+
+    @workflow.update
+    async def change_status(self, change: StatusChange) -> str:
+        """Revoke, suspend or resume; answers the new status once it is committed."""
+        await workflow.wait_condition(lambda: self._created)
+        async with self._lock:
+            try:
+                await self._change_status(change.action, change.reason, change.actor or "api")
+            except LifecycleError as e:
+                # the state changed between validation and the lock (a concurrent request)
+                raise ApplicationError(str(e), type="KeyStateError", non_retryable=True) from e
+            return str(self._key.status)
+
+    @change_status.validator
+    def _validate_change_status(self, change: StatusChange) -> None:
+        if change.action not in STATUS_CHANGES:
+            raise ValueError(f"action must be one of {', '.join(STATUS_CHANGES)}")
+        if len(change.reason) > MAX_COMMENT:
+            raise ValueError(f"reason is longer than {MAX_COMMENT} characters")
+        STATUS_CHANGES[change.action][0](self._key, workflow.now())  # raises LifecycleError
+
+    async def _change_status(self, action: str, reason: str, actor: str) -> None:
+        change, verb, event = STATUS_CHANGES[action]
+        await self._commit(
+            change(self._key, workflow.now()),
+            *self._names(verb, event),
+            actor=actor,
+            reason=reason,
+        )
+
+    # --- signals (fire and forget: what cannot apply is logged and ignored) ------------------
+
+    @workflow.signal
+    async def emergency_rotate(self, action: OperatorAction | None = None) -> None:
+        """The active version is compromised: replace it now, with no grace."""
+        action = action or OperatorAction()
+        await workflow.wait_condition(lambda: self._created)
+        async with self._lock:
+            if not may_rotate(self._key.status, RotationReason.COMPROMISE):
+                workflow.logger.warning(
+                    "emergency_rotate ignored: %s is %s", self.KIND, self._key.status
+                )
+                return
+            try:
+                await self._rotate(RotationReason.COMPROMISE, 0, action.actor, action.reason)
+            except COMMIT_FAILED as e:
+                workflow.logger.error("emergency rotation failed: %s", e)
+
+    @workflow.signal
+    async def revoke(self, action: OperatorAction | None = None) -> None:
+        """Revoke the key: every live version is compromised and the workflow ends."""
+        await self._signalled_status("revoke", action)
+
+    @workflow.signal
+    async def suspend(self, action: OperatorAction | None = None) -> None:
+        """Suspend the key until `resume`."""
+        await self._signalled_status("suspend", action)
+
+    @workflow.signal
+    async def resume(self, action: OperatorAction | None = None) -> None:
+        """Resume a suspended key."""
+        await self._signalled_status("resume", action)
+
+    async def _signalled_status(self, name: str, action: OperatorAction | None) -> None:
+        # A signal sent with no input (an empty form in the UI) must not fail the workflow task.
+        action = action or OperatorAction()
+        await workflow.wait_condition(lambda: self._created)
+        async with self._lock:
+            try:
+                await self._change_status(name, action.reason, action.actor)
+            except LifecycleError as e:
+                workflow.logger.warning("%s ignored: %s", name, e)
+            except COMMIT_FAILED as e:
+                workflow.logger.error("%s failed: %s", name, e)
