@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from sqlalchemy.exc import IntegrityError
+
 from core import audit
 from core.envelope import MasterKeyring, _decode_key
 from core.store.db import Store
@@ -213,9 +215,12 @@ class AdminKeys:
         with self._store.session() as s:
             exists = s.get(AdminKeyRow, key_id) is not None
         if not exists:
-            self._insert(key_id, name, role, secret, "bootstrap")
-        else:
-            self.authenticate(presented)  # an id that exists with another secret is refused
+            try:
+                self._insert(key_id, name, role, secret, "bootstrap")
+                return
+            except IntegrityError:
+                pass  # another process starting at the same time inserted it first
+        self.authenticate(presented)  # an id that exists with another secret is refused
 
     def _insert(self, key_id: str, name: str, role: Role, secret: str, actor: str) -> str:
         salt = secrets.token_bytes(16)

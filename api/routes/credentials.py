@@ -113,8 +113,8 @@ def _seconds(field: str, text: str) -> int:
 async def create_credential(
     body: schemas.CreateCredentialRequest,
     svc: Svc,
+    who: Operator,  # before the client: refuse before connecting to Temporal
     client: Temporal,
-    who: Operator,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Create an API credential; the answer carries its secret, shown this once only."""
@@ -259,8 +259,8 @@ def get_credential(credential_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
 async def rotate_credential(
     credential_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: schemas.RotateCredentialRequest | None = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
@@ -341,8 +341,8 @@ async def _change_status(
 async def revoke_credential(
     credential_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: Annotated[schemas.ReasonRequest | None, Body()] = None,
 ) -> dict[str, Any]:
     """Revoke every secret of the credential; verification answers REVOKED from the answer on."""
@@ -353,8 +353,8 @@ async def revoke_credential(
 async def suspend_credential(
     credential_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: schemas.ReasonRequest | None = None,
 ) -> dict[str, Any]:
     """Suspend: verification answers SUSPENDED until resumed."""
@@ -365,8 +365,8 @@ async def suspend_credential(
 async def resume_credential(
     credential_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: schemas.ReasonRequest | None = None,
 ) -> dict[str, Any]:
     """Resume a suspended credential."""

@@ -101,8 +101,8 @@ def _b64(field: str, value: str | None) -> bytes:
 async def generate_key(
     body: schemas.GenerateKeyRequest,
     svc: Svc,
+    who: Operator,  # before the client: refuse before connecting to Temporal
     client: Temporal,
-    who: Operator,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Create a key: its workflow generates version 1; answers once it is committed.
@@ -204,8 +204,8 @@ def get_key(key_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
 async def rotate_key(
     key_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: schemas.RotateKeyRequest | None = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
@@ -262,8 +262,8 @@ async def _change_status(
 async def revoke_key(
     key_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: Annotated[schemas.ReasonRequest | None, Body()] = None,
 ) -> dict[str, Any]:
     """Revoke: every version is compromised at once; from the answer on, use is refused."""
@@ -274,8 +274,8 @@ async def revoke_key(
 async def suspend_key(
     key_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: schemas.ReasonRequest | None = None,
 ) -> dict[str, Any]:
     """Suspend: no use and no scheduled rotation until resumed."""
@@ -286,8 +286,8 @@ async def suspend_key(
 async def resume_key(
     key_id: str,
     svc: Svc,
-    client: Temporal,
     who: Operator,
+    client: Temporal,
     body: schemas.ReasonRequest | None = None,
 ) -> dict[str, Any]:
     """Resume a suspended key."""

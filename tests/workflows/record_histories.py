@@ -1,14 +1,17 @@
 """Record the workflow histories that the replay test checks every change against.
 
-Run after a deliberate, compatible change of workflow code only:
-    .venv/bin/python -m tests.workflows.record_histories
+Records the histories that are missing; existing ones are kept, so that each stays a check that
+new code still replays what older code wrote. After a deliberate, compatible change:
+    .venv/bin/python -m tests.workflows.record_histories [--force]
 Histories are encrypted with the tests' fixed master key (not a real secret).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,53 +19,104 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.codec import data_converter
 from core.lifecycle import new_key
-from core.objects import KeySpec
+from core.objects import CredentialSpec, KeySpec
+from core.services import Services
 from tests.fixtures.temporal import BIN, TEST_KEYRING, make_services
 from worker.main import build_worker
+from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
-from workflows.types import KeyWorkflowInput, OperatorAction, RotateRequest, StatusChange
+from workflows.types import (
+    CredentialWorkflowInput,
+    KeyWorkflowInput,
+    OperatorAction,
+    RotateRequest,
+    StatusChange,
+)
 
 HISTORIES = Path(__file__).parent / "histories"
 
 
-async def record() -> None:
+async def key_lifecycle_full(env: WorkflowEnvironment, services: Services) -> str:
+    policy = services.policies.key_type("encryption")
+    now = await env.get_current_time()
+    spec = KeySpec("key_recordedhistory001", "dev", "encryption", policy.algorithm, "local", 256)
+    handle = await env.client.start_workflow(
+        KeyLifecycleWorkflow.run,
+        KeyWorkflowInput(
+            spec=spec,
+            lifecycle=new_key(policy.lifecycle(), now, now + timedelta(days=200)),
+            publish_search_attributes=False,
+        ),
+        id=f"keyrotor/key/dev/{spec.key_id}",
+        task_queue="record",
+    )
+    await handle.execute_update(KeyLifecycleWorkflow.wait_created)
+    await env.sleep(timedelta(days=31))  # warn, scheduled rotation
+    await handle.execute_update(
+        KeyLifecycleWorkflow.rotate, RotateRequest(grace_period_seconds=3600, request_id="r1")
+    )
+    await handle.signal(KeyLifecycleWorkflow.emergency_rotate, OperatorAction("recorded"))
+    await env.sleep(timedelta(days=1))  # grace ends
+    await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("suspend"))
+    await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
+    await handle.query(KeyLifecycleWorkflow.describe)
+    await handle.signal(KeyLifecycleWorkflow.revoke, OperatorAction("recorded"))
+    assert await handle.result() == "revoked"
+    return (await handle.fetch_history()).to_json()
+
+
+async def credential_lifecycle_full(env: WorkflowEnvironment, services: Services) -> str:
+    now = await env.get_current_time()
+    spec = CredentialSpec("cred_recordedhistory01", "dev", owner="team", scopes=("read",))
+    handle = await env.client.start_workflow(
+        CredentialLifecycleWorkflow.run,
+        CredentialWorkflowInput(
+            spec=spec,
+            lifecycle=new_key(
+                services.policies.credentials.lifecycle(scheduled=True),
+                now,
+                now + timedelta(days=200),
+            ),
+            publish_search_attributes=False,
+        ),
+        id=f"keyrotor/credential/dev/{spec.credential_id}",
+        task_queue="record",
+    )
+    await handle.execute_update(CredentialLifecycleWorkflow.wait_created)
+    await env.sleep(timedelta(days=91))  # warn, scheduled rotation, grace ends
+    await handle.execute_update(
+        CredentialLifecycleWorkflow.rotate,
+        RotateRequest(grace_period_seconds=3600, request_id="r1"),
+    )
+    await handle.signal(CredentialLifecycleWorkflow.emergency_rotate, OperatorAction("recorded"))
+    await handle.execute_update(CredentialLifecycleWorkflow.change_status, StatusChange("suspend"))
+    await handle.execute_update(CredentialLifecycleWorkflow.change_status, StatusChange("resume"))
+    await handle.query(CredentialLifecycleWorkflow.describe)
+    await handle.signal(CredentialLifecycleWorkflow.revoke, OperatorAction("recorded"))
+    assert await handle.result() == "revoked"
+    return (await handle.fetch_history()).to_json()
+
+
+RECORDERS: dict[str, Callable[[WorkflowEnvironment, Services], Awaitable[str]]] = {
+    "key_lifecycle_full": key_lifecycle_full,
+    "credential_lifecycle_full": credential_lifecycle_full,
+}
+
+
+async def record(force: bool = False) -> None:
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=str(BIN / "temporal-test-server"),
         data_converter=data_converter(TEST_KEYRING),
     )
     services = make_services(Path(tempfile.mkdtemp()))
     async with env, build_worker(env.client, services, "record"):
-        policy = services.policies.key_type("encryption")
-        now = await env.get_current_time()
-        spec = KeySpec(
-            "key_recordedhistory001", "dev", "encryption", policy.algorithm, "local", 256
-        )
-        handle = await env.client.start_workflow(
-            KeyLifecycleWorkflow.run,
-            KeyWorkflowInput(
-                spec=spec,
-                lifecycle=new_key(policy.lifecycle(), now, now + timedelta(days=200)),
-                publish_search_attributes=False,
-            ),
-            id=f"keyrotor/key/dev/{spec.key_id}",
-            task_queue="record",
-        )
-        await handle.execute_update(KeyLifecycleWorkflow.wait_created)
-        await env.sleep(timedelta(days=31))  # warn, scheduled rotation
-        await handle.execute_update(
-            KeyLifecycleWorkflow.rotate, RotateRequest(grace_period_seconds=3600, request_id="r1")
-        )
-        await handle.signal(KeyLifecycleWorkflow.emergency_rotate, OperatorAction("recorded"))
-        await env.sleep(timedelta(days=1))  # grace ends
-        await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("suspend"))
-        await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
-        await handle.query(KeyLifecycleWorkflow.describe)
-        await handle.signal(KeyLifecycleWorkflow.revoke, OperatorAction("recorded"))
-        assert await handle.result() == "revoked"
-        history = await handle.fetch_history()
-        (HISTORIES / "key_lifecycle_full.json").write_text(history.to_json())
+        for name, recorder in RECORDERS.items():
+            path = HISTORIES / f"{name}.json"
+            if force or not path.exists():
+                path.write_text(await recorder(env, services))
+                print(f"recorded {path}")
     services.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    asyncio.run(record(force="--force" in sys.argv))

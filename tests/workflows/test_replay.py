@@ -10,13 +10,17 @@ from temporalio.worker import Replayer
 
 from core.codec import data_converter
 from tests.fixtures.temporal import TEST_KEYRING
+from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_histories_are_committed() -> None:
-    assert HISTORIES, "no recorded histories: run python -m tests.workflows.record_histories"
+    names = {p.stem for p in HISTORIES}
+    assert names >= {"key_lifecycle_full", "credential_lifecycle_full"}, (
+        "missing recorded histories: run python -m tests.workflows.record_histories"
+    )
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
@@ -24,7 +28,8 @@ async def test_replay(path: Path) -> None:
     history = WorkflowHistory.from_json("replayed", path.read_text())
     assert len(history.events) > 40
     replayer = Replayer(
-        workflows=[KeyLifecycleWorkflow], data_converter=data_converter(TEST_KEYRING)
+        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow],
+        data_converter=data_converter(TEST_KEYRING),
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None
