@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -12,13 +13,33 @@ from fastapi.middleware.cors import CORSMiddleware
 from temporalio.client import Client
 
 from api import errors
-from api.routes import codec, credentials, health, keys
+from api.routes import codec, credentials, handles, health, keys
 from core.codec import EncryptionCodec
 from core.credentials import AdminKeys, Role
 from core.services import Services
 
 log = logging.getLogger("keyrotor.api")
 USAGE_FLUSH_INTERVAL = 1.0
+# credential and handle values; a holder's exchange puts a handle value in the URL path
+_SECRET_VALUE = re.compile(r"\b(kr[ch])_[a-z][a-z0-9-]{0,31}_[a-z2-7]{16}_[A-Za-z0-9_-]+")
+
+
+class RedactSecrets(logging.Filter):
+    """Replaces credential and handle values in log records (access logs print paths)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_VALUE.sub(r"\1_<redacted>", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def install_log_redaction() -> None:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+            logger.addFilter(RedactSecrets())
 
 
 async def _flush_usage(services: Services) -> None:
@@ -44,6 +65,7 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
             flusher.cancel()
             await asyncio.to_thread(services.credentials.flush_usage)
 
+    install_log_redaction()
     app = FastAPI(
         lifespan=lifespan,
         title="keyrotor",
@@ -68,5 +90,6 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(keys.router)
     app.include_router(credentials.router)
+    app.include_router(handles.router)
     app.include_router(codec.router)
     return app

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.algorithms import AlgorithmError, DecryptionError, InvalidSignatureError
-from core.api_credentials import CredentialNotFoundError
+from core.api_credentials import CredentialNotFoundError, HandleNotFoundError
 from core.credentials import AuthenticationError
 from core.keys import KeyNotFoundError, KeyStateError, MalformedTokenError
 from core.lifecycle import LifecycleError
@@ -38,6 +38,7 @@ class APIError(Exception):
 ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (AuthenticationError, 401, "UNAUTHENTICATED"),
     (KeyNotFoundError, 404, "KEY_NOT_FOUND"),
+    (HandleNotFoundError, 404, "HANDLE_NOT_FOUND"),
     (CredentialNotFoundError, 404, "CREDENTIAL_NOT_FOUND"),
     (KeyStateError, 409, "KEY_STATE"),
     (LifecycleError, 409, "KEY_STATE"),

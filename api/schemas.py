@@ -87,3 +87,34 @@ class RotateCredentialRequest(Body):
 class VerifyCredentialRequest(Body):
     key: str = Field(max_length=512)
     scopes: list[Scope] = Field(default_factory=list, max_length=100)
+
+
+ContextValue = Annotated[str, StringConstraints(max_length=500)]
+
+
+class GenerateHandleRequest(Body):
+    type: str = Field(min_length=1, max_length=64)
+    context: dict[str, ContextValue | int | float | bool] = Field(
+        default_factory=dict, max_length=32
+    )
+    user_id: str = Field(default="", max_length=200)
+    environment: str | None = Field(default=None, max_length=32)
+
+
+class ValidateHandleRequest(Body):
+    handle_id: str = Field(max_length=512, description="the handle value (krh_...)")
+    context: dict[str, ContextValue | int | float | bool] = Field(
+        default_factory=dict, max_length=32
+    )
+    user_id: str = Field(default="", max_length=200)
+
+
+class RotateHandleRequest(Body):
+    handle: str | None = Field(
+        default=None,
+        max_length=512,
+        description="the holder's current value (krh_...): exchange it, once; omit to replace "
+        "the current value as an operator",
+    )
+    reason: str = Field(default="", max_length=1000)
+    user_id: str = Field(default="", max_length=200)

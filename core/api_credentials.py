@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -23,26 +23,41 @@ from sqlalchemy import func, select, update
 
 from core import audit
 from core.credentials import (
+    CREDENTIAL_PREFIX,
+    HANDLE_PREFIX,
     MalformedCredentialError,
     PepperRing,
-    format_credential,
-    keyed_hash,
+    PresentedCredential,
+    format_token,
     new_lookup_id,
     new_secret,
     parse_credential,
+    parse_token,
+    secret_hash,
 )
 from core.envelope import MasterKeyring, open_envelope, seal
 from core.lifecycle import KeyStatus, VersionState, next_rotation_at
-from core.objects import CredentialTransitionCommit
+from core.objects import CredentialSpec, CredentialTransitionCommit
+from core.policy import SecurityPolicies
 from core.store.db import Store
 from core.store.models import CredentialRow, CredentialVersionRow, EventRow
 
 SALT_BYTES = 16
+_HOUR = timedelta(hours=1)
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 
 
 class CredentialNotFoundError(LookupError):
     """No such credential (by id; verification answers NOT_FOUND instead of raising)."""
+
+
+class HandleNotFoundError(CredentialNotFoundError):
+    """No such handle family."""
+
+
+def _not_found(kind: str, credential_id: str) -> CredentialNotFoundError:
+    error = HandleNotFoundError if kind == "handle" else CredentialNotFoundError
+    return error(f"{kind} {credential_id} not found")
 
 
 class VerificationCode(StrEnum):
@@ -79,9 +94,49 @@ class Verification:
         return self.code == VerificationCode.VALID
 
 
-def new_credential_id() -> str:
-    """`cred_` + 20 random base32 characters (100 bits)."""
-    return "cred_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+class HandleCode(StrEnum):
+    """The machine-readable outcome of `POST /handles/validate`."""
+
+    VALID = "VALID"
+    NOT_FOUND = "NOT_FOUND"
+    EXPIRED = "EXPIRED"
+    REVOKED = "REVOKED"
+    SUSPENDED = "SUSPENDED"
+    REUSE_DETECTED = "REUSE_DETECTED"
+    USER_MISMATCH = "USER_MISMATCH"
+    CONTEXT_MISMATCH = "CONTEXT_MISMATCH"
+    ROTATION_REQUIRED = "ROTATION_REQUIRED"
+    RATE_LIMITED = "RATE_LIMITED"
+    USAGE_EXHAUSTED = "USAGE_EXHAUSTED"
+
+
+@dataclass(frozen=True)
+class HandleValidation:
+    """What a handle validation found; `anomaly` names what was recorded, if anything."""
+
+    code: HandleCode
+    handle_id: str | None = None
+    workflow_id: str = ""
+    type: str = ""
+    user_id: str = ""
+    version: int | None = None
+    expires_at: datetime | None = None
+    rotation_due_at: datetime | None = None
+    rotation_required: bool = False
+    remaining_uses: int | None = None
+    context_match: bool = True
+    anomaly: str | None = None
+    anomalies: int = 0
+    retry_after: float | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.code == HandleCode.VALID
+
+
+def new_credential_id(prefix: str = "cred_") -> str:
+    """`cred_` (or `hdl_`) + 20 random base32 characters (100 bits)."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
 
 
 def _secret_context(credential_id: str, number: int) -> bytes:
@@ -108,6 +163,7 @@ class _RateLimiter:
 
 
 _VERIFY_COLUMNS = (
+    CredentialVersionRow.lookup_id,
     CredentialVersionRow.number,
     CredentialVersionRow.state,
     CredentialVersionRow.salt,
@@ -115,7 +171,17 @@ _VERIFY_COLUMNS = (
     CredentialVersionRow.pepper_id,
     CredentialVersionRow.grace_until,
     CredentialVersionRow.hard_expiry,
+    CredentialVersionRow.rotate_at,
+    CredentialVersionRow.warn_at,
     CredentialRow.id,
+    CredentialRow.kind,
+    CredentialRow.type,
+    CredentialRow.user_id,
+    CredentialRow.context,
+    CredentialRow.max_usage,
+    CredentialRow.hash_algorithm,
+    CredentialRow.workflow_id,
+    CredentialRow.anomaly_count,
     CredentialRow.environment,
     CredentialRow.status,
     CredentialRow.name,
@@ -176,6 +242,13 @@ class CredentialService:
             if cred is None:
                 cred = CredentialRow(
                     id=spec.credential_id,
+                    kind=spec.kind,
+                    type=spec.type,
+                    user_id=spec.user_id,
+                    context=dict(spec.context),
+                    max_usage=spec.max_usage,
+                    hash_algorithm=spec.hash_algorithm,
+                    anomaly_count=0,
                     environment=spec.environment,
                     name=spec.name,
                     owner=spec.owner,
@@ -213,7 +286,7 @@ class CredentialService:
                 if row is None:
                     if v.number != c.new_version:
                         continue
-                    row = self._new_version_row(spec.credential_id, spec.environment, v.number)
+                    row = self._new_version_row(spec, v.number)
                     row.created_at = v.created_at
                     s.add(row)
                     rows[v.number] = row
@@ -242,7 +315,7 @@ class CredentialService:
                     at=c.at,
                     actor=c.actor,
                     action=c.action,
-                    object_kind="credential",
+                    object_kind=spec.kind,
                     object_id=spec.credential_id,
                     version=c.version,
                     reason=c.reason,
@@ -253,31 +326,32 @@ class CredentialService:
                 EventRow(
                     event_id=c.transition_id,
                     type=c.event,
-                    object_kind="credential",
+                    object_kind=spec.kind,
                     object_id=spec.credential_id,
                     at=c.at,
                     data={
-                        "credentialId": spec.credential_id,
+                        f"{spec.kind}Id": spec.credential_id,
                         "version": c.version,
                         "status": str(lc.status),
                     },
                 )
             )
 
-    def _new_version_row(
-        self, credential_id: str, environment: str, number: int
-    ) -> CredentialVersionRow:
-        lookup_id, secret, salt = new_lookup_id(), new_secret(), secrets.token_bytes(SALT_BYTES)
-        plaintext = format_credential(environment, lookup_id, secret)
+    def _new_version_row(self, spec: CredentialSpec, number: int) -> CredentialVersionRow:
+        lookup_id, salt = new_lookup_id(), secrets.token_bytes(SALT_BYTES)
+        secret = new_secret(spec.secret_bytes)
+        prefix = HANDLE_PREFIX if spec.kind == "handle" else CREDENTIAL_PREFIX
+        plaintext = format_token(prefix, spec.environment, lookup_id, secret)
         return CredentialVersionRow(
             lookup_id=lookup_id,
-            credential_id=credential_id,
+            credential_id=spec.credential_id,
             number=number,
             salt=salt,
-            secret_hash=keyed_hash(self._peppers.current, salt, secret),
+            secret_hash=secret_hash(self._peppers.current, salt, secret, spec.hash_algorithm),
             pepper_id=self._peppers.current_id,
+            uses=0,
             pending_secret=seal(
-                self._keyring, plaintext.encode(), _secret_context(credential_id, number)
+                self._keyring, plaintext.encode(), _secret_context(spec.credential_id, number)
             ),
         )
 
@@ -316,29 +390,19 @@ class CredentialService:
     # --- verification (hot path) -----------------------------------------------------------
 
     def verify(self, presented: str, required_scopes: Sequence[str] = ()) -> Verification:
-        """Check a presented credential. Costs one indexed read and one HMAC whether or not
-        the lookup id exists, so timing does not tell a wrong secret from an unknown key."""
+        """Check a presented API credential. Costs one indexed read and one HMAC whether or
+        not the lookup id exists, so timing does not tell a wrong secret from an unknown key."""
         try:
             p = parse_credential(presented)
         except MalformedCredentialError:
             return Verification(VerificationCode.NOT_FOUND)
-        with self._store.engine.connect() as conn:
-            row = conn.execute(
-                self._verify_query.where(CredentialVersionRow.lookup_id == p.lookup_id)
-            ).first()
-        pepper = self._peppers.get(row.pepper_id) if row is not None else None
-        computed = keyed_hash(
-            pepper or self._peppers.current, row.salt if row else self._dummy_salt, p.secret
-        )
-        matches = hmac.compare_digest(computed, row.secret_hash if row else self._dummy_hash)
-        if row is None or pepper is None or not matches or row.environment != p.environment:
-            if row is not None:
-                self._record(row.id, ok=False)
+        row = self._lookup(p, "credential")
+        if row is None:
             return Verification(VerificationCode.NOT_FOUND)
         code, retry_after, remaining = self._check(row, required_scopes)
         self._record(row.id, ok=code == VerificationCode.VALID)
-        if code == VerificationCode.VALID and row.pepper_id != self._peppers.current_id:
-            self._rehash(p.lookup_id, p.secret)
+        if code == VerificationCode.VALID:
+            self._upgrade_hash(row, p)
         return Verification(
             code=code,
             credential_id=row.id,
@@ -350,6 +414,178 @@ class CredentialService:
             metadata=dict(row.meta),
             expires_at=row.expires_at,
             remaining=remaining,
+            retry_after=retry_after,
+        )
+
+    def _lookup(self, p: PresentedCredential, kind: str) -> Any:
+        """The row of the presented secret if it matches (one read and one HMAC either way);
+        a wrong secret for a known lookup id counts as a failure of that credential."""
+        with self._store.engine.connect() as conn:
+            row = conn.execute(
+                self._verify_query.where(CredentialVersionRow.lookup_id == p.lookup_id)
+            ).first()
+        pepper = self._peppers.get(row.pepper_id) if row is not None else None
+        computed = secret_hash(
+            pepper or self._peppers.current,
+            row.salt if row else self._dummy_salt,
+            p.secret,
+            row.hash_algorithm if row else "SHA-256",
+        )
+        matches = hmac.compare_digest(computed, row.secret_hash if row else self._dummy_hash)
+        if row is None:
+            return None
+        if pepper is None or not matches or row.environment != p.environment or row.kind != kind:
+            self._record(row.id, ok=False)
+            return None
+        return row
+
+    def _upgrade_hash(self, row: Any, p: PresentedCredential) -> None:
+        """Move a hash made under an old pepper to the current one (pepper rotation)."""
+        if row.pepper_id == self._peppers.current_id:
+            return
+        salt = secrets.token_bytes(SALT_BYTES)
+        with self._store.write() as s:
+            s.execute(
+                update(CredentialVersionRow)
+                .where(CredentialVersionRow.lookup_id == p.lookup_id)
+                .values(
+                    salt=salt,
+                    secret_hash=secret_hash(
+                        self._peppers.current, salt, p.secret, row.hash_algorithm
+                    ),
+                    pepper_id=self._peppers.current_id,
+                )
+            )
+
+    # --- handles (hot path) -------------------------------------------------------------------
+
+    def validate_handle(
+        self,
+        presented: str,
+        user_id: str,
+        context: dict[str, str],
+        security: SecurityPolicies,
+    ) -> HandleValidation:
+        """Validate a handle value for `user_id` in `context`; counts one use when VALID.
+
+        A value that was exchanged for the next one and is presented after the reuse interval
+        is a reuse (`REUSE_DETECTED`): the caller revokes the family. Anomalies (reuse, context
+        drift, another user, bursts over the rate limit) are counted on the family."""
+        row, code = self.handle_state(presented, security)
+        if row is None or code is not None:
+            anomaly = "reuse" if code == HandleCode.REUSE_DETECTED else None
+            return self._handle_answer(code or HandleCode.NOT_FOUND, row, security, anomaly)
+        now = datetime.now(UTC)
+        if row.user_id and user_id and user_id != row.user_id:
+            return self._handle_answer(HandleCode.USER_MISMATCH, row, security, "other user")
+        bound = row.context or {}
+        match = all(str(bound[k]) == str(v) for k, v in context.items() if k in bound)
+        if not match and security.context_mismatch == "reject":
+            return self._handle_answer(
+                HandleCode.CONTEXT_MISMATCH, row, security, "context drift", match=False
+            )
+        rotation_required = row.state == VersionState.ACTIVE and now >= row.rotate_at
+        if rotation_required and security.enforce_rotation:
+            return self._handle_answer(HandleCode.ROTATION_REQUIRED, row, security, None, match)
+        wait = self._limiter.allow(
+            row.lookup_id, security.rate_limit_per_handle, 60, time.monotonic()
+        )
+        if wait is not None:
+            return self._handle_answer(
+                HandleCode.RATE_LIMITED, row, security, "burst", match, retry_after=wait
+            )
+        with self._store.write() as s:
+            uses = s.execute(
+                update(CredentialVersionRow)
+                .where(
+                    CredentialVersionRow.lookup_id == row.lookup_id,
+                    CredentialVersionRow.uses < row.max_usage,
+                )
+                .values(uses=CredentialVersionRow.uses + 1)
+                .returning(CredentialVersionRow.uses)
+            ).scalar_one_or_none()
+        if uses is None:
+            return self._handle_answer(HandleCode.USAGE_EXHAUSTED, row, security, None, match)
+        return self._handle_answer(
+            HandleCode.VALID,
+            row,
+            security,
+            None if match else "context drift",
+            match,
+            remaining=row.max_usage - uses,
+            rotation_required=rotation_required,
+        )
+
+    def handle_state(
+        self, presented: str, security: SecurityPolicies
+    ) -> tuple[Any, HandleCode | None]:
+        """The row of a presented handle value and why it cannot be used (None: it can)."""
+        try:
+            p = parse_token(presented, HANDLE_PREFIX)
+        except MalformedCredentialError:
+            return None, HandleCode.NOT_FOUND
+        row = self._lookup(p, "handle")
+        if row is None:
+            return None, HandleCode.NOT_FOUND
+        now = datetime.now(UTC)
+        status_code = _STATUS_CODES.get(row.status)
+        if status_code is not None:
+            return row, HandleCode(status_code.value)
+        if row.expires_at is not None and row.expires_at <= now:
+            return row, HandleCode.EXPIRED
+        rotated_away = row.state == VersionState.RETIRED or (
+            row.state == VersionState.GRACE
+            and row.grace_until is not None
+            and row.grace_until <= now
+        )
+        if rotated_away:
+            return row, HandleCode.REUSE_DETECTED if security.prevent_reuse else HandleCode.EXPIRED
+        version_code = _VERSION_CODES.get(row.state)
+        if version_code is not None:
+            return row, HandleCode(version_code.value)
+        if row.hard_expiry <= now:
+            return row, HandleCode.EXPIRED
+        return row, None
+
+    def _handle_answer(
+        self,
+        code: HandleCode,
+        row: Any,
+        security: SecurityPolicies,
+        anomaly: str | None,
+        match: bool = True,
+        *,
+        remaining: int | None = None,
+        rotation_required: bool = False,
+        retry_after: float | None = None,
+    ) -> HandleValidation:
+        if row is None:
+            return HandleValidation(code)
+        if security.track_usage:
+            self._record(row.id, ok=code == HandleCode.VALID)
+        anomalies = row.anomaly_count
+        if anomaly is not None and security.anomaly_detection:
+            with self._store.write() as s:
+                anomalies = s.execute(
+                    update(CredentialRow)
+                    .where(CredentialRow.id == row.id)
+                    .values(anomaly_count=CredentialRow.anomaly_count + 1)
+                    .returning(CredentialRow.anomaly_count)
+                ).scalar_one()
+        return HandleValidation(
+            code=code,
+            handle_id=row.id,
+            workflow_id=row.workflow_id,
+            type=row.type,
+            user_id=row.user_id,
+            version=row.number,
+            expires_at=row.expires_at,
+            rotation_due_at=row.rotate_at,
+            rotation_required=rotation_required or code == HandleCode.ROTATION_REQUIRED,
+            remaining_uses=remaining,
+            context_match=match,
+            anomaly=anomaly,
+            anomalies=anomalies,
             retry_after=retry_after,
         )
 
@@ -393,20 +629,6 @@ class CredentialService:
             return VerificationCode.USAGE_EXCEEDED, None, 0
         return VerificationCode.VALID, None, left
 
-    def _rehash(self, lookup_id: str, secret: str) -> None:
-        """Move a hash made under an old pepper to the current one (pepper rotation)."""
-        salt = secrets.token_bytes(SALT_BYTES)
-        with self._store.write() as s:
-            s.execute(
-                update(CredentialVersionRow)
-                .where(CredentialVersionRow.lookup_id == lookup_id)
-                .values(
-                    salt=salt,
-                    secret_hash=keyed_hash(self._peppers.current, salt, secret),
-                    pepper_id=self._peppers.current_id,
-                )
-            )
-
     def _record(self, credential_id: str, *, ok: bool) -> None:
         with self._usage_lock:
             entry = self._usage.setdefault(credential_id, [0, 0, None])
@@ -437,23 +659,25 @@ class CredentialService:
 
     # --- reads -----------------------------------------------------------------------------
 
-    def workflow_of(self, credential_id: str) -> tuple[str, str]:
-        """The id of the credential's workflow and its status."""
+    def workflow_of(self, credential_id: str, kind: str = "credential") -> tuple[str, str]:
+        """The id of the credential's (or handle family's) workflow and its status."""
         with self._store.session() as s:
             row = s.execute(
                 select(CredentialRow.workflow_id, CredentialRow.status).where(
-                    CredentialRow.id == credential_id
+                    CredentialRow.id == credential_id, CredentialRow.kind == kind
                 )
             ).first()
         if row is None:
-            raise CredentialNotFoundError(f"credential {credential_id} not found")
+            raise _not_found(kind, credential_id)
         return row[0], row[1]
 
-    def get(self, credential_id: str) -> tuple[CredentialRow, list[CredentialVersionRow]]:
+    def get(
+        self, credential_id: str, kind: str = "credential"
+    ) -> tuple[CredentialRow, list[CredentialVersionRow]]:
         with self._store.session() as s:
             cred = s.get(CredentialRow, credential_id)
-            if cred is None:
-                raise CredentialNotFoundError(f"credential {credential_id} not found")
+            if cred is None or cred.kind != kind:
+                raise _not_found(kind, credential_id)
             versions = list(
                 s.scalars(
                     select(CredentialVersionRow)
@@ -471,12 +695,16 @@ class CredentialService:
         limit: int,
         offset: int,
         after: tuple[datetime, str] | None,
+        kind: str = "credential",
+        type: str | None = None,
     ) -> list[CredentialRow]:
         """Newest first; `after` (created_at, id) continues from a cursor."""
         with self._store.session() as s:
-            q = select(CredentialRow)
+            q = select(CredentialRow).where(CredentialRow.kind == kind)
             if owner:
                 q = q.where(CredentialRow.owner == owner)
+            if type:
+                q = q.where(CredentialRow.type == type)
             if status:
                 q = q.where(CredentialRow.status == status)
             if after is not None:
@@ -488,6 +716,75 @@ class CredentialService:
             q = q.order_by(CredentialRow.created_at.desc(), CredentialRow.id.desc())
             return list(s.scalars(q.offset(offset).limit(limit)))
 
-    def count(self) -> int:
+    def live_handles(self, user_id: str, type: str) -> int:
+        """Active or suspended handle families of one user and type (the concurrency cap)."""
         with self._store.session() as s:
-            return s.scalar(select(func.count()).select_from(CredentialRow)) or 0
+            q = select(func.count()).where(
+                CredentialRow.kind == "handle",
+                CredentialRow.user_id == user_id,
+                CredentialRow.type == type,
+                CredentialRow.status.in_([str(KeyStatus.ACTIVE), str(KeyStatus.SUSPENDED)]),
+            )
+            return s.scalar(q) or 0
+
+    def handle_health(self, now: datetime) -> dict[str, int]:
+        """Active and suspended families, those ending within an hour, and rotations due."""
+        with self._store.session() as s:
+            live = (CredentialRow.kind == "handle") & (CredentialRow.status == "active")
+
+            def count(*where: Any) -> int:
+                q = select(func.count()).select_from(CredentialRow).where(*where)
+                return s.scalar(q) or 0
+
+            due = (
+                select(func.count())
+                .select_from(CredentialVersionRow)
+                .join(CredentialRow, CredentialRow.id == CredentialVersionRow.credential_id)
+                .where(live, CredentialVersionRow.state == "active")
+                .where(CredentialVersionRow.rotate_at <= now)
+            )
+            return {
+                "activeHandles": count(live),
+                "suspendedHandles": count(
+                    CredentialRow.kind == "handle", CredentialRow.status == "suspended"
+                ),
+                "expiringWithin1h": count(live, CredentialRow.expires_at <= now + _HOUR),
+                "rotationRequired": s.scalar(due) or 0,
+            }
+
+    def handle_statistics(self) -> dict[str, Any]:
+        """Handle families by status and type, validations, failures and anomalies."""
+        with self._store.session() as s:
+            handles = CredentialRow.kind == "handle"
+            by_status: dict[str, int] = {
+                status: n
+                for status, n in s.execute(
+                    select(CredentialRow.status, func.count())
+                    .where(handles)
+                    .group_by(CredentialRow.status)
+                )
+            }
+            by_type: dict[str, int] = {
+                type_: n
+                for type_, n in s.execute(
+                    select(CredentialRow.type, func.count())
+                    .where(handles)
+                    .group_by(CredentialRow.type)
+                )
+            }
+            sums = s.execute(
+                select(
+                    func.coalesce(func.sum(CredentialRow.usage_count), 0),
+                    func.coalesce(func.sum(CredentialRow.failure_count), 0),
+                    func.coalesce(func.sum(CredentialRow.anomaly_count), 0),
+                ).where(handles)
+            ).one()
+        return {
+            "totalHandles": sum(by_status.values()),
+            "activeHandles": by_status.get(str(KeyStatus.ACTIVE), 0),
+            "byStatus": by_status,
+            "byType": by_type,
+            "validations": int(sums[0]),
+            "failedValidations": int(sums[1]),
+            "anomalies": int(sums[2]),
+        }

@@ -54,7 +54,8 @@ class AuthenticationError(Exception):
 
 
 def keyed_hash(pepper: bytes, salt: bytes, secret: str) -> bytes:
-    return hmac.new(pepper, salt + secret.encode(), hashlib.sha256).digest()
+    """HMAC-SHA256(pepper, salt || secret)."""
+    return secret_hash(pepper, salt, secret, "SHA-256")
 
 
 PEPPER_BYTES = 32
@@ -111,20 +112,23 @@ class PepperRing:
         return f"PepperRing(ids={self.ids()!r})"
 
 
-# --- API credentials -------------------------------------------------------------------------
+# --- API credentials and handles ---------------------------------------------------------------
 
 CREDENTIAL_PREFIX = "krc"
+HANDLE_PREFIX = "krh"
 SECRET_BYTES = 32
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _LOOKUP_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
-_CREDENTIAL = re.compile(
-    r"krc_(?P<env>[a-z][a-z0-9-]{0,31})_(?P<lookup>[a-z2-7]{16})_"
-    r"(?P<secret>[A-Za-z0-9_-]{43})(?P<checksum>[0-9A-Za-z]{6})"
+# secrets of 32 to 128 random bytes: 43 to 171 base64url characters
+_TOKEN = re.compile(
+    r"(?P<prefix>kr[ch])_(?P<env>[a-z][a-z0-9-]{0,31})_(?P<lookup>[a-z2-7]{16})_"
+    r"(?P<secret>[A-Za-z0-9_-]{43,171})(?P<checksum>[0-9A-Za-z]{6})"
 )
+_HASHES = {"SHA-256": hashlib.sha256, "SHA-384": hashlib.sha384, "SHA-512": hashlib.sha512}
 
 
 class MalformedCredentialError(ValueError):
-    """The presented text is not a keyrotor API credential (wrong shape or checksum)."""
+    """The presented text is not a keyrotor credential or handle (wrong shape or checksum)."""
 
 
 def _checksum(body: str) -> str:
@@ -141,13 +145,22 @@ def new_lookup_id() -> str:
     return "".join(secrets.choice(_LOOKUP_ALPHABET) for _ in range(16))
 
 
-def new_secret() -> str:
-    return base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).rstrip(b"=").decode()
+def new_secret(n_bytes: int = SECRET_BYTES) -> str:
+    return base64.urlsafe_b64encode(secrets.token_bytes(n_bytes)).rstrip(b"=").decode()
+
+
+def secret_hash(pepper: bytes, salt: bytes, secret: str, algorithm: str) -> bytes:
+    """HMAC-<algorithm>(pepper, salt || secret) (SHA-256, SHA-384 or SHA-512)."""
+    return hmac.new(pepper, salt + secret.encode(), _HASHES[algorithm]).digest()
+
+
+def format_token(prefix: str, environment: str, lookup_id: str, secret: str) -> str:
+    body = f"{prefix}_{environment}_{lookup_id}_{secret}"
+    return body + _checksum(body)
 
 
 def format_credential(environment: str, lookup_id: str, secret: str) -> str:
-    body = f"{CREDENTIAL_PREFIX}_{environment}_{lookup_id}_{secret}"
-    return body + _checksum(body)
+    return format_token(CREDENTIAL_PREFIX, environment, lookup_id, secret)
 
 
 @dataclass(frozen=True)
@@ -155,20 +168,29 @@ class PresentedCredential:
     environment: str
     lookup_id: str
     secret: str
+    prefix: str = CREDENTIAL_PREFIX
 
     def __repr__(self) -> str:  # never print the secret
         return f"PresentedCredential({self.environment!r}, {self.lookup_id!r}, secret=***)"
 
 
-def parse_credential(text: str) -> PresentedCredential:
-    """Split a presented API credential; MalformedCredentialError if its shape or checksum
-    is wrong (a typo or a truncated copy is caught here, before any lookup)."""
-    m = _CREDENTIAL.fullmatch(text)
-    if m is None:
-        raise MalformedCredentialError("not a keyrotor API credential")
+def parse_token(text: str, prefix: str) -> PresentedCredential:
+    """Split a presented credential (`krc_`) or handle (`krh_`); MalformedCredentialError if its
+    shape or checksum is wrong (a typo or a truncated copy is caught here, before any lookup)."""
+    m = _TOKEN.fullmatch(text)
+    if m is None or m["prefix"] != prefix:
+        raise MalformedCredentialError(f"not a keyrotor {prefix}_ value")
     if not hmac.compare_digest(_checksum(text[:-6]), m["checksum"]):
-        raise MalformedCredentialError("the credential's checksum does not match (a typo?)")
-    return PresentedCredential(m["env"], m["lookup"], m["secret"])
+        raise MalformedCredentialError("the checksum does not match (a typo?)")
+    return PresentedCredential(m["env"], m["lookup"], m["secret"], prefix)
+
+
+def parse_credential(text: str) -> PresentedCredential:
+    """`parse_token` for API credentials, whose secrets are always 32 bytes."""
+    presented = parse_token(text, CREDENTIAL_PREFIX)
+    if len(presented.secret) != 43:
+        raise MalformedCredentialError("not a keyrotor API credential")
+    return presented
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ class KeyTransitionCommit:
 
 @dataclass(frozen=True)
 class CredentialSpec:
-    """What an API credential is; fixed for its life (its secrets are its versions)."""
+    """What an API credential or a handle family is; fixed for its life (its secrets are its
+    versions). `kind` is "credential" or "handle"."""
 
     credential_id: str
     environment: str
@@ -59,6 +60,13 @@ class CredentialSpec:
     rate_limit: int | None = None
     rate_limit_window: int | None = None
     usage_limit: int | None = None
+    kind: str = "credential"
+    type: str = "api"
+    user_id: str = ""
+    context: dict[str, str] = field(default_factory=dict)
+    max_usage: int | None = None  # validations per version (handles)
+    hash_algorithm: str = "SHA-256"
+    secret_bytes: int = 32
 
 
 @dataclass(frozen=True)

@@ -185,15 +185,68 @@ class CredentialPolicy:
 
 
 @dataclass(frozen=True)
+class HandleTypePolicy:
+    """A handle type (001_019c7eb82d54c46f.txt): short-lived bearer values that the holder
+    exchanges for the next one; `max_lifetime` bounds the whole chain of exchanges."""
+
+    name: str
+    algorithm: str  # SHA-256, SHA-384 or SHA-512: the hash of the stored keyed hash
+    handle_length: int  # random bytes in each handle value
+    rotation_interval: timedelta
+    warning_threshold: timedelta
+    max_lifetime: timedelta
+    max_usage: int  # validations per handle value
+
+    def lifecycle(self, reuse_interval: timedelta) -> LifecyclePolicy:
+        """Handles never rotate on a schedule (the holder exchanges them); a rotated-away value
+        stays valid for `reuse_interval` (in-flight requests), then presenting it is a reuse."""
+        return LifecyclePolicy(
+            rotation_interval=_whole_seconds(self.rotation_interval),
+            warning_threshold=_whole_seconds(self.warning_threshold),
+            max_lifetime=_whole_seconds(self.max_lifetime),
+            grace_period=_whole_seconds(reuse_interval),
+            scheduled=False,
+        )
+
+
+@dataclass(frozen=True)
+class SecurityPolicies:
+    """The security policies of handles (`securityPolicies` in the reference document)."""
+
+    prevent_reuse: bool
+    enforce_rotation: bool
+    track_usage: bool
+    anomaly_detection: bool
+    rate_limit_per_handle: int  # validations per minute per handle value
+    max_concurrent_handles: int  # live handles per user and type
+    reuse_interval: timedelta
+    context_mismatch: str  # "reject" or "flag"
+    anomaly_threshold: int  # anomalies of one handle family before it is suspended
+    suspension_timeout: timedelta  # a suspended family not resumed by then is revoked
+
+
+@dataclass(frozen=True)
 class Policies:
     """Every policy of one configuration file, checked and read-only."""
 
     key_types: Mapping[str, KeyTypePolicy]
     credentials: CredentialPolicy
+    handle_types: Mapping[str, HandleTypePolicy]
+    security: SecurityPolicies
     environments: tuple[str, ...]
     default_environment: str
     default_provider: str
     source: str
+
+    def handle_type(self, name: str) -> HandleTypePolicy:
+        """The policy of handle type `name`; PolicyError if the file defines no such type."""
+        try:
+            return self.handle_types[name]
+        except KeyError:
+            known = ", ".join(sorted(self.handle_types)) or "none"
+            raise PolicyError(
+                self.source, "handle_types", f"unknown handle type {name!r}; known: {known}"
+            ) from None
 
     def key_type(self, name: str) -> KeyTypePolicy:
         """The policy of key type `name`; PolicyError if the file defines no such type."""
@@ -216,7 +269,36 @@ _KEY_TYPE_FIELDS = (
     "grace_period",
 )
 _CREDENTIAL_FIELDS = _KEY_TYPE_FIELDS[2:]
-_TOP_LEVEL_FIELDS = ("defaults", "key_types", "credentials")
+_HANDLE_TYPE_FIELDS = (
+    "algorithm",
+    "handle_length",
+    "rotation_interval",
+    "warning_threshold",
+    "max_lifetime",
+    "max_usage",
+)
+_SECURITY_FIELDS = (
+    "prevent_reuse",
+    "enforce_rotation",
+    "track_usage",
+    "anomaly_detection",
+    "rate_limit_per_handle",
+    "max_concurrent_handles",
+    "reuse_interval",
+    "context_mismatch",
+    "anomaly_threshold",
+    "suspension_timeout",
+)
+_TOP_LEVEL_FIELDS = ("defaults", "key_types", "credentials", "handle_types", "security_policies")
+# the hash of a handle's keyed hash, by the names the policy file may use
+HANDLE_HASHES = {
+    "SHA-256": "SHA-256",
+    "SHA256": "SHA-256",
+    "SHA-384": "SHA-384",
+    "SHA384": "SHA-384",
+    "SHA-512": "SHA-512",
+    "SHA512": "SHA-512",
+}
 
 
 class _Reader:
@@ -275,11 +357,16 @@ class _Reader:
     def timing(
         self, table: dict[str, Any], field: str
     ) -> tuple[timedelta, timedelta, timedelta, timedelta]:
-        """rotation_interval, warning_threshold, max_lifetime and grace_period, consistent."""
+        """rotation_interval, warning_threshold, max_lifetime and grace_period (zero when the
+        table has none), consistent."""
         rotation = self.duration(table["rotation_interval"], f"{field}.rotation_interval")
         warning = self.duration(table["warning_threshold"], f"{field}.warning_threshold")
         lifetime = self.duration(table["max_lifetime"], f"{field}.max_lifetime")
-        grace = self.duration(table["grace_period"], f"{field}.grace_period")
+        grace = (
+            self.duration(table["grace_period"], f"{field}.grace_period")
+            if "grace_period" in table
+            else timedelta(0)
+        )
         if rotation <= timedelta(0):
             raise self.fail(f"{field}.rotation_interval", "must be longer than zero")
         if warning >= rotation:
@@ -308,6 +395,64 @@ class _Reader:
         policy = CredentialPolicy(rotation, warning, lifetime, grace)
         policy.lifecycle(scheduled=True)
         return policy
+
+    def integer(self, value: object, field: str, low: int, high: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(field, f"must be an integer, got {_type_name(value)}")
+        if not low <= value <= high:
+            raise self.fail(field, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def boolean(self, value: object, field: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(field, f"must be true or false, got {_type_name(value)}")
+        return value
+
+    def handle_type(self, name: object, value: object) -> HandleTypePolicy:
+        field = f"handle_types.{name}"
+        type_name = self.name(name, field)
+        table = self.table(value, field, _HANDLE_TYPE_FIELDS)
+        algorithm = self.string(table["algorithm"], f"{field}.algorithm")
+        canonical = HANDLE_HASHES.get(algorithm.upper().replace("_", "-"))
+        if canonical is None:
+            raise self.fail(
+                f"{field}.algorithm", f"{algorithm!r} is not one of SHA-256, SHA-384, SHA-512"
+            )
+        length = self.integer(table["handle_length"], f"{field}.handle_length", 32, 128)
+        rotation, warning, lifetime, _ = self.timing(table, field)
+        max_usage = self.integer(table["max_usage"], f"{field}.max_usage", 1, 2**31 - 1)
+        return HandleTypePolicy(
+            type_name, canonical, length, rotation, warning, lifetime, max_usage
+        )
+
+    def security(self, value: object) -> SecurityPolicies:
+        field = "security_policies"
+        t = self.table(value, field, _SECURITY_FIELDS)
+        mismatch = self.string(t["context_mismatch"], f"{field}.context_mismatch")
+        if mismatch not in ("reject", "flag"):
+            raise self.fail(
+                f"{field}.context_mismatch", f'must be "reject" or "flag", not {mismatch!r}'
+            )
+        return SecurityPolicies(
+            prevent_reuse=self.boolean(t["prevent_reuse"], f"{field}.prevent_reuse"),
+            enforce_rotation=self.boolean(t["enforce_rotation"], f"{field}.enforce_rotation"),
+            track_usage=self.boolean(t["track_usage"], f"{field}.track_usage"),
+            anomaly_detection=self.boolean(t["anomaly_detection"], f"{field}.anomaly_detection"),
+            rate_limit_per_handle=self.integer(
+                t["rate_limit_per_handle"], f"{field}.rate_limit_per_handle", 1, 1_000_000
+            ),
+            max_concurrent_handles=self.integer(
+                t["max_concurrent_handles"], f"{field}.max_concurrent_handles", 1, 10_000_000
+            ),
+            reuse_interval=self.duration(t["reuse_interval"], f"{field}.reuse_interval"),
+            context_mismatch=mismatch,
+            anomaly_threshold=self.integer(
+                t["anomaly_threshold"], f"{field}.anomaly_threshold", 1, 1_000_000
+            ),
+            suspension_timeout=self.duration(
+                t["suspension_timeout"], f"{field}.suspension_timeout"
+            ),
+        )
 
     def key_type(self, name: object, value: object) -> KeyTypePolicy:
         field = f"key_types.{name}"
@@ -368,9 +513,15 @@ class _Reader:
         if not raw_types:
             raise self.fail("key_types", "must define at least one key type")
         key_types = {name: self.key_type(name, value) for name, value in raw_types.items()}
+        raw_handles = data["handle_types"]
+        if not isinstance(raw_handles, dict) or not raw_handles:
+            raise self.fail("handle_types", "must be a table defining at least one handle type")
+        handle_types = {name: self.handle_type(name, v) for name, v in raw_handles.items()}
         return Policies(
             key_types=MappingProxyType(key_types),
             credentials=self.credentials(data["credentials"]),
+            handle_types=MappingProxyType(handle_types),
+            security=self.security(data["security_policies"]),
             environments=tuple(environments),
             default_environment=environment,
             default_provider=provider,

@@ -14,6 +14,7 @@ from activities.keys import KeyActivities
 from core.codec import connect_client
 from core.services import Services
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
+from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 
 ACTIVITY_THREADS = 32
@@ -26,7 +27,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
-        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow],
+        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow, HandleLifecycleWorkflow],
         activities=[keys.commit_key_transition, credentials.commit_credential_transition],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,

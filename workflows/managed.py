@@ -280,6 +280,11 @@ class ManagedLifecycleWorkflow:
                 raise ApplicationError(
                     f"a {self._key.status} {self.KIND} cannot rotate", type="KeyStateError"
                 )
+            if request.expected_version and not self._is_current(request.expected_version):
+                raise ApplicationError(
+                    f"version {request.expected_version} was rotated already",
+                    type="KeyStateError",
+                )
             result = await self._rotate(
                 RotationReason(request.reason),
                 0 if request.reason == RotationReason.COMPROMISE else request.grace_period_seconds,
@@ -307,6 +312,8 @@ class ManagedLifecycleWorkflow:
             return
         if not may_rotate(self._key.status, request.reason):
             raise ValueError(f"a {self._key.status} {self.KIND} cannot rotate")
+        if request.expected_version and not self._is_current(request.expected_version):
+            raise ValueError(f"version {request.expected_version} was rotated already")
 
     @workflow.update
     async def change_status(self, change: StatusChange) -> str:
@@ -319,6 +326,10 @@ class ManagedLifecycleWorkflow:
                 # the state changed between validation and the lock (a concurrent request)
                 raise ApplicationError(str(e), type="KeyStateError", non_retryable=True) from e
             return str(self._key.status)
+
+    def _is_current(self, number: int) -> bool:
+        current = self._key.current()
+        return current is not None and current.number == number
 
     @change_status.validator
     def _validate_change_status(self, change: StatusChange) -> None:

@@ -17,6 +17,7 @@ from core.objects import CredentialSpec, KeySpec
 
 KEY_WORKFLOW = "KeyLifecycleWorkflow"
 CREDENTIAL_WORKFLOW = "CredentialLifecycleWorkflow"
+HANDLE_WORKFLOW = "HandleLifecycleWorkflow"
 
 # Search attributes: what operators filter on in the UI and what `GET /keys` can list by.
 # Never encrypted, so never anything secret or personal.
@@ -66,12 +67,13 @@ def key_workflow_id(environment: str, key_id: str) -> str:
 def credential_search_attributes(
     spec: CredentialSpec, status: str, next_rotation: datetime | None
 ) -> TypedSearchAttributes:
-    """The search attributes of a credential's workflow (type `api`; no algorithm/provider)."""
+    """The search attributes of a credential's or handle family's workflow (the owner of a
+    handle is its user id; no algorithm or provider)."""
     pairs: list[SearchAttributePair[Any]] = [
-        SearchAttributePair(SA_KIND, "credential"),
-        SearchAttributePair(SA_TYPE, "api"),
+        SearchAttributePair(SA_KIND, spec.kind),
+        SearchAttributePair(SA_TYPE, spec.type),
         SearchAttributePair(SA_STATE, status),
-        SearchAttributePair(SA_OWNER, spec.owner),
+        SearchAttributePair(SA_OWNER, spec.owner or spec.user_id),
         SearchAttributePair(SA_ENVIRONMENT, spec.environment),
     ]
     if next_rotation is not None:
@@ -79,9 +81,9 @@ def credential_search_attributes(
     return TypedSearchAttributes(pairs)
 
 
-def credential_workflow_id(environment: str, credential_id: str) -> str:
-    """`keyrotor/credential/<environment>/<credential id>`."""
-    return f"keyrotor/credential/{environment}/{credential_id}"
+def credential_workflow_id(environment: str, credential_id: str, kind: str = "credential") -> str:
+    """`keyrotor/credential/<environment>/<id>` (or `keyrotor/handle/...`)."""
+    return f"keyrotor/{kind}/{environment}/{credential_id}"
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ class KeyWorkflowInput:
 
 @dataclass(frozen=True)
 class CredentialWorkflowInput:
-    """Start input of `CredentialLifecycleWorkflow` (fields as in `KeyWorkflowInput`)."""
+    """Start input of `CredentialLifecycleWorkflow` and `HandleLifecycleWorkflow` (fields as in
+    `KeyWorkflowInput`)."""
 
     spec: CredentialSpec
     lifecycle: KeyLifecycle
@@ -131,6 +134,9 @@ class RotateRequest:
     grace_period_seconds: int | None = None
     actor: str = ""
     request_id: str = ""
+    # when set, rotate only if this is still the version in use (a handle value is exchanged
+    # once: the second of two concurrent exchanges is refused)
+    expected_version: int = 0
 
 
 @dataclass(frozen=True)

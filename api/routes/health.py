@@ -83,6 +83,19 @@ def key_health(svc: Svc) -> dict[str, Any]:
     }
 
 
+@router.get("/api/key-management/health/handles")
+def handle_health(svc: Svc) -> dict[str, Any]:
+    """Active and suspended handle families, those ending within an hour, rotations due."""
+    counts = svc.credentials.handle_health(datetime.now(UTC))
+    return {
+        "health": {
+            "status": "healthy" if not counts["suspendedHandles"] else "degraded",
+            **counts,
+            "timestamp": _now_iso(),
+        }
+    }
+
+
 def _ping_store(svc: Services) -> None:
     with svc.store.session() as s:
         s.execute(text("SELECT 1"))

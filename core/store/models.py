@@ -180,11 +180,15 @@ class AdminKeyRow(Base):
 
 
 class CredentialRow(Base):
-    """An API credential (logical identity); its versions are the secrets it has had."""
+    """An API credential or a handle family (`kind`); its versions are the secrets it has had
+    (for a handle family: the handle values, each exchanged for the next)."""
 
     __tablename__ = "credentials"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="credential")
+    # the handle type (session, workflow, api, device); "api" for API credentials
+    type: Mapped[str] = mapped_column(String(64), default="api")
     environment: Mapped[str] = mapped_column(String(32), index=True)
     name: Mapped[str] = mapped_column(String(200), default="")
     owner: Mapped[str] = mapped_column(String(200), default="", index=True)
@@ -202,12 +206,23 @@ class CredentialRow(Base):
     usage_count: Mapped[int] = mapped_column(BigInteger, default=0)
     failure_count: Mapped[int] = mapped_column(BigInteger, default=0)
     last_used_at: Mapped[datetime | None]
+    # handles: the user they were issued to, the context they are bound to, validations per
+    # handle value, and the anomalies seen (context drift, bursts, failures, reuse)
+    user_id: Mapped[str] = mapped_column(String(200), default="")
+    context: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    max_usage: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    hash_algorithm: Mapped[str] = mapped_column(String(16), default="SHA-256")
+    anomaly_count: Mapped[int] = mapped_column(Integer, default=0)
     workflow_id: Mapped[str] = mapped_column(String(255), unique=True)
     created_by: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     next_rotation_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_credentials_kind_user_type_status", "kind", "user_id", "type", "status"),
+    )
 
 
 class CredentialVersionRow(Base):
@@ -229,6 +244,7 @@ class CredentialVersionRow(Base):
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
     pepper_id: Mapped[str] = mapped_column(String(32))
     pending_secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    uses: Mapped[int] = mapped_column(Integer, default=0)  # validations (handles' max_usage)
     created_at: Mapped[datetime]
     rotate_at: Mapped[datetime]
     warn_at: Mapped[datetime]

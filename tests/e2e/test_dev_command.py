@@ -5,6 +5,8 @@ prints how to reach them, keeps its state under the data dir, and Ctrl-C leaves 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import os
 import re
 import secrets
@@ -14,11 +16,16 @@ import stat
 import subprocess
 import sys
 import time
+import unittest.mock
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import requests
+
+from tests.e2e.reference_client import load_reference_client
 
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
 API = "/api/key-management"
@@ -286,6 +293,7 @@ def test_dev_accepts_an_admin_key_from_the_environment(tmp_path: Path) -> None:
             other = f"kra_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
             r = http.get(f"{API}/keys", headers={"Authorization": f"Bearer {other}"})
             assert r.status_code == 401
+        run_reference_client(dev.base_url, admin_key)
         server = temporal_child(dev)
         # `kill` (SIGTERM, as systemd or a container runtime stop it) also shuts down cleanly
         code = stop(dev, signal.SIGTERM)
@@ -296,3 +304,32 @@ def test_dev_accepts_an_admin_key_from_the_environment(tmp_path: Path) -> None:
             assert master_key not in text
     finally:
         dev.kill()
+
+
+def run_reference_client(base_url: str, admin_key: str) -> None:
+    """The reference document's Python client, unchanged: only its default base URL points at
+    this instance and every request carries the admin key as a default header."""
+    client = load_reference_client()
+    key_manager = client["KeyManager"]
+    key_manager.__init__.__defaults__ = (base_url,)
+    original = requests.Session.request
+
+    def with_admin_key(self: requests.Session, method: str, url: str, **kw: Any) -> Any:
+        kw["headers"] = {"Authorization": f"Bearer {admin_key}", **(kw.get("headers") or {})}
+        return original(self, method, url, **kw)
+
+    out = io.StringIO()
+    with (
+        unittest.mock.patch.object(requests.Session, "request", with_admin_key),
+        contextlib.redirect_stdout(out),
+    ):
+        client["example"]()
+    lines = out.getvalue().splitlines()
+    assert not [line for line in lines if line.startswith("Error")], lines
+    printed = dict(line.split(": ", 1) for line in lines)
+    assert printed["Generated key"].startswith("key_")
+    assert re.fullmatch(r"krh_dev_[a-z2-7]{16}_[A-Za-z0-9_-]+", printed["Generated handle"])
+    assert printed["Handle valid"] == "True"
+    assert "'status': 'healthy'" in printed["System health"]
+    assert "'totalKeys': 1" in printed["Key statistics"]
+    assert "'totalHandles': 1" in printed["Handle statistics"]

@@ -190,6 +190,21 @@ async def test_no_secret_in_any_history_or_log(
             f"{API}/credentials/verify", json={"key": wrong, "scopes": 7}, headers=stack.auth()
         )
         assert r.status_code == 400 and wrong not in r.text
+    # a handle, exchanged once (its value travels in the URL path of the exchange)
+    r = await stack.http.post(
+        f"{API}/handles/generate", json={"type": "session", "userId": "scan"}, headers=stack.auth()
+    )
+    secrets["handle v1"] = r.json()["handle"]["id"].encode()
+    family = r.json()["handle"]["familyId"]
+    r = await stack.http.post(
+        f"{API}/handles/{family}/rotate",
+        json={"handle": secrets["handle v1"].decode()},
+        headers=stack.auth(),
+    )
+    assert r.status_code == 200
+    secrets["handle v2"] = r.json()["handle"]["id"].encode()
+    for name in ("handle v1", "handle v2"):
+        secrets[f"{name} secret"] = secrets[name].split(b"_", 3)[3][:-6]
     # every version's material, opened from the store with the master key
     with stack.services.store.session() as s:
         for v in s.query(KeyVersionRow).all():

@@ -180,6 +180,28 @@ def _valid() -> dict[str, Any]:
             "max_lifetime": "P365D",
             "grace_period": "P1D",
         },
+        "handle_types": {
+            "workflow": {
+                "algorithm": "SHA-512",
+                "handle_length": 64,
+                "rotation_interval": "PT30M",
+                "warning_threshold": "PT5M",
+                "max_lifetime": "PT4H",
+                "max_usage": 100,
+            },
+        },
+        "security_policies": {
+            "prevent_reuse": True,
+            "enforce_rotation": True,
+            "track_usage": True,
+            "anomaly_detection": True,
+            "rate_limit_per_handle": 100,
+            "max_concurrent_handles": 1000,
+            "reuse_interval": "PT2S",
+            "context_mismatch": "reject",
+            "anomaly_threshold": 5,
+            "suspension_timeout": "PT1H",
+        },
     }
 
 
@@ -283,6 +305,48 @@ ENC = "key_types.encryption"
 INVALID: list[tuple[str, Mutation, str, str]] = [
     ("credentials missing", _delete("credentials"), "credentials", "missing"),
     (
+        "handle hash unknown",
+        _set("handle_types.workflow.algorithm", "MD5"),
+        "handle_types.workflow.algorithm",
+        "'MD5' is not one of SHA-256, SHA-384, SHA-512",
+    ),
+    (
+        "handle too short",
+        _set("handle_types.workflow.handle_length", 16),
+        "handle_types.workflow.handle_length",
+        "must be between 32 and 128, got 16",
+    ),
+    (
+        "handle max usage zero",
+        _set("handle_types.workflow.max_usage", 0),
+        "handle_types.workflow.max_usage",
+        "must be between 1 and 2147483647, got 0",
+    ),
+    (
+        "handle warning too long",
+        _set("handle_types.workflow.warning_threshold", "PT30M"),
+        "handle_types.workflow.warning_threshold",
+        "PT30M must be shorter than rotation_interval PT30M",
+    ),
+    (
+        "context policy unknown",
+        _set("security_policies.context_mismatch", "ignore"),
+        "security_policies.context_mismatch",
+        'must be "reject" or "flag", not \'ignore\'',
+    ),
+    (
+        "prevent reuse not a boolean",
+        _set("security_policies.prevent_reuse", "yes"),
+        "security_policies.prevent_reuse",
+        "must be true or false, got a string",
+    ),
+    (
+        "no handle types",
+        _set("handle_types", {}),
+        "handle_types",
+        "must be a table defining at least one handle type",
+    ),
+    (
         "credential grace past lifetime",
         _set("credentials.grace_period", "P400D"),
         "credentials.grace_period",
@@ -299,7 +363,8 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         "unknown top-level table",
         _set("key_typess", {"x": 1}),
         "key_typess",
-        "unknown field; expected one of defaults, key_types, credentials",
+        "unknown field; expected one of defaults, key_types, credentials, handle_types,"
+        " security_policies",
     ),
     ("missing defaults", _delete("defaults"), "defaults", "missing"),
     ("missing key_types", _delete("key_types"), "key_types", "missing"),
@@ -764,3 +829,40 @@ def test_parse_duration_adds_its_components(parts: dict[str, int]) -> None:
         seconds=parts.get("TS", 0),
     )
     assert parse_duration(text) == expected
+
+
+def test_shipped_handle_types_and_security_policies_are_the_reference_values() -> None:
+    policies = load_policies(default_policy_path())
+    minute = timedelta(minutes=1)
+    got = {
+        name: (
+            p.algorithm,
+            p.handle_length,
+            p.rotation_interval,
+            p.warning_threshold,
+            p.max_lifetime,
+            p.max_usage,
+        )
+        for name, p in policies.handle_types.items()
+    }
+    # the handle table of 001_019c7eb82d54c46f.txt
+    assert got == {
+        "session": ("SHA-256", 32, HOUR, 10 * minute, 24 * HOUR, 1000),
+        "workflow": ("SHA-512", 64, 30 * minute, 5 * minute, 4 * HOUR, 100),
+        "api": ("SHA-256", 48, 15 * minute, 2 * minute, HOUR, 500),
+        "device": ("SHA-384", 56, 5 * minute, minute, 30 * minute, 50),
+    }
+    sec = policies.security
+    assert (sec.prevent_reuse, sec.enforce_rotation, sec.track_usage, sec.anomaly_detection) == (
+        True,
+        True,
+        True,
+        True,
+    )
+    assert (sec.rate_limit_per_handle, sec.max_concurrent_handles) == (100, 1000)
+    lifecycle = policies.handle_type("workflow").lifecycle(sec.reuse_interval)
+    assert (lifecycle.scheduled, lifecycle.grace_period, lifecycle.max_lifetime) == (
+        False,
+        2,
+        14400,
+    )

@@ -24,6 +24,7 @@ from core.services import Services
 from tests.fixtures.temporal import BIN, TEST_KEYRING, make_services
 from worker.main import build_worker
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
+from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 from workflows.types import (
     CredentialWorkflowInput,
@@ -97,9 +98,52 @@ async def credential_lifecycle_full(env: WorkflowEnvironment, services: Services
     return (await handle.fetch_history()).to_json()
 
 
+async def handle_lifecycle_full(env: WorkflowEnvironment, services: Services) -> str:
+    now = await env.get_current_time()
+    policy = services.policies.handle_type("workflow")
+    security = services.policies.security
+    spec = CredentialSpec(
+        "hdl_recordedhistory001",
+        "dev",
+        kind="handle",
+        type="workflow",
+        user_id="user123",
+        context={"ip": "192.0.2.1"},
+        max_usage=policy.max_usage,
+        hash_algorithm=policy.algorithm,
+        secret_bytes=policy.handle_length,
+    )
+    handle = await env.client.start_workflow(
+        HandleLifecycleWorkflow.run,
+        CredentialWorkflowInput(
+            spec=spec,
+            lifecycle=new_key(
+                policy.lifecycle(security.reuse_interval), now, now + policy.max_lifetime
+            ),
+            publish_search_attributes=False,
+        ),
+        id=f"keyrotor/handle/dev/{spec.credential_id}",
+        task_queue="record",
+    )
+    await handle.execute_update(HandleLifecycleWorkflow.wait_created)
+    for version in (1, 2):  # two exchanges, each of the value in use
+        await handle.execute_update(
+            HandleLifecycleWorkflow.rotate,
+            RotateRequest(grace_period_seconds=2, expected_version=version),
+        )
+        await env.sleep(timedelta(seconds=3))  # the reuse interval ends
+    await handle.signal(HandleLifecycleWorkflow.suspend, OperatorAction("anomalies"))
+    await handle.signal(HandleLifecycleWorkflow.resume, OperatorAction("checked"))
+    await handle.query(HandleLifecycleWorkflow.describe)
+    await env.sleep(timedelta(hours=4))  # the family's max lifetime
+    assert await handle.result() == "expired"
+    return (await handle.fetch_history()).to_json()
+
+
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, Services], Awaitable[str]]] = {
     "key_lifecycle_full": key_lifecycle_full,
     "credential_lifecycle_full": credential_lifecycle_full,
+    "handle_lifecycle_full": handle_lifecycle_full,
 }
 
 

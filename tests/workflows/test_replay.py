@@ -11,6 +11,7 @@ from temporalio.worker import Replayer
 from core.codec import data_converter
 from tests.fixtures.temporal import TEST_KEYRING
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
+from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -18,7 +19,7 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 def test_histories_are_committed() -> None:
     names = {p.stem for p in HISTORIES}
-    assert names >= {"key_lifecycle_full", "credential_lifecycle_full"}, (
+    assert names >= {"key_lifecycle_full", "credential_lifecycle_full", "handle_lifecycle_full"}, (
         "missing recorded histories: run python -m tests.workflows.record_histories"
     )
 
@@ -28,7 +29,7 @@ async def test_replay(path: Path) -> None:
     history = WorkflowHistory.from_json("replayed", path.read_text())
     assert len(history.events) > 40
     replayer = Replayer(
-        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow],
+        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow, HandleLifecycleWorkflow],
         data_converter=data_converter(TEST_KEYRING),
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)

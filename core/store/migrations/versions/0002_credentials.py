@@ -1,4 +1,4 @@
-"""API credentials and their versions (secrets stored as keyed hashes).
+"""API credentials and handle families, and their versions (secrets stored as keyed hashes).
 
 Revision ID: 0002
 Revises: 0001
@@ -24,6 +24,8 @@ def upgrade() -> None:
     op.create_table(
         "credentials",
         sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("type", sa.String(64), nullable=False),
         sa.Column("environment", sa.String(32), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("owner", sa.String(200), nullable=False),
@@ -39,6 +41,11 @@ def upgrade() -> None:
         sa.Column("usage_count", sa.BigInteger(), nullable=False),
         sa.Column("failure_count", sa.BigInteger(), nullable=False),
         _ts("last_used_at", nullable=True),
+        sa.Column("user_id", sa.String(200), nullable=False),
+        sa.Column("context", sa.JSON(), nullable=False),
+        sa.Column("max_usage", sa.Integer(), nullable=True),
+        sa.Column("hash_algorithm", sa.String(16), nullable=False),
+        sa.Column("anomaly_count", sa.Integer(), nullable=False),
         sa.Column("workflow_id", sa.String(255), nullable=False),
         sa.Column("created_by", sa.String(200), nullable=False),
         _ts("created_at"),
@@ -50,6 +57,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_credentials_environment", "credentials", ["environment"])
     op.create_index("ix_credentials_owner", "credentials", ["owner"])
+    op.create_index(
+        "ix_credentials_kind_user_type_status", "credentials", ["kind", "user_id", "type", "status"]
+    )
 
     op.create_table(
         "credential_versions",
@@ -61,6 +71,7 @@ def upgrade() -> None:
         sa.Column("secret_hash", sa.LargeBinary(), nullable=False),
         sa.Column("pepper_id", sa.String(32), nullable=False),
         sa.Column("pending_secret", sa.LargeBinary(), nullable=True),
+        sa.Column("uses", sa.Integer(), nullable=False),
         _ts("created_at"),
         _ts("rotate_at"),
         _ts("warn_at"),
