@@ -56,6 +56,7 @@ class TransitionKind(StrEnum):
     ROTATE = "rotate"
     END_GRACE = "end_grace"
     EXPIRE_VERSION = "expire_version"
+    REVOKE_SUSPENDED = "revoke_suspended"
 
 
 # Versions in these states can still be used (or come back into use); the others are final.
@@ -83,6 +84,8 @@ class LifecyclePolicy:
     # False: no scheduled rotation or rotation warning (API credentials opt in); versions still
     # expire at their max lifetime and a rotation can still be asked for.
     scheduled: bool = True
+    # > 0: a key suspended this long without being resumed is revoked (handle families)
+    suspension_timeout: int = 0
 
     def __post_init__(self) -> None:
         if self.rotation_interval <= 0:
@@ -93,6 +96,8 @@ class LifecyclePolicy:
             raise LifecycleError("max lifetime must be at least the rotation interval")
         if not 0 <= self.grace_period <= self.max_lifetime:
             raise LifecycleError("grace period must be >= 0 and at most the max lifetime")
+        if self.suspension_timeout < 0:
+            raise LifecycleError("suspension timeout must not be negative")
 
 
 @dataclass(frozen=True)
@@ -124,6 +129,7 @@ class KeyLifecycle:
     versions: tuple[VersionTimes, ...] = ()
     last_version: int = 0
     expires_at: datetime | None = None
+    suspended_at: datetime | None = None
 
     def active(self) -> VersionTimes | None:
         return next((v for v in self.versions if v.state == VersionState.ACTIVE), None)
@@ -215,6 +221,10 @@ def next_transition(
             candidates.append(Transition(TransitionKind.END_GRACE, v.grace_until, v.number))
         if v.state in LIVE_STATES:
             candidates.append(Transition(TransitionKind.EXPIRE_VERSION, v.hard_expiry, v.number))
+    timeout = key.policy.suspension_timeout
+    if key.status == KeyStatus.SUSPENDED and timeout and key.suspended_at is not None:
+        at = key.suspended_at + timedelta(seconds=timeout)
+        candidates.append(Transition(TransitionKind.REVOKE_SUSPENDED, at))
     if rotation and scheduled and key.status == KeyStatus.ACTIVE and key.active() is None:
         candidates.append(Transition(TransitionKind.ROTATE, now, 0))
     if not candidates:
@@ -259,6 +269,10 @@ def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle
     # expired one, and lose the revocation.
     if key.status in TERMINAL_KEY_STATUSES:
         raise LifecycleError(f"the key is already {key.status}")
+    if t.kind == TransitionKind.REVOKE_SUSPENDED:
+        if key.status != KeyStatus.SUSPENDED:
+            raise LifecycleError(f"a {key.status} key is not waiting to be revoked")
+        return revoke(key, now)
     if t.kind == TransitionKind.EXPIRE_KEY:
         versions = tuple(
             _move(v, VersionState.EXPIRED, now) if v.state in LIVE_STATES else v
@@ -352,7 +366,7 @@ def suspend(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
         else v
         for v in key.versions
     )
-    return replace(key, status=KeyStatus.SUSPENDED, versions=versions)
+    return replace(key, status=KeyStatus.SUSPENDED, versions=versions, suspended_at=now)
 
 
 def resume(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
@@ -366,7 +380,7 @@ def resume(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
         else v
         for v in key.versions
     )
-    return replace(key, status=KeyStatus.ACTIVE, versions=versions)
+    return replace(key, status=KeyStatus.ACTIVE, versions=versions, suspended_at=None)
 
 
 def prune(key: KeyLifecycle) -> KeyLifecycle:

@@ -197,15 +197,17 @@ class HandleTypePolicy:
     max_lifetime: timedelta
     max_usage: int  # validations per handle value
 
-    def lifecycle(self, reuse_interval: timedelta) -> LifecyclePolicy:
+    def lifecycle(self, security: SecurityPolicies) -> LifecyclePolicy:
         """Handles never rotate on a schedule (the holder exchanges them); a rotated-away value
-        stays valid for `reuse_interval` (in-flight requests), then presenting it is a reuse."""
+        stays valid for the reuse interval (in-flight requests), then presenting it is a reuse;
+        a family suspended longer than the suspension timeout is revoked."""
         return LifecyclePolicy(
             rotation_interval=_whole_seconds(self.rotation_interval),
             warning_threshold=_whole_seconds(self.warning_threshold),
             max_lifetime=_whole_seconds(self.max_lifetime),
-            grace_period=_whole_seconds(reuse_interval),
+            grace_period=_whole_seconds(security.reuse_interval),
             scheduled=False,
+            suspension_timeout=_whole_seconds(security.suspension_timeout),
         )
 
 

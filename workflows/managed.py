@@ -70,6 +70,7 @@ TIMED_ACTIONS = {
     TransitionKind.END_GRACE: ("version_retired", "VersionRetired"),
     TransitionKind.EXPIRE_VERSION: ("version_expired", "VersionExpired"),
     TransitionKind.EXPIRE_KEY: ("expired", "Expired"),
+    TransitionKind.REVOKE_SUSPENDED: ("revoked", "Revoked"),
 }
 STATUS_CHANGES = {
     "revoke": (revoke, "revoked", "Revoked"),
@@ -175,6 +176,7 @@ class ManagedLifecycleWorkflow:
             apply_timed(self._key, due, now),
             *self._names(*TIMED_ACTIONS[due.kind]),
             version=due.version or None,
+            reason="suspended too long" if due.kind == TransitionKind.REVOKE_SUSPENDED else "",
         )
 
     def _rotation_allowed(self, now: datetime) -> bool:

@@ -126,7 +126,7 @@ async def generate_handle(
             f"{user_id} holds {live} live {policy.name} handles, the most allowed",
         )
     now = datetime.now(UTC)
-    lifecycle = new_key(policy.lifecycle(security.reuse_interval), now, now + policy.max_lifetime)
+    lifecycle = new_key(policy.lifecycle(security), now, now + policy.max_lifetime)
     spec = CredentialSpec(
         credential_id=new_credential_id("hdl_"),
         environment=environment,

@@ -920,3 +920,56 @@ KeyMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestKeyMachine = KeyMachine.TestCase
+
+
+# --- unscheduled policies and suspension timeouts (credentials and handle families) ----------
+
+
+def test_an_unscheduled_policy_never_warns_or_rotates_but_still_expires() -> None:
+    policy = LifecyclePolicy(
+        rotation_interval=3600,
+        warning_threshold=600,
+        max_lifetime=7200,
+        grace_period=60,
+        scheduled=False,
+    )
+    key = new_key(policy, T0)
+    due = next_transition(key, T0)
+    assert due == Transition(TransitionKind.EXPIRE_VERSION, T0 + timedelta(hours=2), 1)
+    assert next_rotation_at(key) is None
+    # a requested rotation still works, and its grace still ends
+    rotated = rotate(key, T0 + timedelta(minutes=5), RotationReason.MANUAL)
+    assert next_transition(rotated, T0 + timedelta(minutes=5)) == Transition(
+        TransitionKind.END_GRACE, T0 + timedelta(minutes=6), 1
+    )
+
+
+def test_a_suspension_timeout_revokes_a_key_that_is_not_resumed() -> None:
+    policy = LifecyclePolicy(
+        rotation_interval=3600,
+        warning_threshold=600,
+        max_lifetime=14400,
+        grace_period=2,
+        scheduled=False,
+        suspension_timeout=1800,
+    )
+    suspended = suspend(new_key(policy, T0), T0 + timedelta(minutes=10))
+    assert suspended.suspended_at == T0 + timedelta(minutes=10)
+    due = next_transition(suspended, T0 + timedelta(minutes=10))
+    assert due == Transition(TransitionKind.REVOKE_SUSPENDED, T0 + timedelta(minutes=40))
+    with pytest.raises(LifecycleError):
+        apply_timed(suspended, due, T0 + timedelta(minutes=39))
+    revoked = apply_timed(suspended, due, T0 + timedelta(minutes=40))
+    assert revoked.status == KeyStatus.REVOKED
+    assert {v.state for v in revoked.versions} == {VersionState.COMPROMISED}
+    # resumed in time: the timeout is gone, and a stale one no longer applies
+    resumed = resume(suspended, T0 + timedelta(minutes=20))
+    assert resumed.suspended_at is None
+    assert next_transition(resumed, T0 + timedelta(minutes=20)).kind != (  # type: ignore[union-attr]
+        TransitionKind.REVOKE_SUSPENDED
+    )
+    with pytest.raises(LifecycleError):
+        apply_timed(resumed, due, T0 + timedelta(minutes=40))
+    # without a timeout a suspension lasts until the versions expire
+    plain = suspend(new_key(replace(policy, suspension_timeout=0), T0), T0)
+    assert next_transition(plain, T0).kind == TransitionKind.EXPIRE_VERSION  # type: ignore[union-attr]

@@ -860,7 +860,7 @@ def test_shipped_handle_types_and_security_policies_are_the_reference_values() -
         True,
     )
     assert (sec.rate_limit_per_handle, sec.max_concurrent_handles) == (100, 1000)
-    lifecycle = policies.handle_type("workflow").lifecycle(sec.reuse_interval)
+    lifecycle = policies.handle_type("workflow").lifecycle(sec)
     assert (lifecycle.scheduled, lifecycle.grace_period, lifecycle.max_lifetime) == (
         False,
         2,

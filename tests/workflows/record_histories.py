@@ -117,9 +117,7 @@ async def handle_lifecycle_full(env: WorkflowEnvironment, services: Services) ->
         HandleLifecycleWorkflow.run,
         CredentialWorkflowInput(
             spec=spec,
-            lifecycle=new_key(
-                policy.lifecycle(security.reuse_interval), now, now + policy.max_lifetime
-            ),
+            lifecycle=new_key(policy.lifecycle(security), now, now + policy.max_lifetime),
             publish_search_attributes=False,
         ),
         id=f"keyrotor/handle/dev/{spec.credential_id}",

@@ -21,7 +21,13 @@ from core.services import Services
 from core.store.models import AuditRecordRow, CredentialVersionRow
 from worker.main import build_worker
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
-from workflows.types import CredentialWorkflowInput, RotateRequest, credential_workflow_id
+from workflows.handle_lifecycle import HandleLifecycleWorkflow
+from workflows.types import (
+    CredentialWorkflowInput,
+    OperatorAction,
+    RotateRequest,
+    credential_workflow_id,
+)
 
 STARTED: list[WorkflowHandle[CredentialLifecycleWorkflow, str]] = []
 
@@ -149,3 +155,68 @@ async def test_without_scheduled_rotation_it_only_expires(
     assert await handle.result() == "expired"
     assert services.credentials.verify(secret).code == VerificationCode.EXPIRED
     assert states(services, spec.credential_id) == {1: ("retired", False), 2: ("expired", False)}
+
+
+async def test_a_suspended_handle_family_is_revoked_when_nobody_resumes_it(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    # the workflow handle type: max lifetime PT4H; suspension timeout PT1H
+    policy = services.policies.handle_type("workflow")
+    now = await env.get_current_time()
+    spec = CredentialSpec(
+        credential_id=f"hdl_{uuid.uuid4().hex[:20]}",
+        environment="dev",
+        kind="handle",
+        type="workflow",
+        user_id="u1",
+        max_usage=policy.max_usage,
+        hash_algorithm=policy.algorithm,
+        secret_bytes=policy.handle_length,
+    )
+    handle = await env.client.start_workflow(
+        HandleLifecycleWorkflow.run,
+        CredentialWorkflowInput(
+            spec=spec,
+            lifecycle=new_key(
+                policy.lifecycle(services.policies.security), now, now + policy.max_lifetime
+            ),
+            publish_search_attributes=False,
+        ),
+        id=credential_workflow_id("dev", spec.credential_id, "handle"),
+        task_queue=task_queue,
+    )
+    STARTED.append(handle)  # type: ignore[arg-type]
+    await handle.execute_update(HandleLifecycleWorkflow.wait_created)
+    await handle.signal(HandleLifecycleWorkflow.suspend, OperatorAction("3 anomalies"))
+    await env.sleep(timedelta(minutes=59))
+    assert (await handle.query(HandleLifecycleWorkflow.describe)).lifecycle.status == "suspended"
+    await env.sleep(timedelta(minutes=2))
+    assert await handle.result() == "revoked"
+    assert actions(services, spec.credential_id) == [
+        "handle.created",
+        "handle.suspended",
+        "handle.revoked",
+    ]
+    # resumed in time, a family is not revoked
+    now = await env.get_current_time()
+    spec2 = CredentialSpec(**{**spec.__dict__, "credential_id": f"hdl_{uuid.uuid4().hex[:20]}"})
+    handle2 = await env.client.start_workflow(
+        HandleLifecycleWorkflow.run,
+        CredentialWorkflowInput(
+            spec=spec2,
+            lifecycle=new_key(
+                policy.lifecycle(services.policies.security), now, now + policy.max_lifetime
+            ),
+            publish_search_attributes=False,
+        ),
+        id=credential_workflow_id("dev", spec2.credential_id, "handle"),
+        task_queue=task_queue,
+    )
+    STARTED.append(handle2)  # type: ignore[arg-type]
+    await handle2.execute_update(HandleLifecycleWorkflow.wait_created)
+    await handle2.signal(HandleLifecycleWorkflow.suspend, OperatorAction("looked odd"))
+    await env.sleep(timedelta(minutes=30))
+    await handle2.signal(HandleLifecycleWorkflow.resume, OperatorAction("fine"))
+    await env.sleep(timedelta(hours=1))
+    assert (await handle2.query(HandleLifecycleWorkflow.describe)).lifecycle.status == "active"
+    assert await handle2.result() == "expired"  # at its max lifetime, 4 hours after creation
