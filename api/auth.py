@@ -38,7 +38,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 }
 
 
-def principal(request: Request) -> AdminPrincipal:
+async def principal(request: Request) -> AdminPrincipal:
+    """Authenticate inline: one indexed read and one HMAC cost less than a hop to a worker
+    thread (which waits for the GIL behind the event loop)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from core import audit
 from core.credentials import (
@@ -36,11 +36,11 @@ from core.credentials import (
     secret_hash,
 )
 from core.envelope import MasterKeyring, open_envelope, seal
-from core.lifecycle import KeyStatus, VersionState, next_rotation_at
+from core.lifecycle import LIVE_STATES, KeyStatus, VersionState, next_rotation_at
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
 from core.store.db import Store
-from core.store.models import CredentialRow, CredentialVersionRow, EventRow
+from core.store.models import CredentialRow, CredentialVersionRow, EventRow, UTCDateTime
 
 SALT_BYTES = 16
 _HOUR = timedelta(hours=1)
@@ -222,8 +222,12 @@ class CredentialService:
         self._usage: dict[str, list[Any]] = {}
         self._dummy_salt = secrets.token_bytes(SALT_BYTES)
         self._dummy_hash = secrets.token_bytes(32)
-        self._verify_query = select(*_VERIFY_COLUMNS).join(
-            CredentialRow, CredentialRow.id == CredentialVersionRow.credential_id
+        # one statement object, executed with a parameter: SQLAlchemy then reuses its compiled
+        # form and result map as they are (a new `.where()` per call costs ~1 ms to adapt)
+        self._verify_query = (
+            select(*_VERIFY_COLUMNS)
+            .join(CredentialRow, CredentialRow.id == CredentialVersionRow.credential_id)
+            .where(CredentialVersionRow.lookup_id == bindparam("lookup"))
         )
 
     # --- lifecycle (called by activities only) -------------------------------------------
@@ -283,6 +287,12 @@ class CredentialService:
             }
             for v in lc.versions:
                 row = rows.get(v.number)
+                if row is not None and row.state == VersionState.PENDING:
+                    # parked: made by a lost workflow task; this version gets a secret of its
+                    # own, and the lost one (which may have been revealed) never comes back
+                    s.delete(row)
+                    s.flush()
+                    row = None
                 if row is None:
                     if v.number != c.new_version:
                         continue
@@ -296,13 +306,12 @@ class CredentialService:
                 row.hard_expiry = v.hard_expiry
                 row.grace_until = v.grace_until
                 row.state_changed_at = v.changed_at or c.at
-            in_grace = any(v.state == VersionState.GRACE for v in lc.versions)
+            # A sealed secret waits for its one reveal while it is the secret in use (active, or
+            # suspended) and the one before it is still in grace, or it was made just now.
+            in_grace = any(v.grace_until is not None for v in lc.versions if v.state in LIVE_STATES)
+            in_use = current.number if current else None
             for row in rows.values():
-                # A sealed secret waits for its one reveal while it is the active secret and
-                # the one before it is still in grace (or it was made by this transition).
-                keep = row.state == VersionState.ACTIVE and (
-                    in_grace or row.number == c.new_version
-                )
+                keep = row.number == in_use and (in_grace or row.number == c.new_version)
                 if row.number > lc.last_version:
                     # made by a lost workflow task (see KeyService.commit_transition)
                     row.state, keep = str(VersionState.PENDING), False
@@ -361,26 +370,30 @@ class CredentialService:
         """The plaintext of version `number` if it has not been handed out yet (then never
         again); None when it was revealed already or its reveal window has passed."""
         with self._store.write() as s:
-            row = s.scalars(
-                select(CredentialVersionRow).where(
-                    CredentialVersionRow.credential_id == credential_id,
-                    CredentialVersionRow.number == number,
-                )
-            ).one_or_none()
-            if row is None or row.pending_secret is None:
+            # lock the row while taking the sealed copy: two concurrent claims must not both
+            # get it (SQLite's write transaction serialises them already; PostgreSQL needs it)
+            where = (
+                CredentialVersionRow.credential_id == credential_id,
+                CredentialVersionRow.number == number,
+            )
+            sealed = s.scalar(
+                select(CredentialVersionRow.pending_secret).where(*where).with_for_update()
+            )
+            if sealed is None:
                 return None
+            s.execute(update(CredentialVersionRow).where(*where).values(pending_secret=None))
             plaintext = open_envelope(
-                self._keyring, row.pending_secret, _secret_context(credential_id, number)
+                self._keyring, sealed, _secret_context(credential_id, number)
             ).decode()
-            row.pending_secret = None
+            kind = s.scalar(select(CredentialRow.kind).where(CredentialRow.id == credential_id))
             audit.append(
                 s,
                 audit.AuditEntry(
-                    event_id=f"{credential_id}/v{number}:credential.secret_revealed",
+                    event_id=f"{credential_id}/v{number}:{kind}.secret_revealed",
                     at=datetime.now(UTC),
                     actor=actor,
-                    action="credential.secret_revealed",
-                    object_kind="credential",
+                    action=f"{kind}.secret_revealed",
+                    object_kind=str(kind),
                     object_id=credential_id,
                     version=number,
                 ),
@@ -401,6 +414,8 @@ class CredentialService:
             return Verification(VerificationCode.NOT_FOUND)
         code, retry_after, remaining = self._check(row, required_scopes)
         self._record(row.id, ok=code == VerificationCode.VALID)
+        if code == VerificationCode.NOT_FOUND:  # a parked version: nothing to tell
+            return Verification(code)
         if code == VerificationCode.VALID:
             self._upgrade_hash(row, p)
         return Verification(
@@ -421,9 +436,7 @@ class CredentialService:
         """The row of the presented secret if it matches (one read and one HMAC either way);
         a wrong secret for a known lookup id counts as a failure of that credential."""
         with self._store.engine.connect() as conn:
-            row = conn.execute(
-                self._verify_query.where(CredentialVersionRow.lookup_id == p.lookup_id)
-            ).first()
+            row = conn.execute(self._verify_query, {"lookup": p.lookup_id}).first()
         pepper = self._peppers.get(row.pepper_id) if row is not None else None
         computed = secret_hash(
             pepper or self._peppers.current,
@@ -559,7 +572,7 @@ class CredentialService:
         rotation_required: bool = False,
         retry_after: float | None = None,
     ) -> HandleValidation:
-        if row is None:
+        if row is None or code == HandleCode.NOT_FOUND:
             return HandleValidation(code)
         if security.track_usage:
             self._record(row.id, ok=code == HandleCode.VALID)
@@ -644,17 +657,24 @@ class CredentialService:
             usage, self._usage = self._usage, {}
         if not usage:
             return 0
+        # one executemany: a busy second touches thousands of credentials
+        rows = [
+            {"cid": cid, "ok": ok, "failed": failed, "last": last}
+            for cid, (ok, failed, last) in usage.items()
+        ]
+        statement = (
+            update(CredentialRow)
+            .where(CredentialRow.id == bindparam("cid"))
+            .values(
+                usage_count=CredentialRow.usage_count + bindparam("ok"),
+                failure_count=CredentialRow.failure_count + bindparam("failed"),
+                last_used_at=func.coalesce(
+                    bindparam("last", type_=UTCDateTime()), CredentialRow.last_used_at
+                ),
+            )
+        )
         with self._store.write() as s:
-            for credential_id, (ok, failed, last) in usage.items():
-                values: dict[str, Any] = {
-                    "usage_count": CredentialRow.usage_count + ok,
-                    "failure_count": CredentialRow.failure_count + failed,
-                }
-                if last is not None:
-                    values["last_used_at"] = last
-                s.execute(
-                    update(CredentialRow).where(CredentialRow.id == credential_id).values(values)
-                )
+            s.connection().execute(statement, rows)
         return len(usage)
 
     # --- reads -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from core import audit
@@ -81,9 +82,12 @@ class PepperRing:
 
     @classmethod
     def from_setting(cls, value: str | None, keyring: MasterKeyring) -> PepperRing:
-        """From comma-separated base64 peppers, or derived from the master keys when unset."""
+        """From comma-separated base64 peppers, the first current; the peppers derived from the
+        master keys always follow (verify only), so that hashes made before the setting was
+        first set keep verifying, and move to the current pepper as they are used."""
+        derived = [(kid, keyring.derive(PEPPER_PURPOSE, kid)) for kid in keyring.ids()]
         if not value:
-            return cls([(kid, keyring.derive(PEPPER_PURPOSE, kid)) for kid in keyring.ids()])
+            return cls(derived)
         peppers: list[tuple[str, bytes]] = []
         entries = value.split(",")
         for position, entry in enumerate(entries, start=1):
@@ -96,7 +100,7 @@ class PepperRing:
                 raise PepperError(f"{where} decodes to {len(pepper)} bytes, expected 32")
             pid = "pp-" + hashlib.sha256(b"keyrotor pepper id\0" + pepper).hexdigest()[:16]
             peppers.append((pid, pepper))
-        return cls(peppers)
+        return cls(peppers + derived)
 
     def get(self, pepper_id: str) -> bytes | None:
         return self._peppers.get(pepper_id)
@@ -209,6 +213,18 @@ def parse_admin_key(presented: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
+# one statement object, so SQLAlchemy reuses its compiled form on every request
+_ADMIN_KEY_BY_ID = select(
+    AdminKeyRow.id,
+    AdminKeyRow.name,
+    AdminKeyRow.role,
+    AdminKeyRow.salt,
+    AdminKeyRow.secret_hash,
+    AdminKeyRow.pepper_id,
+    AdminKeyRow.revoked_at,
+).where(AdminKeyRow.id == bindparam("id"))
+
+
 class AdminKeys:
     """Admin API keys in the store.
 
@@ -275,9 +291,10 @@ class AdminKeys:
         return f"{ADMIN_PREFIX}_{key_id}_{secret}"
 
     def authenticate(self, presented: str) -> AdminPrincipal:
+        """The principal of a presented admin key (one indexed read and one HMAC)."""
         key_id, secret = parse_admin_key(presented)
-        with self._store.session() as s:
-            row = s.get(AdminKeyRow, key_id)
+        with self._store.engine.connect() as conn:
+            row = conn.execute(_ADMIN_KEY_BY_ID, {"id": key_id}).first()
         pepper = self._peppers.get(row.pepper_id) if row else None
         salt = row.salt if row else self._dummy_salt
         expected = row.secret_hash if row else b"\0" * 32

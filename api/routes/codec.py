@@ -6,7 +6,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from google.protobuf import json_format
-from starlette.concurrency import run_in_threadpool
 from temporalio.api.common.v1 import Payloads
 
 from api.auth import Permission, principal, require
@@ -16,7 +15,7 @@ from core.codec import CodecError, EncryptionCodec
 router = APIRouter(prefix="/codec", tags=["codec"])
 
 
-def _authorize(request: Request) -> None:
+async def _authorize(request: Request) -> None:
     settings = request.app.state.services.settings
     origin = request.headers.get("origin")
     client = request.client.host if request.client else ""
@@ -26,7 +25,7 @@ def _authorize(request: Request) -> None:
         and client in ("127.0.0.1", "::1")
     ):
         return  # `keyrotor dev` only: the local dev UI has no way to present an admin key
-    require(Permission.CODEC)(principal(request))
+    require(Permission.CODEC)(await principal(request))
 
 
 async def _payloads(request: Request) -> Payloads:
@@ -39,7 +38,7 @@ async def _payloads(request: Request) -> Payloads:
 @router.post("/encode")
 async def encode(request: Request) -> dict[str, Any]:
     """Encrypt payloads (Temporal codec server protocol)."""
-    await run_in_threadpool(_authorize, request)
+    await _authorize(request)
     codec: EncryptionCodec = request.app.state.codec
     out = Payloads(payloads=await codec.encode(list((await _payloads(request)).payloads)))
     return json_format.MessageToDict(out)
@@ -48,7 +47,7 @@ async def encode(request: Request) -> dict[str, Any]:
 @router.post("/decode")
 async def decode(request: Request) -> dict[str, Any]:
     """Decrypt payloads for an authenticated operator (Temporal codec server protocol)."""
-    await run_in_threadpool(_authorize, request)
+    await _authorize(request)
     codec: EncryptionCodec = request.app.state.codec
     try:
         out = Payloads(payloads=await codec.decode(list((await _payloads(request)).payloads)))

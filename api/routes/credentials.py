@@ -237,11 +237,12 @@ def verification_view(v: Verification) -> dict[str, Any]:
 
 
 @router.post("/verify")
-def verify_credential(
+async def verify_credential(
     body: schemas.VerifyCredentialRequest, svc: Svc, who: Verifier, response: Response
 ) -> dict[str, Any]:
     """Is this API key valid (and does it have these scopes)? Always 200: the answer is in
-    `valid` and `code`. Never touches Temporal."""
+    `valid` and `code`. Never touches Temporal. Runs on the event loop: one indexed read and
+    one HMAC (plus, with a usage limit, one conditional UPDATE) cost less than a thread hop."""
     v = svc.credentials.verify(body.key, body.scopes)
     if v.retry_after is not None:
         response.headers["Retry-After"] = str(max(1, round(v.retry_after)))

@@ -127,10 +127,8 @@ class Store:
 def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
     database = url.database or ""
     in_memory = database in ("", ":memory:") or database.startswith("file::memory:")
-    kwargs: dict[str, Any] = {
-        "connect_args": {"check_same_thread": False},
-        "pool_pre_ping": True,
-    }
+    # no pre-ping: a SQLite "connection" is a file handle that cannot go stale
+    kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False}}
     if in_memory:
         # Every connection to ":memory:" is a new database: share one connection instead.
         kwargs["poolclass"] = StaticPool

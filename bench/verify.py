@@ -1,0 +1,347 @@
+"""Verification benchmark: `/credentials/verify` and `/handles/validate` against `/livez` on the
+same API server in the same run, with 100k stored credentials (and as many handles).
+
+Run from the repository root (a benchmark: it prints, it does not assert):
+
+    .venv/bin/python bench/verify.py [--credentials N] [--seconds S] [--connections C]
+
+- Setup: a fresh SQLite store (WAL) in a temporary directory, filled with N API credentials and
+  N handle families written straight into the store with the product's own hashing (their
+  workflows are not started: verification reads only the store, never Temporal). One `keyrotor
+  api` process serves it (uvicorn, as deployed); it has no Temporal server to talk to, which
+  the hot paths do not need.
+- Load: this process, a separate one from the server, drives it over keep-alive HTTP/1.1
+  connections with pre-built requests (raw asyncio streams: the client costs little CPU).
+  - throughput: C connections in a closed loop for S seconds per endpoint;
+  - latency: an open loop at half of that endpoint's measured maximum, timed from each
+    request's scheduled send time (so a stall counts for every request it delays).
+- Every verify request presents a different stored credential (drawn at random), every validate
+  request a different handle; the answers are checked (VALID) and counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import insert
+
+from core.credentials import (
+    CREDENTIAL_PREFIX,
+    HANDLE_PREFIX,
+    AdminKeys,
+    PepperRing,
+    Role,
+    format_token,
+    new_lookup_id,
+    new_secret,
+    secret_hash,
+)
+from core.envelope import MasterKeyring, generate_master_key
+from core.policy import default_policy_path, load_policies
+from core.store.db import Store, sqlite_url
+from core.store.models import CredentialRow, CredentialVersionRow
+
+BIN = Path(sys.executable).parent
+API = "/api/key-management"
+SAMPLE = 5000  # distinct values presented (drawn from the N stored)
+
+
+def fill_store(store: Store, keyring: MasterKeyring, n: int) -> tuple[list[str], list[str]]:
+    """N credentials and N handle families; returns samples of their plaintext values."""
+    peppers = PepperRing.from_setting(None, keyring)
+    policy = load_policies(default_policy_path()).handle_type("session")
+    now = datetime.now(UTC)
+    far = now + timedelta(days=300)
+    keep = set(random.sample(range(n), min(SAMPLE, n)))
+    credentials: list[str] = []
+    handles: list[str] = []
+    for kind, prefix, out in (
+        ("credential", CREDENTIAL_PREFIX, credentials),
+        ("handle", HANDLE_PREFIX, handles),
+    ):
+        algorithm = "SHA-256" if kind == "credential" else policy.algorithm
+        size = 32 if kind == "credential" else policy.handle_length
+        for start in range(0, n, 5000):
+            rows, versions = [], []
+            for i in range(start, min(n, start + 5000)):
+                cid = f"{'cred' if kind == 'credential' else 'hdl'}_bench{i:015d}"
+                lookup, secret, salt = new_lookup_id(), new_secret(size), secrets.token_bytes(16)
+                rows.append(
+                    {
+                        "id": cid,
+                        "kind": kind,
+                        "type": "api" if kind == "credential" else "session",
+                        "environment": "dev",
+                        "name": "",
+                        "owner": "bench",
+                        "scopes": ["read"],
+                        "metadata": {},
+                        "status": "active",
+                        "current_version": 1,
+                        "scheduled_rotation": False,
+                        "usage_count": 0,
+                        "failure_count": 0,
+                        "user_id": "bench" if kind == "handle" else "",
+                        "context": {},
+                        "max_usage": 10**9 if kind == "handle" else None,
+                        "hash_algorithm": algorithm,
+                        "anomaly_count": 0,
+                        "workflow_id": f"keyrotor/{kind}/dev/{cid}",
+                        "created_by": "bench",
+                        "created_at": now,
+                        "updated_at": now,
+                        "expires_at": far,
+                    }
+                )
+                versions.append(
+                    {
+                        "lookup_id": lookup,
+                        "credential_id": cid,
+                        "number": 1,
+                        "state": "active",
+                        "salt": salt,
+                        "secret_hash": secret_hash(peppers.current, salt, secret, algorithm),
+                        "pepper_id": peppers.current_id,
+                        "uses": 0,
+                        "created_at": now,
+                        "rotate_at": far,
+                        "warn_at": far,
+                        "hard_expiry": far,
+                        "state_changed_at": now,
+                    }
+                )
+                if i in keep:
+                    out.append(format_token(prefix, "dev", lookup, secret))
+            with store.write() as s:
+                s.execute(insert(CredentialRow), rows)
+                s.execute(insert(CredentialVersionRow), versions)
+    return credentials, handles
+
+
+def request_bytes(method: str, path: str, admin_key: str | None, body: object = None) -> bytes:
+    head = [f"{method} {path} HTTP/1.1", "Host: bench"]
+    data = b""
+    if admin_key:
+        head.append(f"Authorization: Bearer {admin_key}")
+    if body is not None:
+        data = json.dumps(body).encode()
+        head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+
+
+@dataclass
+class Result:
+    done: int = 0
+    errors: int = 0
+    latencies: list[float] | None = None
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> bytes:
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    body = await reader.readexactly(length)
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.split(b"\r\n")[0].decode())
+    return body
+
+
+def _ok(body: bytes, expect: bytes | None) -> bool:
+    return expect is None or expect in body
+
+
+async def closed_loop(
+    port: int, requests: list[bytes], expect: bytes | None, connections: int, seconds: float
+) -> Result:
+    result = Result()
+    deadline = time.perf_counter() + seconds
+
+    async def worker(offset: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = offset
+        while time.perf_counter() < deadline:
+            body = await _exchange(reader, writer, requests[i % len(requests)])
+            result.done += 1
+            result.errors += not _ok(body, expect)
+            i += connections
+        writer.close()
+
+    await asyncio.gather(*(worker(k) for k in range(connections)))
+    return result
+
+
+async def open_loop(
+    port: int, requests: list[bytes], expect: bytes | None, rate: float, seconds: float
+) -> Result:
+    """Send at `rate` per second whatever the answers; latency from the scheduled time."""
+    result = Result(latencies=[])
+    assert result.latencies is not None
+    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    for _ in range(64):
+        free.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    total = int(rate * seconds)
+    start = time.perf_counter() + 0.05
+    tasks = []
+
+    async def one(i: int) -> None:
+        scheduled = start + i / rate
+        conn = await free.get()
+        try:
+            body = await _exchange(*conn, requests[i % len(requests)])
+            result.errors += not _ok(body, expect)
+        finally:
+            free.put_nowait(conn)
+        result.done += 1
+        result.latencies.append(time.perf_counter() - scheduled)  # type: ignore[union-attr]
+
+    for i in range(total):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    while not free.empty():
+        free.get_nowait()[1].close()
+    return result
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_api(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(BIN / "keyrotor"), "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def run(args: argparse.Namespace) -> None:
+    print(f"machine: {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    print(f"before: load average {os.getloadavg()[0]:.2f}")
+    data = Path(tempfile.mkdtemp(prefix="keyrotor-bench-verify-"))
+    master_key = generate_master_key()
+    keyring = MasterKeyring.parse(master_key)
+    store = Store(sqlite_url(data / "keyrotor.db"))
+    store.migrate()
+    t = time.perf_counter()
+    credentials, handles = fill_store(store, keyring, args.credentials)
+    admin_key = AdminKeys(store, keyring).create("bench", Role.SERVICE, "bench")
+    store.dispose()
+    print(
+        f"setup: {args.credentials} credentials and {args.credentials} handle families stored"
+        f" in {time.perf_counter() - t:.1f} s (SQLite WAL, {data})"
+    )
+    port = free_port()
+    env = {
+        **os.environ,
+        "KEYROTOR_DATA_DIR": str(data),
+        "KEYROTOR_MASTER_KEY": master_key,
+        "KEYROTOR_TEMPORAL_ADDRESS": "127.0.0.1:9",  # none: the hot paths never need it
+        "LOG_LEVEL": "WARNING",
+    }
+    server = start_api(port, env)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        endpoints = {
+            "livez": ([request_bytes("GET", "/livez", None)], b'"ok"'),
+            "credentials/verify": (
+                [
+                    request_bytes("POST", f"{API}/credentials/verify", admin_key, {"key": k})
+                    for k in credentials
+                ],
+                b'"code":"VALID"',
+            ),
+            "handles/validate": (
+                [
+                    request_bytes("POST", f"{API}/handles/validate", admin_key, {"handleId": h})
+                    for h in handles
+                ],
+                b'"code":"VALID"',
+            ),
+        }
+        # warm up every path (imports, caches, connection pools)
+        for requests, expect in endpoints.values():
+            await closed_loop(port, requests, expect, 4, 1.0)
+        rates: dict[str, float] = {}
+        lat: dict[str, list[float]] = {}
+        errors = 0
+        for name, (requests, expect) in endpoints.items():
+            r = await closed_loop(port, requests, expect, args.connections, args.seconds)
+            rates[name] = r.done / args.seconds
+            errors += r.errors
+            print(f"  max   {name:20} {rates[name]:8.0f} req/s ({r.errors} unexpected answers)")
+        for name, (requests, expect) in endpoints.items():
+            half = rates[name] / 2
+            r = await open_loop(port, requests, expect, half, args.seconds)
+            assert r.latencies is not None
+            lat[name] = r.latencies
+            errors += r.errors
+            print(
+                f"  half  {name:20} {half:8.0f} req/s: p50 {pct(r.latencies, 0.5) * 1e3:.2f} ms"
+                f" p99 {pct(r.latencies, 0.99) * 1e3:.2f} ms"
+            )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    print("=" * 78)
+    print(f"RESULTS: {args.credentials} stored credentials, {args.connections} connections")
+    for name in endpoints:
+        print(f"{name + ' max throughput':<46}{rates[name]:>12.0f} req/s")
+    for name in ("credentials/verify", "handles/validate"):
+        target = " (target >= 0.8)" if name == "credentials/verify" else ""
+        print(f"{'ratio ' + name + ' / livez' + target:<46}{rates[name] / rates['livez']:>12.2f}")
+    for name in endpoints:
+        label = f"{name} at half its max: p50 / p99"
+        p50, p99 = pct(lat[name], 0.5) * 1e3, pct(lat[name], 0.99) * 1e3
+        print(f"{label:<46}{p50:>8.2f} / {p99:.2f} ms")
+    print(f"{'verify p99 at half max (target <= 5 ms)':<46}", end="")
+    print(f"{pct(lat['credentials/verify'], 0.99) * 1e3:>12.2f} ms")
+    print(f"{'unexpected answers':<46}{errors:>12}")
+    print(f"after: load average {os.getloadavg()[0]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--credentials", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=16)
+    asyncio.run(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
