@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -14,6 +14,7 @@ from temporalio.client import Client
 
 from api import errors
 from api.routes import codec, credentials, handles, health, keys
+from core.api_credentials import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
 from core.credentials import AdminKeys, Role
 from core.services import Services
@@ -42,14 +43,14 @@ def install_log_redaction() -> None:
             logger.addFilter(RedactSecrets())
 
 
-async def _flush_usage(services: Services) -> None:
-    """Write buffered credential usage counts to the store about once a second."""
+async def _every(seconds: float, what: str, job: Callable[[], object]) -> None:
+    """Run `job` in a thread every `seconds` until cancelled; a failure is logged and retried."""
     while True:
-        await asyncio.sleep(USAGE_FLUSH_INTERVAL)
+        await asyncio.sleep(seconds)
         try:
-            await asyncio.to_thread(services.credentials.flush_usage)
+            await asyncio.to_thread(job)
         except Exception as e:  # the store may be briefly unavailable: try again next time
-            log.warning("could not write credential usage counts: %s", type(e).__name__)
+            log.warning("could not %s: %s", what, type(e).__name__)
 
 
 def create_app(services: Services, client: Client | None = None) -> FastAPI:
@@ -58,12 +59,22 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        flusher = asyncio.create_task(_flush_usage(services))
+        credentials = services.credentials
+        tasks = [
+            asyncio.create_task(
+                _every(USAGE_FLUSH_INTERVAL, "write usage counts", credentials.flush_usage)
+            ),
+            # lifecycle changes made through other processes reach verification's cache
+            asyncio.create_task(
+                _every(CACHE_POLL_INTERVAL, "read lifecycle changes", credentials.poll_changes)
+            ),
+        ]
         try:
             yield
         finally:
-            flusher.cancel()
-            await asyncio.to_thread(services.credentials.flush_usage)
+            for task in tasks:
+                task.cancel()
+            await asyncio.to_thread(credentials.flush_usage)
 
     install_log_redaction()
     app = FastAPI(

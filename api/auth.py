@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
+from typing import Any
 
 from fastapi import Depends, Request
 
@@ -49,10 +50,13 @@ async def principal(request: Request) -> AdminPrincipal:
     return admin_keys.authenticate(token.strip())
 
 
-def require(permission: Permission) -> Callable[[AdminPrincipal], AdminPrincipal]:
+def require(
+    permission: Permission,
+) -> Callable[[AdminPrincipal], Coroutine[Any, Any, AdminPrincipal]]:
     """A dependency that authenticates the caller and checks its role allows `permission`."""
 
-    def check(who: AdminPrincipal = Depends(principal)) -> AdminPrincipal:  # noqa: B008
+    # async: a plain function would run on a worker thread (and wait there for the GIL)
+    async def check(who: AdminPrincipal = Depends(principal)) -> AdminPrincipal:  # noqa: B008
         if permission not in ROLE_PERMISSIONS[who.role]:
             raise APIError(403, "FORBIDDEN", f"role {who.role} may not {permission}")
         return who

@@ -16,7 +16,7 @@ log = logging.getLogger("keyrotor.api")
 CONNECT_TIMEOUT = 3.0
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc
 
@@ -29,10 +29,11 @@ async def temporal(request: Request) -> Client:
     client: Client | None = request.app.state.client
     if client is not None:
         return client
-    s = services(request).settings
+    svc: Services = request.app.state.services
+    s = svc.settings
     try:
         client = await asyncio.wait_for(
-            connect_client(s.temporal_address, s.temporal_namespace, services(request).keyring),
+            connect_client(s.temporal_address, s.temporal_namespace, svc.keyring),
             CONNECT_TIMEOUT,
         )
     except Exception as e:  # any connection failure means the same thing to the caller

@@ -15,6 +15,7 @@ from temporalio.service import RPCError
 
 from api import schemas
 from api.errors import APIError
+from core.api_credentials import CACHE_STALE_AFTER, CredentialService
 from core.credentials import AdminPrincipal
 from workflows.types import StatusChange
 
@@ -108,8 +109,18 @@ async def change_status(
     action: str,
     body: schemas.ReasonRequest | None,
     who: AdminPrincipal,
+    credentials: CredentialService | None = None,
+    credential_id: str = "",
 ) -> None:
-    """Revoke, suspend or resume through the workflow; returns once it is committed."""
+    """Revoke, suspend or resume through the workflow; returns once it is committed.
+
+    For credentials and handles (`credentials` given), a revocation or suspension returns only
+    once every API process's verification has seen it: this process forgets the cached rows
+    at once, the others within `CACHE_STALE_AFTER`, which this waits out."""
     body = body or schemas.ReasonRequest()
     change = StatusChange(action=action, reason=body.reason, actor=body.user_id or who.name)
     await run_update(client, workflow_id, "change_status", change, result_type=str)
+    if credentials is not None:
+        credentials.forget(credential_id)
+        if action in ("revoke", "suspend"):
+            await asyncio.sleep(CACHE_STALE_AFTER)

@@ -1,10 +1,11 @@
-"""API credentials in the store: commit lifecycle transitions (activities), verify (hot path).
+"""API credentials and handle families in the store: commit lifecycle transitions
+(activities), verify credentials and validate handles (hot paths).
 
-Each version of a credential is one secret with its own lookup id; the store keeps only its
-keyed hash, plus an envelope-encrypted copy until the secret has been handed out once.
-Verification reads one row by lookup id and never touches Temporal. Usage counts are buffered in
-memory and flushed about once a second (`flush_usage`); usage limits are exact (one atomic
-decrement per successful verification, shared by every version of the credential).
+Each version is one secret with its own lookup id; the store keeps only its keyed hash, plus an
+envelope-encrypted copy until the secret has been handed out once. Verification reads one row
+by lookup id (or finds it in a cache kept fresh by `poll_changes`) and never touches Temporal.
+Usage counts are buffered in memory and flushed about once a second (`flush_usage`); usage
+limits and handles' max usage are exact (one conditional UPDATE per successful use).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import hmac
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -40,7 +42,13 @@ from core.lifecycle import LIVE_STATES, KeyStatus, VersionState, next_rotation_a
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
 from core.store.db import Store
-from core.store.models import CredentialRow, CredentialVersionRow, EventRow, UTCDateTime
+from core.store.models import (
+    AuditRecordRow,
+    CredentialRow,
+    CredentialVersionRow,
+    EventRow,
+    UTCDateTime,
+)
 
 SALT_BYTES = 16
 _HOUR = timedelta(hours=1)
@@ -209,6 +217,66 @@ _VERSION_CODES = {
 }
 
 
+class _RowCache:
+    """Verification rows by lookup id, unknown ones included (None), least recently used out.
+
+    Used only while the change feed has been read recently (`fresh`): the API polls the audit
+    chain every `CACHE_POLL_INTERVAL` for lifecycle changes of credentials and handles and
+    drops their rows, and stops trusting the cache when a poll is more than `CACHE_STALE_AFTER`
+    old. A change therefore reaches every API process's answers within `CACHE_STALE_AFTER`.
+    Caching unknown lookup ids too keeps an unknown key as cheap as a known one.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max = max_entries
+        self._rows: OrderedDict[str, Any] = OrderedDict()
+        self._by_credential: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+        self.polled_at = float("-inf")  # monotonic start of the last successful poll
+        self.seq: int | None = None  # the last audit record seen
+        # bumped by every drop: a row read from the store before a drop is not cached after it
+        self.generation = 0
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.polled_at <= CACHE_STALE_AFTER
+
+    def get(self, lookup_id: str) -> tuple[bool, Any]:
+        with self._lock:
+            if lookup_id not in self._rows:
+                return False, None
+            self._rows.move_to_end(lookup_id)
+            return True, self._rows[lookup_id]
+
+    def put(self, lookup_id: str, row: Any, generation: int) -> None:
+        with self._lock:
+            if generation != self.generation:
+                return  # read before a change was seen: it may be stale
+            self._rows[lookup_id] = row
+            if row is not None:
+                self._by_credential.setdefault(row.id, set()).add(lookup_id)
+            while len(self._rows) > self._max:
+                old_id, old = self._rows.popitem(last=False)
+                if old is not None:
+                    self._by_credential.get(old.id, set()).discard(old_id)
+
+    def drop(self, credential_ids: Iterable[str] | None) -> None:
+        """Forget these credentials' rows (None: everything)."""
+        with self._lock:
+            self.generation += 1
+            if credential_ids is None:
+                self._rows.clear()
+                self._by_credential.clear()
+                return
+            for cid in credential_ids:
+                for lookup_id in self._by_credential.pop(cid, ()):
+                    self._rows.pop(lookup_id, None)
+
+
+CACHE_POLL_INTERVAL = 0.25
+CACHE_STALE_AFTER = 0.75
+CACHE_ENTRIES = 50_000
+
+
 class CredentialService:
     """The store side of API credentials: one per process, shared by activities and the API."""
 
@@ -222,6 +290,7 @@ class CredentialService:
         self._usage: dict[str, list[Any]] = {}
         self._dummy_salt = secrets.token_bytes(SALT_BYTES)
         self._dummy_hash = secrets.token_bytes(32)
+        self._cache = _RowCache(CACHE_ENTRIES)
         # one statement object, executed with a parameter: SQLAlchemy then reuses its compiled
         # form and result map as they are (a new `.where()` per call costs ~1 ms to adapt)
         self._verify_query = (
@@ -435,8 +504,12 @@ class CredentialService:
     def _lookup(self, p: PresentedCredential, kind: str) -> Any:
         """The row of the presented secret if it matches (one read and one HMAC either way);
         a wrong secret for a known lookup id counts as a failure of that credential."""
-        with self._store.engine.connect() as conn:
-            row = conn.execute(self._verify_query, {"lookup": p.lookup_id}).first()
+        hit, row = self._cache.get(p.lookup_id) if self._cache.fresh() else (False, None)
+        if not hit:
+            generation = self._cache.generation
+            with self._store.engine.connect() as conn:
+                row = conn.execute(self._verify_query, {"lookup": p.lookup_id}).first()
+            self._cache.put(p.lookup_id, row, generation)
         pepper = self._peppers.get(row.pepper_id) if row is not None else None
         computed = secret_hash(
             pepper or self._peppers.current,
@@ -452,10 +525,40 @@ class CredentialService:
             return None
         return row
 
+    def poll_changes(self) -> int:
+        """Read the lifecycle changes of credentials and handles committed since the last call
+        and forget their cached rows; returns how many. The API calls this every
+        `CACHE_POLL_INTERVAL`; until it has, verification reads the store every time."""
+        started = time.monotonic()
+        with self._store.session() as s:
+            changed: list[str] | None
+            if self._cache.seq is None:  # first poll: nothing cached before it can be trusted
+                self._cache.seq = s.scalar(select(func.max(AuditRecordRow.seq))) or 0
+                changed = None
+            else:
+                rows = s.execute(
+                    select(AuditRecordRow.seq, AuditRecordRow.object_id).where(
+                        AuditRecordRow.seq > self._cache.seq,
+                        AuditRecordRow.object_kind.in_(["credential", "handle"]),
+                    )
+                ).all()
+                changed = [r.object_id for r in rows]
+                if rows:
+                    self._cache.seq = max(r.seq for r in rows)
+        if changed is None or changed:
+            self._cache.drop(changed)
+        self._cache.polled_at = started
+        return len(changed or ())
+
+    def forget(self, credential_id: str) -> None:
+        """Drop a credential's cached rows now (this process made a change to it)."""
+        self._cache.drop([credential_id])
+
     def _upgrade_hash(self, row: Any, p: PresentedCredential) -> None:
         """Move a hash made under an old pepper to the current one (pepper rotation)."""
         if row.pepper_id == self._peppers.current_id:
             return
+        self.forget(row.id)
         salt = secrets.token_bytes(SALT_BYTES)
         with self._store.write() as s:
             s.execute(

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -213,6 +214,9 @@ def parse_admin_key(presented: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
+AUTH_CACHE_SECONDS = 1.0
+AUTH_CACHE_ENTRIES = 10_000
+
 # one statement object, so SQLAlchemy reuses its compiled form on every request
 _ADMIN_KEY_BY_ID = select(
     AdminKeyRow.id,
@@ -239,6 +243,8 @@ class AdminKeys:
         self._peppers = PepperRing.from_setting(None, keyring)
         # Same cost for unknown ids as for known ones: compare against a dummy hash.
         self._dummy_salt = secrets.token_bytes(16)
+        self._cache_key = secrets.token_bytes(32)
+        self._cache: dict[bytes, tuple[AdminPrincipal, float]] = {}
 
     def create(self, name: str, role: Role, actor: str, secret: str | None = None) -> str:
         """A new admin key; returns its plaintext, which is never stored."""
@@ -291,7 +297,23 @@ class AdminKeys:
         return f"{ADMIN_PREFIX}_{key_id}_{secret}"
 
     def authenticate(self, presented: str) -> AdminPrincipal:
-        """The principal of a presented admin key (one indexed read and one HMAC)."""
+        """The principal of a presented admin key (one indexed read and one HMAC).
+
+        A key that authenticated is remembered for `AUTH_CACHE_SECONDS` (keyed by an HMAC of
+        it under a per-process random key, never the key itself): a change to an admin key
+        takes effect within that time."""
+        digest = hmac.new(self._cache_key, presented.encode(), hashlib.sha256).digest()
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        principal = self._authenticate(presented)
+        if len(self._cache) >= AUTH_CACHE_ENTRIES:
+            self._cache.clear()
+        self._cache[digest] = (principal, now + AUTH_CACHE_SECONDS)
+        return principal
+
+    def _authenticate(self, presented: str) -> AdminPrincipal:
         key_id, secret = parse_admin_key(presented)
         with self._store.engine.connect() as conn:
             row = conn.execute(_ADMIN_KEY_BY_ID, {"id": key_id}).first()

@@ -314,6 +314,7 @@ async def rotate_handle(
         ),
         result_type=RotationResult,
     )
+    svc.credentials.forget(family_id)
     value = await run_in_threadpool(
         svc.credentials.claim_secret, family_id, result.to_version, who.name
     )
@@ -335,7 +336,7 @@ async def _status(
     who: AdminPrincipal,
 ) -> dict[str, Any]:
     workflow_id, _ = await run_in_threadpool(svc.credentials.workflow_of, family_id, "handle")
-    await change_status(client, workflow_id, action, body, who)
+    await change_status(client, workflow_id, action, body, who, svc.credentials, family_id)
     row, versions = await run_in_threadpool(svc.credentials.get, family_id, "handle")
     return {"handle": handle_view(row, versions)}
 

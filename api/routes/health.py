@@ -21,7 +21,7 @@ OVERDUE_AFTER = timedelta(minutes=5)
 
 
 @router.get("/livez")
-def livez() -> dict[str, str]:
+async def livez() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
 
