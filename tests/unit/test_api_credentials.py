@@ -1225,3 +1225,43 @@ def test_two_concurrent_claims_hand_the_secret_out_once(
     assert len(received) == 1
     reveals = [r for r in audit_of(services, cred.id) if r.action == "credential.secret_revealed"]
     assert [r.actor for r in reveals] == received
+
+
+# --- the verification cache and its change feed ----------------------------------------------
+
+
+def test_cached_rows_are_dropped_by_the_change_feed_and_unused_when_it_is_late(
+    svc: CredentialService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.api_credentials as module
+
+    cred = create(svc)
+    secret = cred.secret(1)
+    svc.poll_changes()  # the first read of the feed: the cache is trusted from now on
+    assert svc.verify(secret).code == VerificationCode.VALID  # read from the store, cached
+    cred.change("revoke", now())
+    # committed, but not yet read from the feed: the cached row still answers
+    assert svc.verify(secret).code == VerificationCode.VALID
+    assert svc.poll_changes() >= 1
+    assert svc.verify(secret).code == VerificationCode.REVOKED
+
+    # a cache whose feed was last read too long ago is not used at all
+    other = create(svc)
+    other_secret = other.secret(1)
+    svc.poll_changes()
+    assert svc.verify(other_secret).code == VerificationCode.VALID
+    other.change("suspend", now())
+    monkeypatch.setattr(module, "CACHE_STALE_AFTER", 0.0)
+    assert svc.verify(other_secret).code == VerificationCode.SUSPENDED
+
+
+def test_a_row_read_before_a_change_is_not_cached_after_it(svc: CredentialService) -> None:
+    cred = create(svc)
+    secret = cred.secret(1)
+    svc.poll_changes()
+    cache = svc._cache
+    generation = cache.generation
+    stale = svc._lookup(parse_credential(secret), "credential")  # what a slow reader got
+    cache.drop([cred.id])  # meanwhile a poll saw a change of this credential
+    cache.put(parse_credential(secret).lookup_id, stale, generation)
+    assert cache.get(parse_credential(secret).lookup_id) == (False, None)
