@@ -478,7 +478,7 @@ class CredentialService:
             p = parse_credential(presented)
         except MalformedCredentialError:
             return Verification(VerificationCode.NOT_FOUND)
-        row = self._lookup(p, "credential")
+        row, _ = self._lookup(p, "credential")
         if row is None:
             return Verification(VerificationCode.NOT_FOUND)
         code, retry_after, remaining = self._check(row, required_scopes)
@@ -501,9 +501,10 @@ class CredentialService:
             retry_after=retry_after,
         )
 
-    def _lookup(self, p: PresentedCredential, kind: str) -> Any:
-        """The row of the presented secret if it matches (one read and one HMAC either way);
-        a wrong secret for a known lookup id counts as a failure of that credential."""
+    def _lookup(self, p: PresentedCredential, kind: str) -> tuple[Any, Any]:
+        """(the row of the presented secret if it matches, else None; the row of its lookup id
+        if the secret is wrong) - one read and one HMAC either way. A wrong secret for a known
+        lookup id counts as a failure of that credential."""
         hit, row = self._cache.get(p.lookup_id) if self._cache.fresh() else (False, None)
         if not hit:
             generation = self._cache.generation
@@ -518,12 +519,12 @@ class CredentialService:
             row.hash_algorithm if row else "SHA-256",
         )
         matches = hmac.compare_digest(computed, row.secret_hash if row else self._dummy_hash)
-        if row is None:
-            return None
-        if pepper is None or not matches or row.environment != p.environment or row.kind != kind:
+        if row is None or row.kind != kind:
+            return None, None
+        if pepper is None or not matches or row.environment != p.environment:
             self._record(row.id, ok=False)
-            return None
-        return row
+            return None, row
+        return row, None
 
     def poll_changes(self) -> int:
         """Read the lifecycle changes of credentials and handles committed since the last call
@@ -589,7 +590,10 @@ class CredentialService:
         drift, another user, bursts over the rate limit) are counted on the family."""
         row, code = self.handle_state(presented, security)
         if row is None or code is not None:
-            anomaly = "reuse" if code == HandleCode.REUSE_DETECTED else None
+            anomaly = {
+                HandleCode.REUSE_DETECTED: "reuse",
+                HandleCode.NOT_FOUND: "failed validation",
+            }.get(code or HandleCode.NOT_FOUND)
             return self._handle_answer(code or HandleCode.NOT_FOUND, row, security, anomaly)
         now = datetime.now(UTC)
         if row.user_id and user_id and user_id != row.user_id:
@@ -640,9 +644,9 @@ class CredentialService:
             p = parse_token(presented, HANDLE_PREFIX)
         except MalformedCredentialError:
             return None, HandleCode.NOT_FOUND
-        row = self._lookup(p, "handle")
-        if row is None:
-            return None, HandleCode.NOT_FOUND
+        row, failed = self._lookup(p, "handle")
+        if row is None:  # `failed`: a wrong value for a known lookup id
+            return failed, HandleCode.NOT_FOUND
         now = datetime.now(UTC)
         status_code = _STATUS_CODES.get(row.status)
         if status_code is not None:
@@ -675,9 +679,9 @@ class CredentialService:
         rotation_required: bool = False,
         retry_after: float | None = None,
     ) -> HandleValidation:
-        if row is None or code == HandleCode.NOT_FOUND:
+        if row is None:
             return HandleValidation(code)
-        if security.track_usage:
+        if security.track_usage and code != HandleCode.NOT_FOUND:  # failures: see _lookup
             self._record(row.id, ok=code == HandleCode.VALID)
         anomalies = row.anomaly_count
         if anomaly is not None and security.anomaly_detection:
@@ -688,6 +692,10 @@ class CredentialService:
                     .values(anomaly_count=CredentialRow.anomaly_count + 1)
                     .returning(CredentialRow.anomaly_count)
                 ).scalar_one()
+        if code == HandleCode.NOT_FOUND:  # tell the caller nothing about the family
+            return HandleValidation(
+                code, workflow_id=row.workflow_id, anomaly=anomaly, anomalies=anomalies
+            )
         return HandleValidation(
             code=code,
             handle_id=row.id,

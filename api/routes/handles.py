@@ -264,7 +264,7 @@ async def _exchanged_version(request: Request, svc: Services, family_id: str, va
 
     A reuse of an exchanged value (past the reuse interval) revokes the family."""
     row, code = await run_in_threadpool(svc.credentials.handle_state, value, svc.policies.security)
-    if row is None or row.id != family_id:
+    if row is None or code == HandleCode.NOT_FOUND or row.id != family_id:
         raise APIError(404, "HANDLE_NOT_FOUND", "no such handle in this family")
     if code == HandleCode.REUSE_DETECTED:
         await _after_validation(

@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
+from core.credentials import format_token, parse_token
 from core.policy import HandleTypePolicy
 from tests.e2e.conftest import Stack
 
@@ -194,6 +195,20 @@ async def test_anomalies_suspend_the_family_until_resumed(stack: Stack) -> None:
         )
         assert r.status_code == 200 and r.json()["handle"]["status"] == "active"
         assert (await validate(stack, handle["id"]))["code"] == "VALID"
+
+    # repeated failures: wrong values for the family's lookup id (well-formed, right checksum)
+    with policies(stack, anomaly_threshold=3):
+        other = await generate(stack, userId="u7")
+        p = parse_token(other["id"], "krh")
+        for i in range(3):
+            wrong = format_token("krh", "dev", p.lookup_id, f"{i}" * len(p.secret))
+            answer = await validate(stack, wrong)
+            assert answer == {"valid": False, "code": "NOT_FOUND"}  # nothing about the family
+
+        async def other_suspended() -> bool:
+            return (await validate(stack, other["id"]))["code"] == "SUSPENDED"
+
+        await until(other_suspended)
 
     with policies(stack, context_mismatch="flag", anomaly_threshold=99):
         v = await validate(stack, handle["id"], context={"ip": "203.0.113.9"})
