@@ -98,9 +98,10 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
         allow_headers=["authorization", "content-type", "x-namespace"],
     )
     errors.install(app)
+    # the hot paths first: the router tries routes in order
     app.include_router(health.router)
-    app.include_router(keys.router)
     app.include_router(credentials.router)
     app.include_router(handles.router)
+    app.include_router(keys.router)
     app.include_router(codec.router)
     return app

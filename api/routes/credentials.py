@@ -110,6 +110,38 @@ def _seconds(field: str, text: str) -> int:
         raise APIError(400, "INVALID_REQUEST", f"{field}: {e}") from None
 
 
+def verification_view(v: Verification) -> dict[str, Any]:
+    view: dict[str, Any] = {"valid": v.valid, "code": str(v.code)}
+    if v.credential_id is not None:
+        view |= {
+            "credentialId": v.credential_id,
+            "version": v.version,
+            "environment": v.environment,
+            "name": v.name,
+            "owner": v.owner,
+            "scopes": list(v.scopes),
+            "metadata": v.metadata,
+            "expiresAt": iso(v.expires_at),
+            "remaining": v.remaining,
+        }
+    if v.retry_after is not None:
+        view["retryAfterSeconds"] = round(v.retry_after, 3)
+    return view
+
+
+@router.post("/verify")
+async def verify_credential(
+    body: schemas.VerifyCredentialRequest, svc: Svc, who: Verifier
+) -> JSONResponse:
+    """Is this API key valid (and does it have these scopes)? Always 200: the answer is in
+    `valid` and `code`. Never touches Temporal. Runs on the event loop: one indexed read (none
+    for a cached row) and one HMAC (plus, with a usage limit, one conditional UPDATE) cost less
+    than a hop to a worker thread; the answer is built directly (no response model)."""
+    v = svc.credentials.verify(body.key, body.scopes)
+    headers = None if v.retry_after is None else {"Retry-After": str(max(1, round(v.retry_after)))}
+    return JSONResponse({"verification": verification_view(v)}, headers=headers)
+
+
 @router.post("", status_code=201)
 async def create_credential(
     body: schemas.CreateCredentialRequest,
@@ -216,38 +248,6 @@ def list_credentials(
             "nextCursor": cursor_of(page[-1]) if len(rows) > limit else None,
         },
     }
-
-
-def verification_view(v: Verification) -> dict[str, Any]:
-    view: dict[str, Any] = {"valid": v.valid, "code": str(v.code)}
-    if v.credential_id is not None:
-        view |= {
-            "credentialId": v.credential_id,
-            "version": v.version,
-            "environment": v.environment,
-            "name": v.name,
-            "owner": v.owner,
-            "scopes": list(v.scopes),
-            "metadata": v.metadata,
-            "expiresAt": iso(v.expires_at),
-            "remaining": v.remaining,
-        }
-    if v.retry_after is not None:
-        view["retryAfterSeconds"] = round(v.retry_after, 3)
-    return view
-
-
-@router.post("/verify")
-async def verify_credential(
-    body: schemas.VerifyCredentialRequest, svc: Svc, who: Verifier
-) -> JSONResponse:
-    """Is this API key valid (and does it have these scopes)? Always 200: the answer is in
-    `valid` and `code`. Never touches Temporal. Runs on the event loop: one indexed read (none
-    for a cached row) and one HMAC (plus, with a usage limit, one conditional UPDATE) cost less
-    than a hop to a worker thread; the answer is built directly (no response model)."""
-    v = svc.credentials.verify(body.key, body.scopes)
-    headers = None if v.retry_after is None else {"Retry-After": str(max(1, round(v.retry_after)))}
-    return JSONResponse({"verification": verification_view(v)}, headers=headers)
 
 
 @router.get("/{credential_id}")

@@ -106,6 +106,67 @@ def _context(raw: dict[str, Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in raw.items()}
 
 
+def validation_view(v: HandleValidation) -> dict[str, Any]:
+    view: dict[str, Any] = {"valid": v.valid, "code": str(v.code)}
+    if v.handle_id is not None:
+        view |= {
+            "familyId": v.handle_id,
+            "type": v.type,
+            "userId": v.user_id,
+            "version": v.version,
+            "expiresAt": iso(v.expires_at),
+            "rotationRequired": v.rotation_required,
+            "rotationDueAt": iso(v.rotation_due_at),
+            "remainingUses": v.remaining_uses,
+            "contextMatch": v.context_match,
+        }
+    if v.retry_after is not None:
+        view["retryAfterSeconds"] = round(v.retry_after, 3)
+    return view
+
+
+async def _signal(request: Request, workflow_id: str, name: str, reason: str) -> None:
+    """Tell a family's workflow that a threshold was crossed; validation answers either way."""
+    try:
+        client = await temporal(request)
+        await client.get_workflow_handle(workflow_id).signal(
+            name, OperatorAction(reason=reason, actor="keyrotor-api")
+        )
+    except Exception as e:  # Temporal down: the answer stands, the change waits for an operator
+        log.error("could not signal %s to %s: %s", name, workflow_id, type(e).__name__)
+
+
+async def _after_validation(request: Request, svc: Services, v: HandleValidation) -> None:
+    security = svc.policies.security
+    if v.code == HandleCode.REUSE_DETECTED:
+        await _signal(request, v.workflow_id, "revoke", "reuse of an exchanged handle value")
+    elif v.anomaly is not None and v.anomalies == security.anomaly_threshold:
+        await _signal(request, v.workflow_id, "suspend", f"{v.anomalies} anomalies")
+
+
+@router.post("/validate")
+async def validate_handle(
+    body: schemas.ValidateHandleRequest,
+    request: Request,
+    response: Response,
+    svc: Svc,
+    who: Verifier,
+) -> dict[str, Any]:
+    """Is this handle valid for `userId` in `context`? Always 200; the answer is in `valid`
+    and `code`. Never waits for Temporal."""
+    v = await run_in_threadpool(
+        svc.credentials.validate_handle,
+        body.handle_id,
+        body.user_id,
+        _context(body.context),
+        svc.policies.security,
+    )
+    await _after_validation(request, svc, v)
+    if v.retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, round(v.retry_after)))
+    return {"validation": validation_view(v)}
+
+
 @router.post("/generate", status_code=201)
 async def generate_handle(
     body: schemas.GenerateHandleRequest, svc: Svc, who: Operator, client: Temporal
@@ -196,67 +257,6 @@ def list_handles(
 def handle_statistics(svc: Svc, who: Reader) -> dict[str, Any]:
     """Families by status and type, validations, failed validations and anomalies."""
     return {"statistics": svc.credentials.handle_statistics()}
-
-
-def validation_view(v: HandleValidation) -> dict[str, Any]:
-    view: dict[str, Any] = {"valid": v.valid, "code": str(v.code)}
-    if v.handle_id is not None:
-        view |= {
-            "familyId": v.handle_id,
-            "type": v.type,
-            "userId": v.user_id,
-            "version": v.version,
-            "expiresAt": iso(v.expires_at),
-            "rotationRequired": v.rotation_required,
-            "rotationDueAt": iso(v.rotation_due_at),
-            "remainingUses": v.remaining_uses,
-            "contextMatch": v.context_match,
-        }
-    if v.retry_after is not None:
-        view["retryAfterSeconds"] = round(v.retry_after, 3)
-    return view
-
-
-async def _signal(request: Request, workflow_id: str, name: str, reason: str) -> None:
-    """Tell a family's workflow that a threshold was crossed; validation answers either way."""
-    try:
-        client = await temporal(request)
-        await client.get_workflow_handle(workflow_id).signal(
-            name, OperatorAction(reason=reason, actor="keyrotor-api")
-        )
-    except Exception as e:  # Temporal down: the answer stands, the change waits for an operator
-        log.error("could not signal %s to %s: %s", name, workflow_id, type(e).__name__)
-
-
-async def _after_validation(request: Request, svc: Services, v: HandleValidation) -> None:
-    security = svc.policies.security
-    if v.code == HandleCode.REUSE_DETECTED:
-        await _signal(request, v.workflow_id, "revoke", "reuse of an exchanged handle value")
-    elif v.anomaly is not None and v.anomalies == security.anomaly_threshold:
-        await _signal(request, v.workflow_id, "suspend", f"{v.anomalies} anomalies")
-
-
-@router.post("/validate")
-async def validate_handle(
-    body: schemas.ValidateHandleRequest,
-    request: Request,
-    response: Response,
-    svc: Svc,
-    who: Verifier,
-) -> dict[str, Any]:
-    """Is this handle valid for `userId` in `context`? Always 200; the answer is in `valid`
-    and `code`. Never waits for Temporal."""
-    v = await run_in_threadpool(
-        svc.credentials.validate_handle,
-        body.handle_id,
-        body.user_id,
-        _context(body.context),
-        svc.policies.security,
-    )
-    await _after_validation(request, svc, v)
-    if v.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(v.retry_after)))
-    return {"validation": validation_view(v)}
 
 
 async def _exchanged_version(request: Request, svc: Services, family_id: str, value: str) -> int:
