@@ -67,13 +67,14 @@ def key_workflow_id(environment: str, key_id: str) -> str:
 def credential_search_attributes(
     spec: CredentialSpec, status: str, next_rotation: datetime | None
 ) -> TypedSearchAttributes:
-    """The search attributes of a credential's or handle family's workflow (the owner of a
-    handle is its user id; no algorithm or provider)."""
+    """The search attributes of a credential's or handle family's workflow (no algorithm or
+    provider)."""
     pairs: list[SearchAttributePair[Any]] = [
         SearchAttributePair(SA_KIND, spec.kind),
         SearchAttributePair(SA_TYPE, spec.type),
         SearchAttributePair(SA_STATE, status),
-        SearchAttributePair(SA_OWNER, spec.owner or spec.user_id),
+        # never the user id of a handle: search attributes are not encrypted (no personal data)
+        SearchAttributePair(SA_OWNER, spec.owner),
         SearchAttributePair(SA_ENVIRONMENT, spec.environment),
     ]
     if next_rotation is not None:

@@ -26,6 +26,7 @@ from workflows.types import (
     CredentialWorkflowInput,
     OperatorAction,
     RotateRequest,
+    credential_search_attributes,
     credential_workflow_id,
 )
 
@@ -220,3 +221,17 @@ async def test_a_suspended_handle_family_is_revoked_when_nobody_resumes_it(
     await env.sleep(timedelta(hours=1))
     assert (await handle2.query(HandleLifecycleWorkflow.describe)).lifecycle.status == "active"
     assert await handle2.result() == "expired"  # at its max lifetime, 4 hours after creation
+
+
+def test_search_attributes_carry_no_personal_data() -> None:
+    spec = CredentialSpec(
+        "hdl_x", "dev", kind="handle", type="session", user_id="alice@example.com", owner=""
+    )
+    pairs = {p.key.name: p.value for p in credential_search_attributes(spec, "active", None)}
+    assert pairs == {
+        "KeyrotorKind": "handle",
+        "KeyrotorType": "session",
+        "KeyrotorState": "active",
+        "KeyrotorOwner": "",
+        "KeyrotorEnvironment": "dev",
+    }
