@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 
 from api.errors import APIError
 from core.credentials import AdminKeys, AdminPrincipal, AuthenticationError, Role
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 
 class Permission(StrEnum):
@@ -62,3 +66,20 @@ def require(
         return who
 
     return check
+
+
+async def hot_request(request: Request, permission: Permission, model: type[BodyT]) -> BodyT:
+    """Authorize and parse a request on a hot route by hand: the same checks and the same
+    error answers as the dependency path (`require` and a body model), without FastAPI's
+    dependency resolution, which costs more than the verification itself."""
+    await require(permission)(await principal(request))
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+
+
+def body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """`openapi_extra` for a hot route, so that /docs still shows its body."""
+    schema = model.model_json_schema(by_alias=True)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

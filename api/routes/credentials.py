@@ -11,14 +11,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi import APIRouter, Body, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.auth import Permission, require
+from api.auth import Permission, body_schema, hot_request, require
 from api.deps import services, temporal
 from api.errors import APIError
 from api.lifecycle import (
@@ -52,7 +52,6 @@ Svc = Annotated[Services, Depends(services)]
 Temporal = Annotated[Client, Depends(temporal)]
 Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
 Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
-Verifier = Annotated[AdminPrincipal, Depends(require(Permission.VERIFY))]
 
 
 def credential_view(
@@ -129,14 +128,17 @@ def verification_view(v: Verification) -> dict[str, Any]:
     return view
 
 
-@router.post("/verify")
-async def verify_credential(
-    body: schemas.VerifyCredentialRequest, svc: Svc, who: Verifier
-) -> JSONResponse:
+@router.post("/verify", openapi_extra=body_schema(schemas.VerifyCredentialRequest))
+async def verify_credential(request: Request) -> JSONResponse:
     """Is this API key valid (and does it have these scopes)? Always 200: the answer is in
-    `valid` and `code`. Never touches Temporal. Runs on the event loop: one indexed read (none
-    for a cached row) and one HMAC (plus, with a usage limit, one conditional UPDATE) cost less
-    than a hop to a worker thread; the answer is built directly (no response model)."""
+    `valid` and `code`. Never touches Temporal. Needs the `verify` permission (admin,
+    operator, service).
+
+    The hottest route: it runs on the event loop (one indexed read, none for a cached row, and
+    one HMAC cost less than a hop to a worker thread), authorizes and parses by hand
+    (`hot_request`) and builds its answer directly."""
+    body = await hot_request(request, Permission.VERIFY, schemas.VerifyCredentialRequest)
+    svc: Services = request.app.state.services
     v = svc.credentials.verify(body.key, body.scopes)
     headers = None if v.retry_after is None else {"Retry-After": str(max(1, round(v.retry_after)))}
     return JSONResponse({"verification": verification_view(v)}, headers=headers)

@@ -16,13 +16,14 @@ import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.auth import Permission, require
+from api.auth import Permission, body_schema, hot_request, require
 from api.deps import services, temporal
 from api.errors import APIError
 from api.lifecycle import (
@@ -56,7 +57,6 @@ Svc = Annotated[Services, Depends(services)]
 Temporal = Annotated[Client, Depends(temporal)]
 Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
 Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
-Verifier = Annotated[AdminPrincipal, Depends(require(Permission.VERIFY))]
 
 
 def handle_view(
@@ -144,16 +144,13 @@ async def _after_validation(request: Request, svc: Services, v: HandleValidation
         await _signal(request, v.workflow_id, "suspend", f"{v.anomalies} anomalies")
 
 
-@router.post("/validate")
-async def validate_handle(
-    body: schemas.ValidateHandleRequest,
-    request: Request,
-    response: Response,
-    svc: Svc,
-    who: Verifier,
-) -> dict[str, Any]:
+@router.post("/validate", openapi_extra=body_schema(schemas.ValidateHandleRequest))
+async def validate_handle(request: Request) -> JSONResponse:
     """Is this handle valid for `userId` in `context`? Always 200; the answer is in `valid`
-    and `code`. Never waits for Temporal."""
+    and `code`. Never waits for Temporal. Needs the `verify` permission (admin, operator,
+    service); authorizes and parses by hand like `/credentials/verify`."""
+    body = await hot_request(request, Permission.VERIFY, schemas.ValidateHandleRequest)
+    svc: Services = request.app.state.services
     v = await run_in_threadpool(
         svc.credentials.validate_handle,
         body.handle_id,
@@ -162,9 +159,8 @@ async def validate_handle(
         svc.policies.security,
     )
     await _after_validation(request, svc, v)
-    if v.retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, round(v.retry_after)))
-    return {"validation": validation_view(v)}
+    headers = None if v.retry_after is None else {"Retry-After": str(max(1, round(v.retry_after)))}
+    return JSONResponse({"validation": validation_view(v)}, headers=headers)
 
 
 @router.post("/generate", status_code=201)
