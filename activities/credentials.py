@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
+from activities.keys import store_failure
 from core.api_credentials import CredentialService
 from core.objects import CredentialTransitionCommit
 
@@ -20,4 +22,7 @@ class CredentialActivities:
 
         Returns nothing: the secret is stored as its hash and a sealed copy for one reveal.
         """
-        self._credentials.commit_transition(commit)
+        try:
+            self._credentials.commit_transition(commit)
+        except SQLAlchemyError as e:
+            raise store_failure(e) from None

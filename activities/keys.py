@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -32,3 +33,11 @@ class KeyActivities:
             ) from e
         except AlgorithmError as e:
             raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
+        except SQLAlchemyError as e:
+            raise store_failure(e) from None
+
+
+def store_failure(e: SQLAlchemyError) -> ApplicationError:
+    """A retryable failure that names the database error without its text: a failed statement
+    can carry salts, hashes or sealed material in its message (PostgreSQL's DETAIL line)."""
+    return ApplicationError(f"the store failed: {type(e).__name__}", type="StoreError")

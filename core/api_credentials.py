@@ -154,6 +154,8 @@ def _secret_context(credential_id: str, number: int) -> bytes:
 class _RateLimiter:
     """Fixed windows per credential, in this process (shared limits need a shared store)."""
 
+    PRUNE_AT = 100_000
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._windows: dict[str, tuple[float, int]] = {}
@@ -161,6 +163,10 @@ class _RateLimiter:
     def allow(self, credential_id: str, limit: int, window: int, now: float) -> float | None:
         """None when allowed, else the seconds until the window resets."""
         with self._lock:
+            if len(self._windows) >= self.PRUNE_AT:  # handles add a key per value
+                self._windows = {
+                    k: (start, n) for k, (start, n) in self._windows.items() if now - start < 86400
+                }
             start, count = self._windows.get(credential_id, (now, 0))
             if now - start >= window:
                 start, count = now, 0
@@ -340,6 +346,8 @@ class CredentialService:
                 )
                 s.add(cred)
             current = lc.current()
+            if cred.status == KeyStatus.SUSPENDED and lc.status == KeyStatus.ACTIVE:
+                cred.anomaly_count = 0  # resumed: the anomalies were looked into
             cred.status = str(lc.status)
             cred.current_version = current.number if current else cred.current_version or 0
             cred.updated_at = c.at
@@ -596,7 +604,7 @@ class CredentialService:
             }.get(code or HandleCode.NOT_FOUND)
             return self._handle_answer(code or HandleCode.NOT_FOUND, row, security, anomaly)
         now = datetime.now(UTC)
-        if row.user_id and user_id and user_id != row.user_id:
+        if row.user_id and user_id != row.user_id:  # an omitted user id is another user
             return self._handle_answer(HandleCode.USER_MISMATCH, row, security, "other user")
         bound = row.context or {}
         match = all(str(bound[k]) == str(v) for k, v in context.items() if k in bound)

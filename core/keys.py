@@ -60,8 +60,10 @@ def new_key_id() -> str:
 
 
 def derived_id(prefix: str, principal: str, idempotency_key: str) -> str:
-    """The id a create request with this idempotency key gets (stable across retries)."""
-    digest = hashlib.sha256(f"{prefix}\0{principal}\0{idempotency_key}".encode()).digest()
+    """The id a create request with this idempotency key gets (stable across retries and
+    releases: keys keep the derivation they had before other kinds were added)."""
+    scope = "" if prefix == "key_" else f"{prefix}\0"
+    digest = hashlib.sha256(f"{scope}{principal}\0{idempotency_key}".encode()).digest()
     return prefix + base64.b32encode(digest).decode().lower()[:20]
 
 

@@ -315,7 +315,10 @@ class ManagedLifecycleWorkflow:
         if not may_rotate(self._key.status, request.reason):
             raise ValueError(f"a {self._key.status} {self.KIND} cannot rotate")
         if request.expected_version and not self._is_current(request.expected_version):
-            raise ValueError(f"version {request.expected_version} was rotated already")
+            # a state conflict (409), not bad input
+            raise ApplicationError(
+                f"version {request.expected_version} was rotated already", type="KeyStateError"
+            )
 
     @workflow.update
     async def change_status(self, change: StatusChange) -> str:

@@ -102,6 +102,15 @@ def credential_view(
     return view
 
 
+def _may_receive_secrets(who: AdminPrincipal, cred: CredentialRow) -> None:
+    """Secrets of a credential go to its owner (an admin key named like the credential's
+    `owner`) or an admin, nobody else: a reroll and a reveal hand one out."""
+    if who.role != Role.ADMIN and (not cred.owner or who.name != cred.owner):
+        raise APIError(
+            403, "FORBIDDEN", "only the credential's owner or an admin may receive its secrets"
+        )
+
+
 def _seconds(field: str, text: str) -> int:
     try:
         return int(parse_duration(text).total_seconds())
@@ -269,9 +278,12 @@ async def rotate_credential(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Reroll: a new secret now; the old one keeps verifying for the grace period (the
-    policy's unless `gracePeriod` is given) and shares the usage budget with the new one."""
+    policy's unless `gracePeriod` is given) and shares the usage budget with the new one.
+    The new secret is in the answer, so only the owner or an admin may reroll."""
     body = body or schemas.RotateCredentialRequest()
-    workflow_id, status = await run_in_threadpool(svc.credentials.workflow_of, credential_id)
+    cred, _ = await run_in_threadpool(svc.credentials.get, credential_id)
+    _may_receive_secrets(who, cred)
+    workflow_id, status = cred.workflow_id, cred.status
     reasons = {r.value for r in RotationReason}
     reason, comment = (body.reason, "") if body.reason in reasons else ("manual", body.reason)
     if not may_rotate(status, reason):
@@ -312,11 +324,10 @@ async def rotate_credential(
 
 @router.post("/{credential_id}/reveal")
 def reveal_credential(credential_id: str, svc: Svc, who: Operator) -> dict[str, Any]:
-    """Hand out a secret made by a scheduled rotation, once, to its owner (an admin key whose
-    name is the credential's owner) or an admin; until the previous secret's grace ends."""
+    """Hand out a secret nobody received yet (a scheduled or emergency rotation), once, to its
+    owner (an admin key whose name is the credential's owner) or an admin."""
     cred, _ = svc.credentials.get(credential_id)
-    if who.role != Role.ADMIN and (not cred.owner or who.name != cred.owner):
-        raise APIError(403, "FORBIDDEN", "only the credential's owner or an admin may reveal it")
+    _may_receive_secrets(who, cred)
     secret = svc.credentials.claim_secret(credential_id, cred.current_version, who.name)
     if secret is None:
         raise APIError(

@@ -35,7 +35,7 @@ from api.lifecycle import (
     start_and_wait_created,
 )
 from core.api_credentials import HandleCode, HandleValidation, new_credential_id
-from core.credentials import AdminPrincipal
+from core.credentials import AdminPrincipal, Role
 from core.lifecycle import VersionState, new_key
 from core.objects import CredentialSpec
 from core.services import Services
@@ -140,7 +140,11 @@ async def _after_validation(request: Request, svc: Services, v: HandleValidation
     security = svc.policies.security
     if v.code == HandleCode.REUSE_DETECTED:
         await _signal(request, v.workflow_id, "revoke", "reuse of an exchanged handle value")
-    elif v.anomaly is not None and v.anomalies == security.anomaly_threshold:
+    elif (
+        security.anomaly_detection
+        and v.anomaly is not None
+        and v.anomalies >= security.anomaly_threshold
+    ):  # signalled again by each further anomaly until the family is suspended
         await _signal(request, v.workflow_id, "suspend", f"{v.anomalies} anomalies")
 
 
@@ -290,10 +294,13 @@ async def rotate_handle(
     body: schemas.RotateHandleRequest | None = None,
 ) -> dict[str, Any]:
     """Exchange a handle for the next one. With `handle` (the holder's current value, as in a
-    refresh-token exchange) that value is exchanged once; without it (an operator) the current
-    value is replaced. The old value stays valid for the reuse interval; presented after it, it
-    revokes the family."""
+    refresh-token exchange) that value is exchanged once; without it (an admin only) the
+    current value is replaced and the holder's value then counts as reused. The old value stays
+    valid for the reuse interval; presented after it, it revokes the family."""
     body = body or schemas.RotateHandleRequest()
+    if body.handle is None and who.role != Role.ADMIN:
+        # the answer carries the next value: without the current one, only an admin gets it
+        raise APIError(403, "FORBIDDEN", "present the current value (handle) or be an admin")
     workflow_id, _ = await run_in_threadpool(svc.credentials.workflow_of, family_id, "handle")
     version = await _exchanged_version(request, svc, family_id, body.handle) if body.handle else 0
     grace = int(svc.policies.security.reuse_interval.total_seconds())

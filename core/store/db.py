@@ -62,7 +62,9 @@ class Store:
         if self.is_sqlite:
             self.engine: Engine = _sqlite_engine(parsed, sqlite_busy_timeout_ms)
         else:
-            self.engine = create_engine(parsed, pool_pre_ping=True)
+            # hide_parameters: a failed statement's text must not carry salts, hashes or sealed
+            # secrets into error messages and logs
+            self.engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
         self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if self.is_sqlite else nullcontext()
@@ -134,7 +136,7 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
         kwargs["poolclass"] = StaticPool
     else:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, **kwargs)
+    engine = create_engine(url, hide_parameters=True, **kwargs)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from core.credentials import Role
+from core.credentials import AdminKeys, Role
 from core.store.models import AuditRecordRow
 from tests.e2e.conftest import Stack
 from workflows.types import OperatorAction
@@ -192,9 +192,15 @@ async def test_reveal_hands_an_unclaimed_secret_to_its_owner_once(stack: Stack) 
         await asyncio.sleep(0.05)
     assert await code(stack, old) == "REVOKED"
 
-    other = stack.new_admin_key(Role.AUDITOR)
-    r = await stack.http.post(f"{API}/{cid}/reveal", headers=stack.auth(other))
-    assert r.status_code == 403
+    # an auditor may not; neither may an operator who is not the owner, nor reroll to get one
+    for role in (Role.AUDITOR, Role.OPERATOR):
+        stranger = stack.auth(
+            AdminKeys(stack.services.store, stack.services.keyring).create("stranger", role, "test")
+        )
+        r = await stack.http.post(f"{API}/{cid}/reveal", headers=stranger)
+        assert r.status_code == 403, r.text
+        r = await stack.http.post(f"{API}/{cid}/rotate", json={}, headers=stranger)
+        assert r.status_code == 403, r.text
     r = await stack.http.post(f"{API}/{cid}/reveal", headers=stack.auth(owner_key))
     assert r.status_code == 200, r.text
     revealed = r.json()["secret"]

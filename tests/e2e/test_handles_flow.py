@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-from core.credentials import format_token, parse_token
+from core.credentials import Role, format_token, parse_token
 from core.policy import HandleTypePolicy
 from tests.e2e.conftest import Stack
 
@@ -19,15 +19,21 @@ API = "/api/key-management/handles"
 VALUE = re.compile(r"krh_dev_[a-z2-7]{16}_[A-Za-z0-9_-]{43,171}[0-9A-Za-z]{6}")
 
 
+# the user each value was issued to: a validation names it (another, or none, is a mismatch)
+USERS: dict[str, str] = {}
+
+
 async def generate(stack: Stack, **body: Any) -> dict[str, Any]:
     body.setdefault("type", "workflow")
     r = await stack.http.post(f"{API}/generate", json=body, headers=stack.auth())
     assert r.status_code == 201, r.text
     handle: dict[str, Any] = r.json()["handle"]
+    USERS[handle["id"]] = handle["userId"]
     return handle
 
 
 async def validate(stack: Stack, value: str, **body: Any) -> dict[str, Any]:
+    body.setdefault("userId", USERS.get(value, ""))
     r = await stack.http.post(
         f"{API}/validate", json={"handleId": value, **body}, headers=stack.auth()
     )
@@ -38,9 +44,12 @@ async def validate(stack: Stack, value: str, **body: Any) -> dict[str, Any]:
 
 async def exchange(stack: Stack, handle: dict[str, Any]) -> Any:
     """The holder's refresh: present the current value, get the next one."""
-    return await stack.http.post(
+    r = await stack.http.post(
         f"{API}/{handle['familyId']}/rotate", json={"handle": handle["id"]}, headers=stack.auth()
     )
+    if r.status_code == 200:
+        USERS[r.json()["handle"]["id"]] = r.json()["handle"]["userId"]
+    return r
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
@@ -100,6 +109,7 @@ async def test_user_context_and_typos(stack: Stack) -> None:
     handle = await generate(stack, userId="u1", context={"ip": "10.0.0.1", "device": "d1"})
     value = handle["id"]
     assert (await validate(stack, value, userId="u2"))["code"] == "USER_MISMATCH"
+    assert (await validate(stack, value, userId=""))["code"] == "USER_MISMATCH"
     assert (await validate(stack, value, context={"ip": "10.9.9.9"}))["code"] == "CONTEXT_MISMATCH"
     ok = await validate(stack, value, userId="u1", context={"ip": "10.0.0.1", "extra": "x"})
     assert ok["code"] == "VALID"
@@ -123,6 +133,10 @@ async def test_exchange_then_reuse_revokes_the_family(stack: Stack) -> None:
     assert again.status_code == 409 and again.json()["error"]["code"] == "HANDLE_STATE"
     assert (await validate(stack, second["id"]))["code"] == "VALID"
 
+    # replacing a value without presenting it hands out the next one: admins only
+    operator = stack.auth(stack.new_admin_key(Role.OPERATOR))
+    r = await stack.http.post(f"{API}/{first['familyId']}/rotate", json={}, headers=operator)
+    assert r.status_code == 403
     other = await generate(stack, type="session")
     r = await stack.http.post(
         f"{API}/{other['familyId']}/rotate", json={"handle": second["id"]}, headers=stack.auth()
@@ -194,7 +208,13 @@ async def test_anomalies_suspend_the_family_until_resumed(stack: Stack) -> None:
             f"{API}/{handle['familyId']}/resume", json={"reason": "checked"}, headers=stack.auth()
         )
         assert r.status_code == 200 and r.json()["handle"]["status"] == "active"
+        assert r.json()["handle"]["anomalies"] == 0  # reset by the resume
         assert (await validate(stack, handle["id"]))["code"] == "VALID"
+        # and anomalies suspend it again
+        for _ in range(3):
+            await validate(stack, handle["id"], context={"ip": "203.0.113.9"})
+        await until(suspended)
+        await stack.http.post(f"{API}/{handle['familyId']}/resume", headers=stack.auth())
 
     # repeated failures: wrong values for the family's lookup id (well-formed, right checksum)
     with policies(stack, anomaly_threshold=3):
