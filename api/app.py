@@ -21,7 +21,7 @@ from core.services import Services
 
 log = logging.getLogger("keyrotor.api")
 USAGE_FLUSH_INTERVAL = 1.0
-# credential and handle values; a holder's exchange puts a handle value in the URL path
+# credential and handle values: they never belong in a URL, but a client may put one there
 _SECRET_VALUE = re.compile(r"\b(kr[ch])_[a-z][a-z0-9-]{0,31}_[a-z2-7]{16}_[A-Za-z0-9_-]+")
 
 

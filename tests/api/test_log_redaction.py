@@ -1,5 +1,6 @@
-"""Access logs print request paths, and a holder's exchange puts a handle value in the path:
-the log filter installed by the app replaces credential and handle values."""
+"""Access logs print request paths; values never belong in one, but a client may put one there
+(a 404 for `/handles/<value>/rotate`): the log filter installed by the app replaces credential
+and handle values."""
 
 from __future__ import annotations
 

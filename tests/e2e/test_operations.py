@@ -190,7 +190,7 @@ async def test_no_secret_in_any_history_or_log(
             f"{API}/credentials/verify", json={"key": wrong, "scopes": 7}, headers=stack.auth()
         )
         assert r.status_code == 400 and wrong not in r.text
-    # a handle, exchanged once (its value travels in the URL path of the exchange)
+    # a handle, exchanged once (its value travels in the body of the exchange)
     r = await stack.http.post(
         f"{API}/handles/generate", json={"type": "session", "userId": "scan"}, headers=stack.auth()
     )

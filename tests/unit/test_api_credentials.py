@@ -1255,13 +1255,28 @@ def test_cached_rows_are_dropped_by_the_change_feed_and_unused_when_it_is_late(
     assert svc.verify(other_secret).code == VerificationCode.SUSPENDED
 
 
-def test_a_row_read_before_a_change_is_not_cached_after_it(svc: CredentialService) -> None:
+def test_a_row_read_before_a_change_is_not_cached_after_it(
+    svc: CredentialService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.engine import Connection
+
     cred = create(svc)
-    secret = cred.secret(1)
+    presented = parse_credential(cred.secret(1))
     svc.poll_changes()
-    cache = svc._cache
-    generation = cache.generation
-    stale = svc._lookup(parse_credential(secret), "credential")  # what a slow reader got
-    cache.drop([cred.id])  # meanwhile a poll saw a change of this credential
-    cache.put(parse_credential(secret).lookup_id, stale, generation)
-    assert cache.get(parse_credential(secret).lookup_id) == (False, None)
+    # without a change during the read, the row is cached
+    svc._lookup(presented, "credential")
+    assert svc._cache.get(presented.lookup_id)[0] is True
+    svc.forget(cred.id)
+
+    # a poll drops the credential while the read is in flight: the row read is not cached
+    execute = Connection.execute
+
+    def execute_while_a_poll_drops(self: Connection, *args: Any, **kwargs: Any) -> Any:
+        result = execute(self, *args, **kwargs)
+        svc._cache.drop([cred.id])
+        return result
+
+    monkeypatch.setattr(Connection, "execute", execute_while_a_poll_drops)
+    row, _ = svc._lookup(presented, "credential")
+    assert row is not None  # answered from what was read
+    assert svc._cache.get(presented.lookup_id) == (False, None)
