@@ -59,6 +59,10 @@ class CredentialNotFoundError(LookupError):
     """No such credential (by id; verification answers NOT_FOUND instead of raising)."""
 
 
+class WriteNeeded(Exception):
+    """This verification needs a database write: run it off the event loop."""
+
+
 class HandleNotFoundError(CredentialNotFoundError):
     """No such handle family."""
 
@@ -479,9 +483,15 @@ class CredentialService:
 
     # --- verification (hot path) -----------------------------------------------------------
 
-    def verify(self, presented: str, required_scopes: Sequence[str] = ()) -> Verification:
+    def verify(
+        self, presented: str, required_scopes: Sequence[str] = (), *, writes: bool = True
+    ) -> Verification:
         """Check a presented API credential. Costs one indexed read and one HMAC whether or
-        not the lookup id exists, so timing does not tell a wrong secret from an unknown key."""
+        not the lookup id exists, so timing does not tell a wrong secret from an unknown key.
+
+        With `writes=False` (the event loop's fast path) a credential that would need a write
+        (its usage limit, a re-hash under a new pepper) raises `WriteNeeded` before anything
+        is counted: call again on a thread."""
         try:
             p = parse_credential(presented)
         except MalformedCredentialError:
@@ -489,6 +499,8 @@ class CredentialService:
         row, _ = self._lookup(p, "credential")
         if row is None:
             return Verification(VerificationCode.NOT_FOUND)
+        if not writes and (row.remaining is not None or row.pepper_id != self._peppers.current_id):
+            raise WriteNeeded
         code, retry_after, remaining = self._check(row, required_scopes)
         self._record(row.id, ok=code == VerificationCode.VALID)
         if code == VerificationCode.NOT_FOUND:  # a parked version: nothing to tell

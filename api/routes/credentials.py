@@ -29,7 +29,7 @@ from api.lifecycle import (
     run_update,
     start_and_wait_created,
 )
-from core.api_credentials import Verification, new_credential_id
+from core.api_credentials import Verification, WriteNeeded, new_credential_id
 from core.credentials import AdminPrincipal, Role
 from core.keys import derived_id
 from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
@@ -144,11 +144,14 @@ async def verify_credential(request: Request) -> JSONResponse:
     operator, service).
 
     The hottest route: it runs on the event loop (one indexed read, none for a cached row, and
-    one HMAC cost less than a hop to a worker thread), authorizes and parses by hand
-    (`hot_request`) and builds its answer directly."""
+    one HMAC cost less than a hop to a worker thread; a credential that needs a write goes to a
+    thread), authorizes and parses by hand (`hot_request`) and builds its answer directly."""
     body = await hot_request(request, Permission.VERIFY, schemas.VerifyCredentialRequest)
     svc: Services = request.app.state.services
-    v = svc.credentials.verify(body.key, body.scopes)
+    try:
+        v = svc.credentials.verify(body.key, body.scopes, writes=False)
+    except WriteNeeded:  # a usage limit or a re-hash: a write may wait for the store's lock
+        v = await run_in_threadpool(svc.credentials.verify, body.key, body.scopes)
     headers = None if v.retry_after is None else {"Retry-After": str(max(1, round(v.retry_after)))}
     return JSONResponse({"verification": verification_view(v)}, headers=headers)
 

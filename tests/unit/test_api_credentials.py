@@ -1280,3 +1280,20 @@ def test_a_row_read_before_a_change_is_not_cached_after_it(
     row, _ = svc._lookup(presented, "credential")
     assert row is not None  # answered from what was read
     assert svc._cache.get(presented.lookup_id) == (False, None)
+
+
+def test_the_fast_path_hands_writes_to_a_thread_before_counting_anything(
+    svc: CredentialService,
+) -> None:
+    from core.api_credentials import WriteNeeded
+
+    plain = create(svc)
+    assert svc.verify(plain.secret(1), writes=False).code == VerificationCode.VALID
+    limited = create(svc, usage_limit=1, rate_limit=1, rate_limit_window=60)
+    secret = limited.secret(1)
+    with pytest.raises(WriteNeeded):
+        svc.verify(secret, writes=False)
+    # nothing was spent: the rate window and the budget are both still whole
+    result = svc.verify(secret)
+    assert (result.code, result.remaining) == (VerificationCode.VALID, 0)
+    assert svc.verify(secret).code == VerificationCode.RATE_LIMITED
