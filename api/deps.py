@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
 from temporalio.client import Client
 
+from api.auth import Permission, require
 from api.errors import APIError
 from core.codec import connect_client
+from core.credentials import AdminPrincipal
 from core.services import Services
 
 log = logging.getLogger("keyrotor.api")
@@ -43,3 +46,11 @@ async def temporal(request: Request) -> Client:
         ) from e
     request.app.state.client = client
     return client
+
+
+# What routes declare: the services, the Temporal client, and the caller with a permission.
+Svc = Annotated[Services, Depends(services)]
+Temporal = Annotated[Client, Depends(temporal)]
+Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
+Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
+User = Annotated[AdminPrincipal, Depends(require(Permission.USE))]

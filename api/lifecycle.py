@@ -1,22 +1,29 @@
-"""Calling the lifecycle workflows from routes: updates, their failures, and list cursors."""
+"""Calling the lifecycle workflows from routes: updates, their failures, and list cursors.
 
-from __future__ import annotations
+No `from __future__ import annotations` here: the routes built by `add_status_routes` have an
+annotation made at run time (the path parameter's name), which FastAPI must see evaluated.
+"""
 
 import asyncio
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import APIRouter, Body, Path
+from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api import schemas
+from api.deps import Operator, Svc, Temporal
 from api.errors import APIError
 from core.api_credentials import CACHE_STALE_AFTER, CredentialService
 from core.credentials import AdminPrincipal
+from core.services import Services
 from workflows.types import StatusChange
 
 UPDATE_TIMEOUT = 30.0
@@ -124,3 +131,52 @@ async def change_status(
         credentials.forget(credential_id)
         if action in ("revoke", "suspend"):
             await asyncio.sleep(CACHE_STALE_AFTER)
+
+
+STATUS_ROUTES = (
+    (
+        "revoke",
+        "DELETE",
+        "",
+        "Revoke: every version is compromised at once; from the answer on, "
+        "use is refused (credentials and handles: in every API process).",
+    ),
+    ("suspend", "POST", "/suspend", "Suspend: no use (and no scheduled rotation) until resumed."),
+    ("resume", "POST", "/resume", "Resume a suspended one."),
+)
+
+
+def add_status_routes(
+    router: APIRouter,
+    param: str,
+    workflow_of: Callable[[Services, str], str],
+    answer: Callable[[Services, str], dict[str, Any]],
+    cached: bool = False,
+) -> None:
+    """`DELETE /{param}`, `POST /{param}/suspend` and `POST /{param}/resume` on `router`: one
+    `change_status` update each, then the object's view. `cached`: credentials and handles,
+    whose verification cache must see the change (see `change_status`)."""
+
+    def route(action: str) -> Callable[..., Any]:
+        async def change(
+            object_id: Annotated[str, Path(alias=param)],
+            svc: Svc,
+            who: Operator,  # before the client: refuse before connecting to Temporal
+            client: Temporal,
+            body: Annotated[schemas.ReasonRequest | None, Body()] = None,
+        ) -> dict[str, Any]:
+            workflow_id = await run_in_threadpool(workflow_of, svc, object_id)
+            cache = svc.credentials if cached else None
+            await change_status(client, workflow_id, action, body, who, cache, object_id)
+            return await run_in_threadpool(answer, svc, object_id)
+
+        return change
+
+    for action, method, suffix, doc in STATUS_ROUTES:
+        router.add_api_route(
+            f"/{{{param}}}{suffix}",
+            route(action),
+            methods=[method],
+            name=f"{action}_{router.tags[0] if router.tags else 'object'}",
+            description=doc,
+        )

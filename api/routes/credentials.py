@@ -11,18 +11,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.auth import Permission, body_schema, hot_request, require
-from api.deps import services, temporal
+from api.auth import Permission, body_schema, hot_request
+from api.deps import Operator, Reader, Svc, Temporal
 from api.errors import APIError
 from api.lifecycle import (
-    change_status,
+    add_status_routes,
     cursor_of,
     iso,
     parse_cursor,
@@ -47,11 +47,6 @@ from workflows.types import (
 )
 
 router = APIRouter(prefix="/api/key-management/credentials", tags=["credentials"])
-
-Svc = Annotated[Services, Depends(services)]
-Temporal = Annotated[Client, Depends(temporal)]
-Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
-Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
 
 
 def credential_view(
@@ -342,51 +337,12 @@ def reveal_credential(credential_id: str, svc: Svc, who: Operator) -> dict[str, 
     return {"credential": credential_view(cred, versions), "secret": secret}
 
 
-async def _change_status(
-    credential_id: str,
-    action: str,
-    body: schemas.ReasonRequest | None,
-    svc: Services,
-    client: Client,
-    who: AdminPrincipal,
-) -> dict[str, Any]:
-    workflow_id, _ = await run_in_threadpool(svc.credentials.workflow_of, credential_id)
-    await change_status(client, workflow_id, action, body, who, svc.credentials, credential_id)
-    cred, versions = await run_in_threadpool(svc.credentials.get, credential_id)
-    return {"credential": credential_view(cred, versions)}
+def _credential_workflow(svc: Services, credential_id: str) -> str:
+    return svc.credentials.workflow_of(credential_id)[0]
 
 
-@router.delete("/{credential_id}")
-async def revoke_credential(
-    credential_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: Annotated[schemas.ReasonRequest | None, Body()] = None,
-) -> dict[str, Any]:
-    """Revoke every secret of the credential; verification answers REVOKED from the answer on."""
-    return await _change_status(credential_id, "revoke", body, svc, client, who)
+def _credential_answer(svc: Services, credential_id: str) -> dict[str, Any]:
+    return {"credential": credential_view(*svc.credentials.get(credential_id))}
 
 
-@router.post("/{credential_id}/suspend")
-async def suspend_credential(
-    credential_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: schemas.ReasonRequest | None = None,
-) -> dict[str, Any]:
-    """Suspend: verification answers SUSPENDED until resumed."""
-    return await _change_status(credential_id, "suspend", body, svc, client, who)
-
-
-@router.post("/{credential_id}/resume")
-async def resume_credential(
-    credential_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: schemas.ReasonRequest | None = None,
-) -> dict[str, Any]:
-    """Resume a suspended credential."""
-    return await _change_status(credential_id, "resume", body, svc, client, who)
+add_status_routes(router, "credential_id", _credential_workflow, _credential_answer, cached=True)

@@ -14,20 +14,20 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.auth import Permission, body_schema, hot_request, require
-from api.deps import services, temporal
+from api.auth import Permission, body_schema, hot_request
+from api.deps import Operator, Reader, Svc, Temporal, temporal
 from api.errors import APIError
 from api.lifecycle import (
-    change_status,
+    add_status_routes,
     cursor_of,
     iso,
     parse_cursor,
@@ -35,7 +35,7 @@ from api.lifecycle import (
     start_and_wait_created,
 )
 from core.api_credentials import HandleCode, HandleValidation, new_credential_id
-from core.credentials import AdminPrincipal, Role
+from core.credentials import Role
 from core.lifecycle import VersionState, new_key
 from core.objects import CredentialSpec
 from core.services import Services
@@ -52,11 +52,6 @@ from workflows.types import (
 
 log = logging.getLogger("keyrotor.api")
 router = APIRouter(prefix="/api/key-management/handles", tags=["handles"])
-
-Svc = Annotated[Services, Depends(services)]
-Temporal = Annotated[Client, Depends(temporal)]
-Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
-Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
 
 
 def handle_view(
@@ -330,51 +325,12 @@ async def rotate_handle(
     }
 
 
-async def _status(
-    family_id: str,
-    action: str,
-    body: schemas.ReasonRequest | None,
-    svc: Services,
-    client: Client,
-    who: AdminPrincipal,
-) -> dict[str, Any]:
-    workflow_id, _ = await run_in_threadpool(svc.credentials.workflow_of, family_id, "handle")
-    await change_status(client, workflow_id, action, body, who, svc.credentials, family_id)
-    row, versions = await run_in_threadpool(svc.credentials.get, family_id, "handle")
-    return {"handle": handle_view(row, versions)}
+def _handle_workflow(svc: Services, family_id: str) -> str:
+    return svc.credentials.workflow_of(family_id, "handle")[0]
 
 
-@router.delete("/{family_id}")
-async def remove_handle(
-    family_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: Annotated[schemas.ReasonRequest | None, Body()] = None,
-) -> dict[str, Any]:
-    """Revoke the whole family: every value answers REVOKED from the answer on."""
-    return await _status(family_id, "revoke", body, svc, client, who)
+def _handle_answer(svc: Services, family_id: str) -> dict[str, Any]:
+    return {"handle": handle_view(*svc.credentials.get(family_id, "handle"))}
 
 
-@router.post("/{family_id}/suspend")
-async def suspend_handle(
-    family_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: schemas.ReasonRequest | None = None,
-) -> dict[str, Any]:
-    """Suspend the family: its values answer SUSPENDED until resumed."""
-    return await _status(family_id, "suspend", body, svc, client, who)
-
-
-@router.post("/{family_id}/resume")
-async def resume_handle(
-    family_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: schemas.ReasonRequest | None = None,
-) -> dict[str, Any]:
-    """Resume a suspended family (e.g. after an anomaly was looked into)."""
-    return await _status(family_id, "resume", body, svc, client, who)
+add_status_routes(router, "family_id", _handle_workflow, _handle_answer, cached=True)

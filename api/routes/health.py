@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select, text
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import services, temporal
+from api.deps import Svc, temporal
 from core.services import Services
 from core.store.models import KeyRow
 
 router = APIRouter(tags=["health"])
-Svc = Annotated[Services, Depends(services)]
 # a scheduled rotation this late means the workers are not keeping up (or are down)
 OVERDUE_AFTER = timedelta(minutes=5)
 

@@ -7,17 +7,16 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Query
+from fastapi import APIRouter, Header, Query
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.auth import Permission, require
-from api.deps import services, temporal
+from api.deps import Operator, Reader, Svc, Temporal, User
 from api.errors import APIError
 from api.lifecycle import (
-    change_status,
+    add_status_routes,
     cursor_of,
     iso,
     parse_cursor,
@@ -25,7 +24,6 @@ from api.lifecycle import (
     start_and_wait_created,
 )
 from core.algorithms import InvalidSignatureError, resolve
-from core.credentials import AdminPrincipal
 from core.keys import derived_id, new_key_id, parse_token
 from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
 from core.objects import KeySpec
@@ -42,12 +40,6 @@ from workflows.types import (
 )
 
 router = APIRouter(prefix="/api/key-management/keys", tags=["keys"])
-
-Svc = Annotated[Services, Depends(services)]
-Temporal = Annotated[Client, Depends(temporal)]
-Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
-Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
-User = Annotated[AdminPrincipal, Depends(require(Permission.USE))]
 
 
 def key_view(key: KeyRow, versions: list[KeyVersionRow] | None = None) -> dict[str, Any]:
@@ -244,54 +236,15 @@ async def rotate_key(
     }
 
 
-async def _change_status(
-    key_id: str,
-    action: str,
-    body: schemas.ReasonRequest | None,
-    svc: Services,
-    client: Client,
-    who: AdminPrincipal,
-) -> dict[str, Any]:
-    workflow_id, _ = await run_in_threadpool(svc.keys.workflow_of, key_id)
-    await change_status(client, workflow_id, action, body, who)
-    key, versions = await run_in_threadpool(svc.keys.get, key_id)
-    return {"key": key_view(key, versions)}
+def _key_workflow(svc: Services, key_id: str) -> str:
+    return svc.keys.workflow_of(key_id)[0]
 
 
-@router.delete("/{key_id}")
-async def revoke_key(
-    key_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: Annotated[schemas.ReasonRequest | None, Body()] = None,
-) -> dict[str, Any]:
-    """Revoke: every version is compromised at once; from the answer on, use is refused."""
-    return await _change_status(key_id, "revoke", body, svc, client, who)
+def _key_answer(svc: Services, key_id: str) -> dict[str, Any]:
+    return {"key": key_view(*svc.keys.get(key_id))}
 
 
-@router.post("/{key_id}/suspend")
-async def suspend_key(
-    key_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: schemas.ReasonRequest | None = None,
-) -> dict[str, Any]:
-    """Suspend: no use and no scheduled rotation until resumed."""
-    return await _change_status(key_id, "suspend", body, svc, client, who)
-
-
-@router.post("/{key_id}/resume")
-async def resume_key(
-    key_id: str,
-    svc: Svc,
-    who: Operator,
-    client: Temporal,
-    body: schemas.ReasonRequest | None = None,
-) -> dict[str, Any]:
-    """Resume a suspended key."""
-    return await _change_status(key_id, "resume", body, svc, client, who)
+add_status_routes(router, "key_id", _key_workflow, _key_answer)
 
 
 @router.post("/{key_id}/encrypt")
