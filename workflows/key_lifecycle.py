@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.managed import ManagedLifecycleWorkflow
-
 with workflow.unsafe.imports_passed_through():
+    # our modules, the lifecycle loop included, are shared rather than re-run for every
+    # workflow (DESIGN 4): they hold no state of their own
     from activities.keys import KeyActivities
     from core.lifecycle import next_transition
     from core.objects import KeyTransitionCommit
+    from workflows.managed import ManagedLifecycleWorkflow
     from workflows.types import KeyDescription, KeyWorkflowInput
 
 
