@@ -49,6 +49,22 @@ def cursor_of(row: Any) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+def paged(
+    name: str, rows: list[Any], limit: int, offset: int, view: Callable[[Any], dict[str, Any]]
+) -> dict[str, Any]:
+    """A list answer: `rows` were fetched with `limit + 1`, so one more means a next page."""
+    page = rows[:limit]
+    return {
+        name: [view(r) for r in page],
+        "pagination": {
+            "limit": limit,
+            "offset": offset,
+            "count": len(page),
+            "nextCursor": cursor_of(page[-1]) if len(rows) > limit else None,
+        },
+    }
+
+
 def parse_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         at_text, kid = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))

@@ -23,8 +23,8 @@ from api.deps import Operator, Reader, Svc, Temporal
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
-    cursor_of,
     iso,
+    paged,
     parse_cursor,
     run_update,
     start_and_wait_created,
@@ -247,16 +247,7 @@ def list_credentials(
     rows = svc.credentials.list_credentials(
         owner=owner, status=status, limit=limit + 1, offset=offset, after=after
     )
-    page = rows[:limit]
-    return {
-        "credentials": [credential_view(c) for c in page],
-        "pagination": {
-            "limit": limit,
-            "offset": offset,
-            "count": len(page),
-            "nextCursor": cursor_of(page[-1]) if len(rows) > limit else None,
-        },
-    }
+    return paged("credentials", rows, limit, offset, credential_view)
 
 
 @router.get("/{credential_id}")

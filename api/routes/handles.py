@@ -28,8 +28,8 @@ from api.deps import Operator, Reader, Svc, Temporal, temporal
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
-    cursor_of,
     iso,
+    paged,
     parse_cursor,
     run_update,
     start_and_wait_created,
@@ -236,16 +236,7 @@ def list_handles(
         offset=offset,
         after=after,
     )
-    page = rows[:limit]
-    return {
-        "handles": [handle_view(c, []) for c in page],
-        "pagination": {
-            "limit": limit,
-            "offset": offset,
-            "count": len(page),
-            "nextCursor": cursor_of(page[-1]) if len(rows) > limit else None,
-        },
-    }
+    return paged("handles", rows, limit, offset, lambda c: handle_view(c, []))
 
 
 @router.get("/statistics")

@@ -17,8 +17,8 @@ from api.deps import Operator, Reader, Svc, Temporal, User
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
-    cursor_of,
     iso,
+    paged,
     parse_cursor,
     run_update,
     start_and_wait_created,
@@ -167,16 +167,7 @@ def list_keys(
     """Newest first; pass `nextCursor` back as `cursor` for the next page (stable under inserts)."""
     after = parse_cursor(cursor) if cursor else None
     rows = svc.keys.list_keys(type=type, status=status, limit=limit + 1, offset=offset, after=after)
-    page = rows[:limit]
-    return {
-        "keys": [key_view(k) for k in page],
-        "pagination": {
-            "limit": limit,
-            "offset": offset,
-            "count": len(page),
-            "nextCursor": cursor_of(page[-1]) if len(rows) > limit else None,
-        },
-    }
+    return paged("keys", rows, limit, offset, key_view)
 
 
 @router.get("/statistics")
