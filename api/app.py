@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
@@ -16,21 +15,20 @@ from api import errors
 from api.routes import codec, credentials, handles, health, keys
 from core.api_credentials import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
-from core.credentials import AdminKeys, Role
+from core.credentials import VALUE_IN_TEXT, AdminKeys, Role
 from core.services import Services
 
 log = logging.getLogger("keyrotor.api")
 USAGE_FLUSH_INTERVAL = 1.0
-# credential and handle values: they never belong in a URL, but a client may put one there
-_SECRET_VALUE = re.compile(r"\b(kr[ch])_[a-z][a-z0-9-]{0,31}_[a-z2-7]{16}_[A-Za-z0-9_-]+")
 
 
 class RedactSecrets(logging.Filter):
-    """Replaces credential and handle values in log records (access logs print paths)."""
+    """Replaces credential and handle values in log records: they never belong in a URL, but a
+    client may put one there, and access logs print paths."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _SECRET_VALUE.sub(r"\1_<redacted>", message)
+        redacted = VALUE_IN_TEXT.sub(r"\1_<redacted>", message)
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True

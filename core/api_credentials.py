@@ -41,7 +41,7 @@ from core.envelope import MasterKeyring, open_envelope, seal
 from core.lifecycle import LIVE_STATES, KeyStatus, VersionState, next_rotation_at
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
-from core.store.db import Store
+from core.store.db import Store, newest_first
 from core.store.models import (
     AuditRecordRow,
     CredentialRow,
@@ -858,14 +858,8 @@ class CredentialService:
                 q = q.where(CredentialRow.type == type)
             if status:
                 q = q.where(CredentialRow.status == status)
-            if after is not None:
-                at, cid = after
-                q = q.where(
-                    (CredentialRow.created_at < at)
-                    | ((CredentialRow.created_at == at) & (CredentialRow.id < cid))
-                )
-            q = q.order_by(CredentialRow.created_at.desc(), CredentialRow.id.desc())
-            return list(s.scalars(q.offset(offset).limit(limit)))
+            q = newest_first(q, CredentialRow, limit=limit, offset=offset, after=after)
+            return list(s.scalars(q))
 
     def live_handles(self, user_id: str, type: str) -> int:
         """Active or suspended handle families of one user and type (the concurrency cap)."""

@@ -129,6 +129,8 @@ _TOKEN = re.compile(
     r"(?P<prefix>kr[ch])_(?P<env>[a-z][a-z0-9-]{0,31})_(?P<lookup>[a-z2-7]{16})_"
     r"(?P<secret>[A-Za-z0-9_-]{43,171})(?P<checksum>[0-9A-Za-z]{6})"
 )
+# a credential or handle value anywhere in a text (log lines), for redaction
+VALUE_IN_TEXT = re.compile(r"\b(kr[ch])_[a-z][a-z0-9-]{0,31}_[a-z2-7]{16}_[A-Za-z0-9_-]+")
 _HASHES = {"SHA-256": hashlib.sha256, "SHA-384": hashlib.sha384, "SHA-512": hashlib.sha512}
 
 

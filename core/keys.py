@@ -28,7 +28,7 @@ from core.lifecycle import (
 )
 from core.objects import KeyTransitionCommit
 from core.providers.base import KeyProvider, ProviderConfigurationError, VersionHandle
-from core.store.db import Store
+from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
 
 PREFIX = "kr"
@@ -334,12 +334,7 @@ class KeyService:
                 q = q.where(KeyRow.type == type)
             if status:
                 q = q.where(KeyRow.status == status)
-            if after is not None:
-                at, kid = after
-                q = q.where(
-                    (KeyRow.created_at < at) | ((KeyRow.created_at == at) & (KeyRow.id < kid))
-                )
-            q = q.order_by(KeyRow.created_at.desc(), KeyRow.id.desc()).offset(offset).limit(limit)
+            q = newest_first(q, KeyRow, limit=limit, offset=offset, after=after)
             return list(s.scalars(q))
 
     def statistics(self) -> dict[str, object]:

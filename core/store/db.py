@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, Select, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
@@ -30,6 +31,19 @@ DEFAULT_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
 
 # Any constant works; it only has to be the same for every keyrotor process on one database.
 _MIGRATION_LOCK_KEY: Final = 0x6B6579726F746F72  # "keyrotor"
+
+
+def newest_first(
+    query: Select[Any], model: Any, *, limit: int, offset: int, after: tuple[datetime, str] | None
+) -> Select[Any]:
+    """`query` over `model` (which has `created_at` and `id`), newest first; `after`
+    (created_at, id) continues from a cursor, stable while rows are added."""
+    if after is not None:
+        at, last_id = after
+        query = query.where(
+            (model.created_at < at) | ((model.created_at == at) & (model.id < last_id))
+        )
+    return query.order_by(model.created_at.desc(), model.id.desc()).offset(offset).limit(limit)
 
 
 def sqlite_url(path: Path) -> str:
