@@ -5,16 +5,18 @@ Run from the repository root (never part of the test run; it prints, it does not
 
     .venv/bin/python bench/lifecycle.py [--keys N] [--concurrency C] [--emergency-keys M]
 
-Everything runs on this machine: one Temporal dev server (the `temporal` binary installed beside
-Python; the SDK never downloads one), and in this one process and asyncio loop the keyrotor
-worker, the REST API served by uvicorn on a free 127.0.0.1 port, an httpx client driving it over
-real HTTP, and the baseline's worker.
+Everything runs on this machine, laid out as deployed: one Temporal dev server (the `temporal`
+binary installed beside Python; the SDK never downloads one), keyrotor as its two processes
+(`keyrotor api` on a free 127.0.0.1 port and `keyrotor worker`, sharing a SQLite store), the
+baseline's worker in a process of its own, and this process driving both systems.
 
 - baseline: `NoopKeyWorkflow` below, with the message pattern of `KeyLifecycleWorkflow` but no
-  activity: update-with-start `wait_created`, then update `rotate`, straight from the Temporal
-  client. It is the floor: what Temporal itself costs for the same two round trips.
-- keyrotor: `POST /api/key-management/keys/generate` then `POST /keys/{id}/rotate`, each through
-  the key's workflow, its `commit_key_transition` activity and the SQLite store.
+  activity: update-with-start `wait_created`, then update `rotate`, straight from this process's
+  Temporal client. It is the floor: what Temporal itself costs for the same two round trips.
+- keyrotor: `POST /api/key-management/keys/generate` then `POST /keys/{id}/rotate` over
+  keep-alive HTTP/1.1 (`httpload`: pre-built requests on raw asyncio streams, so the driver costs
+  little CPU), each through the key's workflow, its `commit_key_transition` local activity and the
+  SQLite store.
 - emergency: encrypt, signal `emergency_rotate`, poll decrypt of the old ciphertext until 409.
 """
 
@@ -29,39 +31,31 @@ with workflow.unsafe.imports_passed_through():
     import asyncio
     import base64
     import contextlib
-    import functools
     import itertools
+    import json
     import math
     import os
     import platform
     import subprocess
     import sys
     import tempfile
-    import threading
     import time
     import uuid
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+    from collections.abc import Awaitable, Callable, Iterable
     from pathlib import Path
-    from typing import Any, TypeVar
+    from typing import Any
 
-    import httpx
-    import sqlalchemy.event
-    import uvicorn
-    from pydantic import SecretStr
+    from httpload import Connection, free_port, process_cpu, request_bytes, wait_listening
     from temporalio.client import Client, WithStartWorkflowOperation
     from temporalio.common import WorkflowIDConflictPolicy
     from temporalio.service import RPCError
     from temporalio.testing import WorkflowEnvironment
     from temporalio.worker import Worker
 
-    from api.app import create_app
-    from core.codec import data_converter
+    from core.codec import connect_client, data_converter
     from core.credentials import AdminKeys, Role
     from core.envelope import MasterKeyring, generate_master_key
-    from core.services import Services, build_services
-    from core.settings import Settings
-    from core.store.db import WRITE_TRANSACTION_OPTION
-    from worker.main import build_worker
+    from core.store.db import Store, sqlite_url
     from workflows.types import (
         SEARCH_ATTRIBUTE_KEYS,
         OperatorAction,
@@ -73,9 +67,7 @@ BIN = Path(sys.executable).parent
 KEYS_PATH = "/api/key-management/keys"
 POLL_INTERVAL = 0.005
 EMERGENCY_TIMEOUT = 10.0
-HTTP_TIMEOUT = 60.0
 PLAINTEXT = base64.b64encode(b"benchmark plaintext").decode()
-T = TypeVar("T")
 
 
 # --- baseline workflow -----------------------------------------------------------------------
@@ -123,8 +115,7 @@ class RunResult:
         self.name = name
         self.keys = keys
         self.seconds = seconds
-        self.cpu = 0.0  # CPU seconds of this process (all threads) during the run
-        self.server_cpu = 0.0  # CPU seconds of the Temporal dev server during the run
+        self.cpu: dict[str, float] = {}  # CPU seconds per process during the run
         self.create_latencies: list[float] = []
         self.rotate_latencies: list[float] = []
         self.errors: list[str] = []
@@ -134,41 +125,32 @@ class RunResult:
         return self.keys / self.seconds if self.seconds > 0 else 0.0
 
 
-class Timers:
-    """Wall time spent inside instrumented product calls, summed over the threads running them."""
+class Processes:
+    """The processes whose CPU the bench reads: this one, named children, the dev server."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.counts: dict[str, int] = {}
-        self.lock = threading.Lock()
+        self.named: dict[str, int] = {}
 
-    def wrap(self, name: str, fn: Callable[..., T]) -> Callable[..., T]:
-        @functools.wraps(fn)
-        def timed(*args: Any, **kwargs: Any) -> T:
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.add(name, start)
+    def cpu(self) -> dict[str, float]:
+        out = {"driver (this process)": time.process_time()}
+        out |= {name: process_cpu(pid) for name, pid in self.named.items()}
+        out["Temporal dev server"] = sum(
+            process_cpu(pid) for pid in children() if pid not in self.named.values()
+        )
+        return out
 
-        return timed
 
-    def add(self, name: str, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        with self.lock:
-            self.totals[name] = self.totals.get(name, 0.0) + elapsed
-            self.counts[name] = self.counts.get(name, 0) + 1
-
-    def snapshot(self) -> dict[str, tuple[int, float]]:
-        with self.lock:
-            return {k: (self.counts[k], self.totals[k]) for k in self.totals}
-
-    def since(self, before: dict[str, tuple[int, float]]) -> dict[str, tuple[int, float]]:
-        """Calls and time since `before`, in the order the names were first seen."""
-        return {
-            k: (c - before.get(k, (0, 0.0))[0], t - before.get(k, (0, 0.0))[1])
-            for k, (c, t) in self.snapshot().items()
-        }
+def children() -> list[int]:
+    """This process's child processes (the dev server, keyrotor's processes, the baseline's)."""
+    me = str(os.getpid())
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rpartition(")")[2].split()[1] == me:
+                out.append(int(stat.parent.name))
+        except OSError:
+            continue  # the process ended meanwhile
+    return out
 
 
 def percentile(values: Iterable[float], p: float) -> float:
@@ -186,6 +168,7 @@ def ms(seconds: float) -> str:
 
 async def run_pairs(
     name: str,
+    processes: Processes,
     count: int,
     concurrency: int,
     create: Callable[[int], Awaitable[Any]],
@@ -209,30 +192,12 @@ async def run_pairs(
             result.create_latencies.append(t1 - t0)
             result.rotate_latencies.append(t2 - t1)
 
-    start, cpu, server_cpu = time.perf_counter(), time.process_time(), children_cpu()
+    start, cpu = time.perf_counter(), processes.cpu()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     result.seconds = time.perf_counter() - start
-    result.cpu = time.process_time() - cpu
-    result.server_cpu = children_cpu() - server_cpu
+    result.cpu = {k: v - cpu[k] for k, v in processes.cpu().items()}
     result.keys = len(result.create_latencies)
     return result
-
-
-def children_cpu() -> float:
-    """CPU seconds used so far by this process's children (the dev server); NaN off Linux."""
-    me = str(os.getpid())
-    total = 0.0
-    try:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rpartition(")")[2].split()
-            except OSError:
-                continue  # the process ended meanwhile
-            if fields[1] == me:  # ppid
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return math.nan
-    return total
 
 
 # --- the two systems -------------------------------------------------------------------------
@@ -275,26 +240,46 @@ class Baseline:
 
 
 class Keyrotor:
-    """Drives keyrotor over its REST API."""
+    """Drives keyrotor over its REST API (a pool of keep-alive connections)."""
 
-    def __init__(self, http: httpx.AsyncClient) -> None:
-        self.http = http
+    def __init__(self, port: int, admin_key: str) -> None:
+        self.port = port
+        self.admin_key = admin_key
         self.keys: list[dict[str, Any]] = []
+        self._pool: asyncio.Queue[Connection] = asyncio.Queue()
+        self._generate = self.request("POST", f"{KEYS_PATH}/generate", {"type": "encryption"})
+
+    def request(self, method: str, path: str, body: object = None) -> bytes:
+        return request_bytes(method, path, self.admin_key, body)
+
+    async def send(self, request: bytes, expect: int) -> dict[str, Any]:
+        """Send on a pooled connection; the JSON answer, or an error unless it is `expect`."""
+        conn = self._pool.get_nowait() if not self._pool.empty() else None
+        conn = conn or await Connection.open(self.port)
+        try:
+            status, body = await conn.send(request)
+        except BaseException:
+            conn.close()
+            raise
+        self._pool.put_nowait(conn)
+        if status != expect:
+            raise RuntimeError(f"answered {status} (expected {expect}): {body[:300]!r}")
+        answer: dict[str, Any] = json.loads(body)
+        return answer
 
     async def create(self, _i: int) -> dict[str, Any]:
-        r = await self.http.post(f"{KEYS_PATH}/generate", json={"type": "encryption"})
-        if r.status_code != 201:
-            raise RuntimeError(f"generate answered {r.status_code}: {r.text}")
-        key: dict[str, Any] = r.json()["key"]
+        key: dict[str, Any] = (await self.send(self._generate, 201))["key"]
         self.keys.append(key)
         return key
 
     async def rotate(self, key: dict[str, Any]) -> None:
-        r = await self.http.post(f"{KEYS_PATH}/{key['id']}/rotate", json={})
-        if r.status_code != 200:
-            raise RuntimeError(f"rotate answered {r.status_code}: {r.text}")
-        if r.json()["rotation"]["toVersion"] != 2:
-            raise RuntimeError(f"rotate answered {r.json()['rotation']}")
+        answer = await self.send(self.request("POST", f"{KEYS_PATH}/{key['id']}/rotate", {}), 200)
+        if answer["rotation"]["toVersion"] != 2:
+            raise RuntimeError(f"rotate answered {answer['rotation']}")
+
+    def close(self) -> None:
+        while not self._pool.empty():
+            self._pool.get_nowait().close()
 
 
 class EmergencyResult:
@@ -311,7 +296,6 @@ async def emergency(
     client: Client, keyrotor: Keyrotor, count: int, concurrency: int
 ) -> EmergencyResult:
     """Per key: encrypt, signal `emergency_rotate`, poll decrypt of that ciphertext until 409."""
-    http = keyrotor.http
     result = EmergencyResult()
     keys: list[dict[str, Any]] = []
     for _ in range(count):  # fresh keys, so the section does not depend on --keys
@@ -319,29 +303,30 @@ async def emergency(
     queue = iter(keys)
 
     async def one(key: dict[str, Any]) -> None:
-        r = await http.post(f"{KEYS_PATH}/{key['id']}/encrypt", json={"plaintext": PLAINTEXT})
-        if r.status_code != 200:
-            raise RuntimeError(f"encrypt answered {r.status_code}: {r.text}")
-        ciphertext = r.json()["ciphertext"]
-        body = {"ciphertext": ciphertext}
-        r = await http.post(f"{KEYS_PATH}/{key['id']}/decrypt", json=body)
-        if r.status_code != 200:
-            raise RuntimeError(f"decrypt before the signal answered {r.status_code}: {r.text}")
+        path = f"{KEYS_PATH}/{key['id']}"
+        encrypt = keyrotor.request("POST", f"{path}/encrypt", {"plaintext": PLAINTEXT})
+        ciphertext = (await keyrotor.send(encrypt, 200))["ciphertext"]
+        decrypt = keyrotor.request("POST", f"{path}/decrypt", {"ciphertext": ciphertext})
+        await keyrotor.send(decrypt, 200)  # before the signal, it decrypts
         handle = client.get_workflow_handle(key["workflowId"])
         polls = 0
         sent = time.perf_counter()
         await handle.signal("emergency_rotate", OperatorAction(reason="bench", actor="bench"))
         while True:
             t = time.perf_counter()
-            r = await http.post(f"{KEYS_PATH}/{key['id']}/decrypt", json=body)
+            try:
+                await keyrotor.send(decrypt, 409)
+                refused = True
+            except RuntimeError as e:
+                if "answered 200" not in str(e):
+                    raise
+                refused = False
             result.decrypt_latencies.append(time.perf_counter() - t)
             polls += 1
-            if r.status_code == 409:
+            if refused:
                 result.latencies.append(time.perf_counter() - sent)
                 result.polls.append(polls)
                 return
-            if r.status_code != 200:
-                raise RuntimeError(f"decrypt answered {r.status_code}: {r.text}")
             if time.perf_counter() - sent > EMERGENCY_TIMEOUT:
                 raise RuntimeError(f"still decrypting {EMERGENCY_TIMEOUT:.0f} s after the signal")
             await asyncio.sleep(POLL_INTERVAL)
@@ -376,44 +361,6 @@ def machine() -> dict[str, str]:
     }
 
 
-def instrument(services: Services, timers: Timers) -> None:
-    """Time the product's blocking calls (bench-side wrappers on this process's instances)."""
-    keys = services.keys
-    keys.commit_transition = timers.wrap(  # type: ignore[method-assign]
-        "KeyService.commit_transition (activity body)", keys.commit_transition
-    )
-    keys.get = timers.wrap("KeyService.get (API reads)", keys.get)  # type: ignore[method-assign]
-    for name, provider in services.providers.items():
-        provider.create_version = timers.wrap(  # type: ignore[method-assign]
-            f"  of which {name} provider create_version", provider.create_version
-        )
-    write = services.store.write
-    current = threading.local()
-
-    @contextlib.contextmanager
-    def timed_write() -> Iterator[Any]:
-        # BEGIN IMMEDIATE to COMMIT: waiting for the write lock, the statements and the fsync.
-        current.start, current.locked = time.perf_counter(), None
-        try:
-            with write() as session:
-                yield session
-        finally:
-            timers.add("  of which Store.write (lock wait + SQL + commit)", current.start)
-            if current.locked is not None:
-                timers.add("    of which write lock held (SQL + commit)", current.locked)
-            current.start = None
-
-    # Runs after the store's own "begin" listener, i.e. once BEGIN IMMEDIATE has the lock.
-    @sqlalchemy.event.listens_for(services.store.engine, "begin")
-    def _locked(connection: Any) -> None:
-        options = connection.get_execution_options()
-        if options.get(WRITE_TRANSACTION_OPTION) and getattr(current, "start", None) is not None:
-            timers.add("    of which waiting for the write lock", current.start)
-            current.locked = time.perf_counter()
-
-    services.store.write = timed_write  # type: ignore[method-assign]
-
-
 async def history_size(client: Client, workflow_id: str) -> tuple[int, int]:
     """Events and encoded bytes of a workflow's history so far."""
     history = await client.get_workflow_handle(workflow_id).fetch_history()
@@ -437,6 +384,13 @@ async def terminate_all(client: Client, workflow_ids: list[str], concurrency: in
     return gone
 
 
+def cpu_line(r: RunResult) -> str:
+    """CPU per pair of each process, and how busy it was."""
+    return ", ".join(
+        f"{name} {ms(cpu / r.keys)} ({cpu / r.seconds:.0%})" for name, cpu in r.cpu.items()
+    )
+
+
 def print_run(r: RunResult) -> None:
     print(
         f"  {r.name:<9} {r.keys:>5} keys in {r.seconds:7.2f} s = {r.rate:6.1f} keys/s"
@@ -448,12 +402,7 @@ def print_run(r: RunResult) -> None:
         flush=True,
     )
     if r.keys:
-        print(
-            f"  {'':<9} CPU per pair: this process {ms(r.cpu / r.keys)}"
-            f" ({r.cpu / r.seconds:.0%} of one core), Temporal dev server"
-            f" {ms(r.server_cpu / r.keys)} ({r.server_cpu / r.seconds:.0%})",
-            flush=True,
-        )
+        print(f"  {'':<9} CPU per pair (share of one core): {cpu_line(r)}", flush=True)
     for e in r.errors[:3]:
         print(f"    error: {e}")
 
@@ -468,8 +417,8 @@ def merged(runs: list[RunResult]) -> RunResult:
     for r in runs:
         out.keys += r.keys
         out.seconds += r.seconds
-        out.cpu += r.cpu
-        out.server_cpu += r.server_cpu
+        for name, cpu in r.cpu.items():
+            out.cpu[name] = out.cpu.get(name, 0.0) + cpu
         out.create_latencies += r.create_latencies
         out.rotate_latencies += r.rotate_latencies
         out.errors += r.errors
@@ -481,7 +430,6 @@ def report(
     order: str,
     runs: dict[str, list[RunResult]],
     em: EmergencyResult | None,
-    breakdown: dict[str, tuple[int, float]],
     histories: dict[str, tuple[int, int]],
 ) -> None:
     b, k = merged(runs["baseline"]), merged(runs["keyrotor"])
@@ -489,18 +437,14 @@ def report(
     if runs["baseline"]:
         rows.append(("baseline: no-op workflow, Temporal client", f"{b.rate:.1f} keys/s"))
     if runs["keyrotor"]:
-        rows.append(("keyrotor: REST -> workflow -> activity -> SQLite", f"{k.rate:.1f} keys/s"))
+        rows.append(("keyrotor: REST -> workflow -> commit -> SQLite", f"{k.rate:.1f} keys/s"))
     if runs["baseline"] and runs["keyrotor"]:
         ratio = k.rate / b.rate if b.rate else math.nan
         rows.append(("ratio keyrotor / baseline (target >= 0.5)", f"{ratio:.2f}"))
     for r in (b, k):
         if r.keys:
-            rows.append(
-                (
-                    f"{r.name} CPU per pair: bench process / dev server",
-                    f"{ms(r.cpu / r.keys)} / {ms(r.server_cpu / r.keys)}",
-                )
-            )
+            rows.append((f"{r.name} CPU per pair, all processes", ms(sum(r.cpu.values()) / r.keys)))
+            rows += [(f"  {name}", ms(cpu / r.keys)) for name, cpu in r.cpu.items()]
             if r.name in histories:
                 events, size = histories[r.name]
                 rows.append(
@@ -533,55 +477,31 @@ def report(
     print("=" * width)
     for label, value in rows:
         print(f"{label:<52}{value:>28}")
-    if breakdown and k.keys:
-        print("-" * width)
-        print(
-            f"inside the product during the keyrotor runs ({k.keys} pairs in {k.seconds:.1f} s),"
-            " wall time summed over threads:"
-        )
-        for name, (count, secs) in sorted(breakdown.items(), key=_breakdown_order):
-            per = secs / k.keys
-            print(f"  {name:<56}{count:>5} calls {ms(per):>10}/pair")
     print("=" * width, flush=True)
 
 
-def _breakdown_order(item: tuple[str, tuple[int, float]]) -> tuple[int, str]:
-    order = (
-        "KeyService.commit",
-        "  of which local",
-        "  of which Store",
-        "    of which waiting",
-        "    of which write lock",
-        "KeyService.get",
-    )
-    name = item[0]
-    return next((i for i, p in enumerate(order) if name.startswith(p)), len(order)), name
+def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A child process writing its output to `log` (read it when something fails)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Any) -> AsyncIterator[int]:
-    """Serve `app` with uvicorn on a free 127.0.0.1 port in this loop; yields the port.
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
 
-    uvicorn binds the port itself: a socket handed in from `socket.socket()` has protocol 0, so
-    asyncio does not set TCP_NODELAY on the connections it accepts, and every response then
-    waits ~40 ms for a delayed ACK.
-    """
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off"
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()  # raises why it could not start
-                raise RuntimeError("uvicorn stopped before it started")
-            await asyncio.sleep(0.01)
-        yield server.servers[0].sockets[0].getsockname()[1]
-    finally:
-        server.should_exit = True
-        await task
+
+async def run_baseline_worker(address: str, task_queue: str) -> None:
+    """`--baseline-worker`: the no-op workflow's worker, until terminated."""
+    keyring = MasterKeyring.parse(os.environ["KEYROTOR_MASTER_KEY"])
+    client = await connect_client(address, "default", keyring)
+    async with Worker(client, task_queue=task_queue, workflows=[NoopKeyWorkflow]):
+        await asyncio.Event().wait()
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -603,68 +523,79 @@ async def bench(args: argparse.Namespace) -> None:
         dev_server_log_level="error",
     )
     client = env.client
+    address = client.service_client.config.target_host
     suffix = uuid.uuid4().hex[:8]
     baseline = Baseline(client, f"bench-noop-{suffix}")
-    http: httpx.AsyncClient | None = None
-    workflow_ids: list[str] = []
+    children: list[subprocess.Popen[bytes]] = []
+    processes = Processes()
     try:
         with tempfile.TemporaryDirectory(prefix="keyrotor-bench-") as data_dir:
-            settings = Settings(
-                data_dir=Path(data_dir),
-                master_key=SecretStr(master_key),
-                task_queue=f"bench-keyrotor-{suffix}",
-            )
-            services = build_services(settings)
-            timers = Timers()
-            instrument(services, timers)
-            admin_key = AdminKeys(services.store, services.keyring).create(
+            data = Path(data_dir)
+            store = Store(sqlite_url(data / "keyrotor.db"))
+            store.migrate()
+            admin_key = AdminKeys(store, MasterKeyring.parse(master_key)).create(
                 "bench", Role.ADMIN, "bench"
             )
+            store.dispose()
+            port = free_port()
+            child_env = {
+                **os.environ,
+                "KEYROTOR_DATA_DIR": data_dir,
+                "KEYROTOR_MASTER_KEY": master_key,
+                "KEYROTOR_TEMPORAL_ADDRESS": address,
+                "KEYROTOR_TASK_QUEUE": f"bench-keyrotor-{suffix}",
+                "LOG_LEVEL": "WARNING",
+            }
+            if not args.no_pycache:
+                # The workflow sandbox re-imports a workflow's module for each workflow run;
+                # with bytecode writing off (as on these machines) that means a compile every
+                # time, which a deployed worker does not pay. Cache bytecode outside the tree.
+                child_env.pop("PYTHONDONTWRITEBYTECODE", None)
+                child_env["PYTHONPYCACHEPREFIX"] = str(data / "pycache")
+            keyrotor_bin = str(BIN / "keyrotor")
+            for name, argv in (
+                ("keyrotor api", [keyrotor_bin, "api", "--port", str(port)]),
+                ("keyrotor worker", [keyrotor_bin, "worker"]),
+                (
+                    "baseline worker",
+                    [sys.executable, __file__, "--baseline-worker", address, baseline.task_queue],
+                ),
+            ):
+                children.append(spawn(argv, child_env, data / f"{name.replace(' ', '-')}.log"))
+                processes.named[name] = children[-1].pid
+            await wait_listening(port, children[0])
+            keyrotor = Keyrotor(port, admin_key)
+            print(
+                f"setup: dev server, keyrotor api on 127.0.0.1:{port}, keyrotor worker and the"
+                f" baseline worker in {time.perf_counter() - setup_start:.1f} s"
+                f" (SQLite WAL and process logs in {data_dir})",
+                flush=True,
+            )
             try:
-                async with (
-                    serve(create_app(services, client)) as port,
-                    build_worker(client, services),
-                    Worker(client, task_queue=baseline.task_queue, workflows=[NoopKeyWorkflow]),
-                    httpx.AsyncClient(
-                        base_url=f"http://127.0.0.1:{port}",
-                        headers={"Authorization": f"Bearer {admin_key}"},
-                        timeout=HTTP_TIMEOUT,
-                        limits=httpx.Limits(max_connections=2 * args.concurrency),
-                    ) as http,
-                ):
-                    keyrotor = Keyrotor(http)
-                    print(
-                        f"setup: dev server, both workers and the API on 127.0.0.1:{port} in "
-                        f"{time.perf_counter() - setup_start:.1f} s (SQLite WAL in {data_dir})",
-                        flush=True,
-                    )
-                    try:
-                        await measure(args, baseline, keyrotor, client, timers)
-                    finally:
-                        workflow_ids = baseline.workflow_ids + [
-                            k["workflowId"] for k in keyrotor.keys
-                        ]
-                        cleanup_start = time.perf_counter()
-                        gone = await terminate_all(client, workflow_ids, args.concurrency)
-                        print(
-                            f"cleanup: terminated {len(workflow_ids) - gone} bench workflows"
-                            f" ({gone} already gone) in {time.perf_counter() - cleanup_start:.1f}"
-                            " s",
-                            flush=True,
-                        )
+                await measure(args, processes, baseline, keyrotor, client)
             finally:
-                services.close()
+                workflow_ids = baseline.workflow_ids + [k["workflowId"] for k in keyrotor.keys]
+                cleanup_start = time.perf_counter()
+                gone = await terminate_all(client, workflow_ids, args.concurrency)
+                print(
+                    f"cleanup: terminated {len(workflow_ids) - gone} bench workflows"
+                    f" ({gone} already gone) in {time.perf_counter() - cleanup_start:.1f} s",
+                    flush=True,
+                )
+                keyrotor.close()
+                stop(children)
     finally:
+        stop(children)
         await env.shutdown()
         print(f"after: {load()}; API, workers and dev server stopped")
 
 
 async def measure(
     args: argparse.Namespace,
+    processes: Processes,
     baseline: Baseline,
     keyrotor: Keyrotor,
     client: Client,
-    timers: Timers,
 ) -> None:
     systems: list[tuple[str, Baseline | Keyrotor]] = []
     if args.systems in ("both", "baseline"):
@@ -682,19 +613,18 @@ async def measure(
         flush=True,
     )
     for _, system in systems:
-        await run_pairs("warm-up", args.warmup, args.concurrency, system.create, system.rotate)
+        await run_pairs(
+            "warm-up", processes, args.warmup, args.concurrency, system.create, system.rotate
+        )
     runs: dict[str, list[RunResult]] = {"baseline": [], "keyrotor": []}
-    breakdown: dict[str, tuple[int, float]] = {}
     for size in sizes:
         for name, system in systems:
-            before = timers.snapshot()
-            r = await run_pairs(name, size, args.concurrency, system.create, system.rotate)
+            r = await run_pairs(
+                name, processes, size, args.concurrency, system.create, system.rotate
+            )
+            r.cpu = {k: v for k, v in r.cpu.items() if owner(k) in ("both", name)}
             runs[name].append(r)
             print_run(r)
-            if name == "keyrotor":
-                for k, (c, t) in timers.since(before).items():
-                    c0, t0 = breakdown.get(k, (0, 0.0))
-                    breakdown[k] = (c0 + c, t0 + t)
     histories: dict[str, tuple[int, int]] = {}
     if runs["baseline"] and baseline.workflow_ids:
         histories["baseline"] = await history_size(client, baseline.workflow_ids[-1])
@@ -711,7 +641,14 @@ async def measure(
         em = await emergency(client, keyrotor, args.emergency_keys, args.emergency_concurrency)
         for e in em.errors[:3]:
             print(f"    error: {e}")
-    report(args, order, runs, em, breakdown, histories)
+    report(args, order, runs, em, histories)
+
+
+def owner(process: str) -> str:
+    """Which system a process's CPU belongs to."""
+    if process.startswith("keyrotor"):
+        return "keyrotor"
+    return "baseline" if process.startswith("baseline") else "both"
 
 
 def main() -> None:
@@ -741,16 +678,19 @@ def main() -> None:
         help="keep PYTHONDONTWRITEBYTECODE as set: the sandbox then compiles each workflow's "
         "module from source for every workflow run",
     )
+    parser.add_argument(
+        "--baseline-worker",
+        nargs=2,
+        metavar=("ADDRESS", "TASK_QUEUE"),
+        help=argparse.SUPPRESS,  # the bench starts itself with it, as the baseline's worker
+    )
     args = parser.parse_args()
+    if args.baseline_worker:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_baseline_worker(*args.baseline_worker))
+        return
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="keyrotor-bench-pycache-") as pycache:
-        if not args.no_pycache:
-            # The workflow sandbox re-imports a workflow's module for each workflow run; with
-            # bytecode writing off (as on these machines) that means a compile every time, which
-            # a deployed worker does not pay. Cache bytecode outside the work tree instead.
-            sys.pycache_prefix = pycache
-            sys.dont_write_bytecode = False
-        asyncio.run(bench(args))
+    asyncio.run(bench(args))
     print(f"total: {time.perf_counter() - start:.1f} s")
 
 

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import random
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from httpload import Connection, free_port, request_bytes, wait_listening
 from sqlalchemy import insert
 
 from core.credentials import (
@@ -80,7 +79,8 @@ def fill_store(store: Store, keyring: MasterKeyring, n: int) -> tuple[list[str],
         algorithm = "SHA-256" if kind == "credential" else policy.algorithm
         size = 32 if kind == "credential" else policy.handle_length
         for start in range(0, n, 5000):
-            rows, versions = [], []
+            rows: list[dict[str, object]] = []
+            versions: list[dict[str, object]] = []
             for i in range(start, min(n, start + 5000)):
                 cid = f"{'cred' if kind == 'credential' else 'hdl'}_bench{i:015d}"
                 lookup, secret, salt = new_lookup_id(), new_secret(size), secrets.token_bytes(16)
@@ -136,17 +136,6 @@ def fill_store(store: Store, keyring: MasterKeyring, n: int) -> tuple[list[str],
     return credentials, handles
 
 
-def request_bytes(method: str, path: str, admin_key: str | None, body: object = None) -> bytes:
-    head = [f"{method} {path} HTTP/1.1", "Host: bench"]
-    data = b""
-    if admin_key:
-        head.append(f"Authorization: Bearer {admin_key}")
-    if body is not None:
-        data = json.dumps(body).encode()
-        head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
-
-
 @dataclass
 class Result:
     done: int = 0
@@ -154,18 +143,10 @@ class Result:
     latencies: list[float] | None = None
 
 
-async def _exchange(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> bytes:
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    body = await reader.readexactly(length)
-    if not head.startswith(b"HTTP/1.1 200"):
-        raise RuntimeError(head.split(b"\r\n")[0].decode())
+async def _exchange(conn: Connection, request: bytes) -> bytes:
+    status, body = await conn.send(request)
+    if status != 200:
+        raise RuntimeError(f"answered {status}: {body[:200]!r}")
     return body
 
 
@@ -180,14 +161,14 @@ async def closed_loop(
     deadline = time.perf_counter() + seconds
 
     async def worker(offset: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = await Connection.open(port)
         i = offset
         while time.perf_counter() < deadline:
-            body = await _exchange(reader, writer, requests[i % len(requests)])
+            body = await _exchange(conn, requests[i % len(requests)])
             result.done += 1
             result.errors += not _ok(body, expect)
             i += connections
-        writer.close()
+        conn.close()
 
     await asyncio.gather(*(worker(k) for k in range(connections)))
     return result
@@ -199,9 +180,9 @@ async def open_loop(
     """Send at `rate` per second whatever the answers; latency from the scheduled time."""
     result = Result(latencies=[])
     assert result.latencies is not None
-    free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    free: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(64):
-        free.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+        free.put_nowait(await Connection.open(port))
     total = int(rate * seconds)
     start = time.perf_counter() + 0.05
     tasks = []
@@ -210,7 +191,7 @@ async def open_loop(
         scheduled = start + i / rate
         conn = await free.get()
         try:
-            body = await _exchange(*conn, requests[i % len(requests)])
+            body = await _exchange(conn, requests[i % len(requests)])
             result.errors += not _ok(body, expect)
         finally:
             free.put_nowait(conn)
@@ -224,7 +205,7 @@ async def open_loop(
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     while not free.empty():
-        free.get_nowait()[1].close()
+        free.get_nowait().close()
     return result
 
 
@@ -240,13 +221,6 @@ def start_api(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -275,12 +249,7 @@ async def run(args: argparse.Namespace) -> None:
     }
     server = start_api(port, env)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await wait_listening(port, server)
         verifies = [
             request_bytes("POST", f"{API}/credentials/verify", admin_key, {"key": k})
             for k in credentials

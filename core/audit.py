@@ -19,9 +19,9 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, Table, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -33,8 +33,11 @@ HEAD_ID: Final = 1
 
 DetailValue = str | int | bool | None
 
+_RECORDS: Final = cast(Table, AuditRecordRow.__table__)
+_HEAD: Final = cast(Table, AuditHeadRow.__table__)
+
 _TEXT_LIMITS: Final = {
-    name: getattr(AuditRecordRow.__table__.c[name].type, "length", None)
+    name: getattr(_RECORDS.c[name].type, "length", None)
     for name in ("event_id", "actor", "action", "object_kind", "object_id")
 }
 
@@ -118,85 +121,78 @@ def record_hash(prev_hash: str, entry: AuditEntry) -> str:
     return hashlib.sha256(canonical_json(prev_hash, entry)).hexdigest()
 
 
-def append(session: Session, entry: AuditEntry) -> AuditRecordRow:
+def append(session: Session, entry: AuditEntry) -> int:
     """Append `entry` to the chain inside the caller's transaction (the caller commits).
 
-    Returns the existing record, unchanged, when one with `entry.event_id` is already stored. On
-    SQLite the transaction must come from `Store.write()` (BEGIN IMMEDIATE); a deferred
-    transaction would fail with "database is locked" as soon as another writer is active.
+    Returns the record's sequence number; when a record with `entry.event_id` is already stored,
+    that record's, and nothing is written. On SQLite the transaction must come
+    from `Store.write()` (BEGIN IMMEDIATE); a deferred transaction would fail with "database is
+    locked" as soon as another writer is active. Plain SQL statements (no ORM unit of work): a
+    transition commits one record, and this is on its path.
     """
     connection = session.connection()
     dialect = connection.dialect.name
     if dialect == "sqlite" and not connection.get_execution_options().get(WRITE_TRANSACTION_OPTION):
         raise RuntimeError("audit.append on SQLite must run inside Store.write()")
 
-    existing = _by_event_id(session, entry.event_id)
+    existing = _seq_of(connection, entry.event_id)
     if existing is not None:
         return existing
 
-    head = _lock_head(session, dialect)
+    head_seq, head_hash = _lock_head(connection, dialect)
     # Another transaction may have appended this event while we waited for the head lock.
-    existing = _by_event_id(session, entry.event_id)
+    existing = _seq_of(connection, entry.event_id)
     if existing is not None:
         return existing
 
-    digest = record_hash(head.hash, entry)
     # The seq is assigned here, under the head lock, rather than by the database sequence: a
     # rolled-back transaction would burn a sequence value and leave a gap that looks like a
     # deleted record.
-    row = AuditRecordRow(
-        seq=head.seq + 1,
-        event_id=entry.event_id,
-        at=entry.at,
-        actor=entry.actor,
-        action=entry.action,
-        object_kind=entry.object_kind,
-        object_id=entry.object_id,
-        version=entry.version,
-        reason=entry.reason,
-        details=dict(entry.details),
-        prev_hash=head.hash,
-        hash=digest,
+    values = {
+        "seq": head_seq + 1,
+        "event_id": entry.event_id,
+        "at": entry.at,
+        "actor": entry.actor,
+        "action": entry.action,
+        "object_kind": entry.object_kind,
+        "object_id": entry.object_id,
+        "version": entry.version,
+        "reason": entry.reason,
+        "details": dict(entry.details),
+        "prev_hash": head_hash,
+        "hash": record_hash(head_hash, entry),
+    }
+    connection.execute(insert(_RECORDS), values)
+    connection.execute(
+        update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=values["seq"], hash=values["hash"])
     )
-    session.add(row)
-    head.seq = row.seq
-    head.hash = digest
-    session.flush()
-    return row
+    return head_seq + 1
 
 
 def recorded(session: Session, event_id: str) -> bool:
     """Whether a record with `event_id` exists (the idempotency check of a transition)."""
-    q = select(AuditRecordRow.seq).where(AuditRecordRow.event_id == event_id)
-    return session.scalar(q) is not None
+    return _seq_of(session.connection(), event_id) is not None
 
 
-def _by_event_id(session: Session, event_id: str) -> AuditRecordRow | None:
-    return session.scalars(
-        select(AuditRecordRow).where(AuditRecordRow.event_id == event_id)
-    ).one_or_none()
+def _seq_of(connection: Connection, event_id: str) -> int | None:
+    return connection.scalar(select(_RECORDS.c.seq).where(_RECORDS.c.event_id == event_id))
 
 
-def _lock_head(session: Session, dialect: str) -> AuditHeadRow:
-    # populate_existing: the session may hold a copy from before the lock was granted.
-    locked = (
-        select(AuditHeadRow)
-        .where(AuditHeadRow.id == HEAD_ID)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    head = session.scalars(locked).one_or_none()
+def _lock_head(connection: Connection, dialect: str) -> tuple[int, str]:
+    locked = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
+    head = connection.execute(locked).one_or_none()
     if head is not None:
-        return head
+        return head.seq, head.hash
     # First append ever: create the head; a concurrent first appender may win the insert.
     values = {"id": HEAD_ID, "seq": 0, "hash": GENESIS_HASH}
     if dialect == "postgresql":
-        session.execute(postgresql.insert(AuditHeadRow).values(values).on_conflict_do_nothing())
+        connection.execute(postgresql.insert(_HEAD).values(values).on_conflict_do_nothing())
     elif dialect == "sqlite":
-        session.execute(sqlite.insert(AuditHeadRow).values(values).on_conflict_do_nothing())
+        connection.execute(sqlite.insert(_HEAD).values(values).on_conflict_do_nothing())
     else:
         raise RuntimeError(f"unsupported database dialect for the audit chain: {dialect}")
-    return session.scalars(locked).one()
+    head = connection.execute(locked).one()
+    return head.seq, head.hash
 
 
 @dataclass(frozen=True)

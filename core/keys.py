@@ -14,8 +14,9 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import audit
@@ -36,6 +37,9 @@ _VERSION = re.compile(r"[0-9]{1,9}")
 _PROTECT = frozenset(str(s) for s in PROTECT_STATES)
 _PROCESS = frozenset(str(s) for s in PROCESS_STATES)
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_KEYS = cast(Table, KeyRow.__table__)
+_VERSIONS = cast(Table, KeyVersionRow.__table__)
+_EVENTS = cast(Table, EventRow.__table__)
 
 
 class KeyDomainError(Exception):
@@ -131,76 +135,110 @@ class KeyService:
         with self._store.session() as s:
             if audit.recorded(s, c.transition_id):
                 return
-            have_version = (
-                c.new_version is not None
-                and s.get(KeyVersionRow, (spec.key_id, c.new_version)) is not None
+            have_version = c.new_version is not None and (
+                s.connection().scalar(
+                    select(_VERSIONS.c.number).where(
+                        _VERSIONS.c.key_id == spec.key_id, _VERSIONS.c.number == c.new_version
+                    )
+                )
+                is not None
             )
         material = None
         if c.new_version is not None and not have_version:
             material = self.provider(spec.provider).create_version(
                 spec.key_id, c.new_version, spec.algorithm, spec.key_bits
             )
+        lc = c.lifecycle
+        current = lc.current()
+        key_values = {
+            "status": str(lc.status),
+            "updated_at": c.at,
+            "expires_at": lc.expires_at,
+            "next_rotation_at": next_rotation_at(lc),
+        }
+        if current is not None:
+            key_values["current_version"] = current.number
+        # Plain SQL statements, no ORM unit of work: every transition of every key runs this.
         with self._store.write() as s:
             if audit.recorded(s, c.transition_id):
                 return
-            key = s.get(KeyRow, spec.key_id)
-            if key is None:
-                key = KeyRow(
-                    id=spec.key_id,
-                    environment=spec.environment,
-                    type=spec.type,
-                    name=spec.name,
-                    owner=spec.owner,
-                    algorithm=spec.algorithm,
-                    provider=spec.provider,
-                    workflow_id=c.transition_id.rsplit("/", 1)[0],
-                    created_by=spec.created_by,
-                    metadata_=dict(spec.metadata),
-                    created_at=c.at,
-                )
-                s.add(key)
-            lc = c.lifecycle
-            current = lc.current()
-            key.status = str(lc.status)
-            key.current_version = current.number if current else key.current_version or 0
-            key.updated_at = c.at
-            key.expires_at = lc.expires_at
-            key.next_rotation_at = next_rotation_at(lc)
-            s.flush()
-            for v in lc.versions:
-                row = s.get(KeyVersionRow, (spec.key_id, v.number))
-                if row is None:
-                    if material is None:
-                        continue  # created in an earlier attempt of this same transition
-                    row = KeyVersionRow(
-                        key_id=spec.key_id,
-                        number=v.number,
-                        algorithm=spec.algorithm,
-                        provider=spec.provider,
-                        provider_key_ref=material.provider_key_ref,
-                        wrapped_material=material.wrapped_material,
-                        public_key=material.public_key,
-                        created_at=v.created_at,
+            db = s.connection()
+            updated = db.execute(
+                update(_KEYS).where(_KEYS.c.id == spec.key_id).values(key_values)
+            ).rowcount
+            if not updated:
+                db.execute(
+                    insert(_KEYS).values(
+                        {
+                            "id": spec.key_id,
+                            "environment": spec.environment,
+                            "type": spec.type,
+                            "name": spec.name,
+                            "owner": spec.owner,
+                            "algorithm": spec.algorithm,
+                            "provider": spec.provider,
+                            "workflow_id": c.transition_id.rsplit("/", 1)[0],
+                            "created_by": spec.created_by,
+                            "metadata": dict(spec.metadata),
+                            "created_at": c.at,
+                            "current_version": 0,
+                        }
+                        | key_values
                     )
-                    s.add(row)
-                row.state = str(v.state)
-                row.rotate_at = v.rotate_at
-                row.warn_at = v.warn_at
-                row.hard_expiry = v.hard_expiry
-                row.grace_until = v.grace_until
-                row.state_changed_at = v.changed_at or c.at
+                )
+            stored = set(
+                db.scalars(select(_VERSIONS.c.number).where(_VERSIONS.c.key_id == spec.key_id))
+            )
+            changes = []
+            for v in lc.versions:
+                deadlines = {
+                    "state": str(v.state),
+                    "rotate_at": v.rotate_at,
+                    "warn_at": v.warn_at,
+                    "hard_expiry": v.hard_expiry,
+                    "grace_until": v.grace_until,
+                    "state_changed_at": v.changed_at or c.at,
+                }
+                if v.number in stored:
+                    changes.append({"b_number": v.number, **deadlines})
+                elif material is not None and v.number == c.new_version:
+                    db.execute(
+                        insert(_VERSIONS).values(
+                            key_id=spec.key_id,
+                            number=v.number,
+                            algorithm=spec.algorithm,
+                            provider=spec.provider,
+                            provider_key_ref=material.provider_key_ref,
+                            wrapped_material=material.wrapped_material,
+                            public_key=material.public_key,
+                            created_at=v.created_at,
+                            **deadlines,
+                        )
+                    )
+                # else: created in an earlier attempt of this same transition
+            if changes:
+                db.execute(
+                    update(_VERSIONS)
+                    .where(
+                        _VERSIONS.c.key_id == spec.key_id,
+                        _VERSIONS.c.number == bindparam("b_number"),
+                    )
+                    .values({name: bindparam(name) for name in changes[0] if name != "b_number"}),
+                    changes,
+                )
             # A version numbered past the workflow's last one was committed by a workflow task
             # that was lost (a crash before it completed) and replayed differently: not in use
             # until the workflow makes that version again.
-            s.execute(
-                update(KeyVersionRow)
-                .where(
-                    KeyVersionRow.key_id == spec.key_id,
-                    KeyVersionRow.number > lc.last_version,
-                    KeyVersionRow.state != str(VersionState.PENDING),
+            if any(n > lc.last_version for n in stored):
+                db.execute(
+                    update(_VERSIONS)
+                    .where(
+                        _VERSIONS.c.key_id == spec.key_id,
+                        _VERSIONS.c.number > lc.last_version,
+                        _VERSIONS.c.state != str(VersionState.PENDING),
+                    )
+                    .values(state=str(VersionState.PENDING), state_changed_at=c.at)
                 )
-                .values(state=str(VersionState.PENDING), state_changed_at=c.at)
-            )
             audit.append(
                 s,
                 audit.AuditEntry(
@@ -215,8 +253,8 @@ class KeyService:
                     details={"status": str(lc.status)},
                 ),
             )
-            s.add(
-                EventRow(
+            db.execute(
+                insert(_EVENTS).values(
                     event_id=c.transition_id,
                     type=c.event,
                     object_kind="key",

@@ -1,6 +1,9 @@
 """Plain records passed between workflows, activities and the store. None carries a secret."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: the payload converter resolves the field types of
+# these dataclasses with typing.get_type_hints on every conversion, also inside the workflow
+# sandbox, whose module table does not hold this module; string annotations would fail to
+# resolve there, and cost an eval each time elsewhere (tests/unit/test_payload_types.py).
 
 from dataclasses import dataclass, field
 from datetime import datetime

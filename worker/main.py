@@ -8,6 +8,7 @@ from importlib.metadata import version
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities
@@ -18,6 +19,12 @@ from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 
 ACTIVITY_THREADS = 32
+# The workflow modules themselves are passed through too, like everything they import (DESIGN
+# 4): they hold no state at module level, and the sandbox then no longer re-executes them (and
+# their `@workflow.defn` class definitions) for every workflow it starts.
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
+)
 
 
 def build_worker(client: Client, services: Services, task_queue: str | None = None) -> Worker:
@@ -28,6 +35,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
         client,
         task_queue=task_queue or services.settings.task_queue,
         workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow, HandleLifecycleWorkflow],
+        workflow_runner=SANDBOX,
         activities=[keys.commit_key_transition, credentials.commit_credential_transition],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,

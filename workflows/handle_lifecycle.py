@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from temporalio import workflow
 
-from workflows.credential_lifecycle import CredentialLifecycleWorkflow
-
 with workflow.unsafe.imports_passed_through():
+    from workflows.credential_lifecycle import CredentialLifecycleWorkflow
     from workflows.types import CredentialWorkflowInput
 
 

@@ -4,7 +4,10 @@ Signal argument shapes are a public interface (operators send them from the Temp
 `temporal workflow signal --input '{"reason": "..."}'`): keep them stable.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: the payload converter resolves the field types of
+# these dataclasses with typing.get_type_hints on every conversion, also inside the workflow
+# sandbox, whose module table does not hold this module; string annotations would fail to
+# resolve there, and cost an eval each time elsewhere (tests/unit/test_payload_types.py).
 
 from dataclasses import dataclass
 from datetime import datetime

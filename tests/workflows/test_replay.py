@@ -10,6 +10,7 @@ from temporalio.worker import Replayer
 
 from core.codec import data_converter
 from tests.fixtures.temporal import TEST_KEYRING
+from worker.main import SANDBOX
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
@@ -31,6 +32,7 @@ async def test_replay(path: Path) -> None:
     replayer = Replayer(
         workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow, HandleLifecycleWorkflow],
         data_converter=data_converter(TEST_KEYRING),
+        workflow_runner=SANDBOX,  # as the worker runs them
     )
     result = await replayer.replay_workflow(history, raise_on_replay_failure=True)
     assert result.replay_failure is None

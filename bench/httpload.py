@@ -1,0 +1,80 @@
+"""A minimal HTTP/1.1 load generator for the benchmarks: keep-alive connections, pre-built
+requests, raw asyncio streams. It costs the driving process little CPU, so on a small machine
+the numbers measure the server rather than the client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def request_bytes(method: str, path: str, bearer: str | None = None, body: object = None) -> bytes:
+    """One complete request (JSON body when `body` is not None)."""
+    head = [f"{method} {path} HTTP/1.1", "Host: bench"]
+    data = b""
+    if bearer:
+        head.append(f"Authorization: Bearer {bearer}")
+    if body is not None:
+        data = json.dumps(body).encode()
+        head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + data
+
+
+class Connection:
+    """One keep-alive connection; `send` answers (status, body)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, request: bytes) -> tuple[int, bytes]:
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await self.reader.readexactly(length)
+        return int(head[9:12]), body
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Until something accepts connections on `port` (a minute at most); fails if `process`
+    exits first."""
+    deadline = time.perf_counter() + 60
+    while time.perf_counter() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after a minute")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) used so far by process `pid`; 0 once gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
