@@ -171,7 +171,12 @@ def append(session: Session, entry: AuditEntry) -> int:
 
 def recorded(session: Session, event_id: str) -> bool:
     """Whether a record with `event_id` exists (the idempotency check of a transition)."""
-    return _seq_of(session.connection(), event_id) is not None
+    return recorded_on(session.connection(), event_id)
+
+
+def recorded_on(connection: Connection, event_id: str) -> bool:
+    """`recorded` on a plain connection."""
+    return _seq_of(connection, event_id) is not None
 
 
 def _seq_of(connection: Connection, event_id: str) -> int | None:

@@ -132,17 +132,21 @@ class KeyService:
         it; the local provider's material therefore never exists outside a committed version.
         """
         spec = c.spec
-        with self._store.session() as s:
-            if audit.recorded(s, c.transition_id):
-                return
-            have_version = c.new_version is not None and (
-                s.connection().scalar(
-                    select(_VERSIONS.c.number).where(
-                        _VERSIONS.c.key_id == spec.key_id, _VERSIONS.c.number == c.new_version
+        have_version = False
+        if c.new_version is not None:
+            # Material is made outside the write transaction (a provider may be remote): not
+            # again when a retried attempt committed it already.
+            with self._store.engine.connect() as db:
+                if audit.recorded_on(db, c.transition_id):
+                    return
+                have_version = (
+                    db.scalar(
+                        select(_VERSIONS.c.number).where(
+                            _VERSIONS.c.key_id == spec.key_id, _VERSIONS.c.number == c.new_version
+                        )
                     )
+                    is not None
                 )
-                is not None
-            )
         material = None
         if c.new_version is not None and not have_version:
             material = self.provider(spec.provider).create_version(
