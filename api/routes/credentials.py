@@ -18,7 +18,7 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.auth import Permission, body_schema, hot_request
+from api.auth import Permission, hot_request
 from api.deps import Operator, Reader, Svc, Temporal
 from api.errors import APIError
 from api.lifecycle import (
@@ -132,7 +132,6 @@ def verification_view(v: Verification) -> dict[str, Any]:
     return view
 
 
-@router.post("/verify", openapi_extra=body_schema(schemas.VerifyCredentialRequest))
 async def verify_credential(request: Request) -> JSONResponse:
     """Is this API key valid (and does it have these scopes)? Always 200: the answer is in
     `valid` and `code`. Never touches Temporal. Needs the `verify` permission (admin,

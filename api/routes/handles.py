@@ -23,7 +23,7 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.auth import Permission, body_schema, hot_request
+from api.auth import Permission, hot_request
 from api.deps import Operator, Reader, Svc, Temporal, temporal
 from api.errors import APIError
 from api.lifecycle import (
@@ -143,7 +143,6 @@ async def _after_validation(request: Request, svc: Services, v: HandleValidation
         await _signal(request, v.workflow_id, "suspend", f"{v.anomalies} anomalies")
 
 
-@router.post("/validate", openapi_extra=body_schema(schemas.ValidateHandleRequest))
 async def validate_handle(request: Request) -> JSONResponse:
     """Is this handle valid for `userId` in `context`? Always 200; the answer is in `valid`
     and `code`. Never waits for Temporal. Needs the `verify` permission (admin, operator,

@@ -19,7 +19,6 @@ router = APIRouter(tags=["health"])
 OVERDUE_AFTER = timedelta(minutes=5)
 
 
-@router.get("/livez")
 async def livez() -> dict[str, str]:
     """The process is up."""
     return {"status": "ok"}
