@@ -111,6 +111,21 @@ class KeyProvider(Protocol):
         """Return if `signature` is valid, else raise InvalidSignatureError."""
         ...
 
+    def public_key(self, version: VersionHandle) -> bytes | None:
+        """SubjectPublicKeyInfo DER of an asymmetric version (from the provider, or the copy
+        stored at creation); None for symmetric and MAC versions."""
+        ...
+
+    def disable_version(self, version: VersionHandle) -> None:
+        """Make the provider refuse every further use of this version (it is retired or
+        compromised); idempotent. Afterwards its operations raise ProviderOperationError."""
+        ...
+
+    def destroy_version(self, version: VersionHandle) -> None:
+        """Destroy the version's material at the provider, or schedule it for the earliest
+        destruction the provider allows; idempotent. The version is disabled first."""
+        ...
+
     def health(self) -> ProviderHealth:
         """Check that the provider is usable."""
         ...

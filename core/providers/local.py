@@ -54,6 +54,11 @@ class _MaterialCache:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
+    def forget(self, key_id: str, number: int) -> None:
+        with self._lock:
+            for key in [k for k in self._entries if k[:2] == (key_id, number)]:
+                del self._entries[key]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
@@ -132,6 +137,18 @@ class LocalProvider:
     def verify(self, version: VersionHandle, message: bytes, signature: bytes) -> None:
         algo = self._algorithm(version.algorithm)
         algo.verify(self._material(version), message, signature)
+
+    def public_key(self, version: VersionHandle) -> bytes | None:
+        return version.public_key
+
+    def disable_version(self, version: VersionHandle) -> None:
+        # The material lives in the store, sealed: the store's version state is what refuses
+        # a retired version, so there is nothing to switch off here but the opened copy.
+        self._cache.forget(version.key_id, version.number)
+
+    def destroy_version(self, version: VersionHandle) -> None:
+        # Destroying local material is dropping the sealed blob from the store (the caller's).
+        self._cache.forget(version.key_id, version.number)
 
     def health(self) -> ProviderHealth:
         # A real seal/open round trip: proves the keyring and the crypto backend work.
