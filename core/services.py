@@ -44,7 +44,7 @@ def build_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.resolved_database_url())
     store.migrate()
-    providers: dict[str, KeyProvider] = {"local": LocalProvider(keyring)}
+    providers = build_providers(settings, keyring)
     pepper = settings.credential_pepper
     try:
         peppers = PepperRing.from_setting(pepper.get_secret_value() if pepper else None, keyring)
@@ -59,3 +59,23 @@ def build_services(settings: Settings) -> Services:
         KeyService(store, providers),
         CredentialService(store, keyring, peppers),
     )
+
+
+def build_providers(settings: Settings, keyring: MasterKeyring) -> dict[str, KeyProvider]:
+    """`local` always; each other provider once its settings are there. A key that names a
+    provider missing here is refused when it is created (400 PROVIDER_NOT_CONFIGURED)."""
+    providers: dict[str, KeyProvider] = {"local": LocalProvider(keyring)}
+    if settings.pkcs11_module:
+        if not settings.pkcs11_token_label or settings.pkcs11_pin is None:
+            raise ConfigurationError(
+                "KEYROTOR_PKCS11_MODULE is set: KEYROTOR_PKCS11_TOKEN_LABEL and"
+                " KEYROTOR_PKCS11_PIN are needed too"
+            )
+        from core.providers.pkcs11 import PKCS11Provider  # loads the PKCS#11 library
+
+        providers["pkcs11"] = PKCS11Provider(
+            settings.pkcs11_module,
+            settings.pkcs11_token_label,
+            settings.pkcs11_pin.get_secret_value(),
+        )
+    return providers

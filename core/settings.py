@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     # Lets the Temporal UI (which has no keyrotor credentials in dev) call the codec endpoint
     # from its origin without an admin key. Only `keyrotor dev` turns it on.
     codec_allow_ui_origin: bool = False
+    # Key providers besides `local`; each is available once its address or module is set.
+    vault_addr: str = ""
+    vault_token: SecretStr | None = None
+    vault_mount: str = "transit"
+    aws_endpoint_url: str = ""  # with the usual AWS_* credentials; or set aws_region
+    aws_region: str = ""
+    pkcs11_module: str = ""
+    pkcs11_token_label: str = ""
+    pkcs11_pin: SecretStr | None = None
 
     def ui_origins(self) -> list[str]:
         """`ui_origin` may list several origins, comma-separated."""

@@ -1,1 +1,5 @@
-pytest_plugins = ["tests.fixtures.database", "tests.fixtures.temporal"]
+pytest_plugins = [
+    "tests.fixtures.database",
+    "tests.fixtures.softhsm",
+    "tests.fixtures.temporal",
+]

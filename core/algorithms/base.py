@@ -42,6 +42,9 @@ class AlgorithmKind(StrEnum):
     SYMMETRIC = "symmetric"
     MAC = "mac"
     SIGNATURE = "signature"
+    # Public-key encryption built on a key-encapsulation mechanism (ML-KEM, X25519+ML-KEM):
+    # asymmetric like SIGNATURE, but it encrypts and decrypts instead of signing.
+    KEY_ENCAPSULATION = "key-encapsulation"
 
 
 class Algorithm(ABC):

@@ -19,6 +19,7 @@ from core.algorithms import (
     DecryptionError,
     InvalidSignatureError,
     Operation,
+    UnsupportedOperationError,
     resolve,
 )
 from core.providers.base import (
@@ -53,6 +54,21 @@ class ProviderContract:
 
     ALGORITHMS: ClassVar[tuple[str, ...]]
     UNSUPPORTED: ClassVar[str]
+    # Algorithms this provider holds for signing only, though the registry can also encrypt
+    # with them; encrypting must then fail with UnsupportedOperationError, never emulate.
+    SIGN_ONLY: ClassVar[frozenset[str]] = frozenset()
+
+    def operations(self, algorithm: str) -> frozenset[Operation]:
+        ops = resolve(algorithm).operations
+        if resolve(algorithm).name in self.SIGN_ONLY:
+            return ops - {Operation.ENCRYPT, Operation.DECRYPT}
+        return ops
+
+    def test_sign_only_algorithms_refuse_encryption(self, provider: KeyProvider) -> None:
+        for algorithm in self.SIGN_ONLY:
+            v = new_version(provider, algorithm)
+            with pytest.raises(UnsupportedOperationError):
+                provider.encrypt(v, MESSAGE, AAD)
 
     def test_is_a_key_provider(self, provider: KeyProvider) -> None:
         assert isinstance(provider.name, str) and provider.name
@@ -85,7 +101,7 @@ class ProviderContract:
 
     def test_round_trip(self, provider: KeyProvider, algorithm: str) -> None:
         v = new_version(provider, algorithm)
-        ops = resolve(algorithm).operations
+        ops = self.operations(algorithm)
         if Operation.ENCRYPT in ops:
             data = provider.encrypt(v, MESSAGE, AAD)
             assert MESSAGE not in data
@@ -105,7 +121,7 @@ class ProviderContract:
     def test_versions_are_independent(self, provider: KeyProvider, algorithm: str) -> None:
         v1 = new_version(provider, algorithm, 1)
         v2 = new_version(provider, algorithm, 2, key_id=v1.key_id)
-        ops = resolve(algorithm).operations
+        ops = self.operations(algorithm)
         if Operation.ENCRYPT in ops:
             with pytest.raises(DecryptionError):
                 provider.decrypt(v2, provider.encrypt(v1, MESSAGE, AAD), AAD)
@@ -116,12 +132,22 @@ class ProviderContract:
     def test_public_key(self, provider: KeyProvider, algorithm: str) -> None:
         v = new_version(provider, algorithm)
         public = provider.public_key(v)
-        if resolve(algorithm).kind != AlgorithmKind.SIGNATURE:
+        # Asymmetric kinds (signing and key encapsulation) have a public key; the others none.
+        if resolve(algorithm).kind not in (
+            AlgorithmKind.SIGNATURE,
+            AlgorithmKind.KEY_ENCAPSULATION,
+        ):
             assert public is None
             return
         assert public is not None
         assert public == v.public_key  # what creation returned is what the provider holds
-        if resolve(algorithm).name in ("Ed25519", "ECDSA-P256", "RSA-2048"):
+        if resolve(algorithm).name in (
+            "Ed25519",
+            "ECDSA-P256",
+            "RSA-2048",
+            "ML-KEM-768",
+            "ML-KEM-1024",
+        ):
             serialization.load_der_public_key(public)  # a standard SubjectPublicKeyInfo
 
     def test_create_is_idempotent_per_version(self, provider: KeyProvider, algorithm: str) -> None:
@@ -136,19 +162,22 @@ class ProviderContract:
         v = new_version(provider, algorithm)
         provider.disable_version(v)
         provider.disable_version(v)  # idempotent
-        ops = resolve(algorithm).operations
         with pytest.raises(ProviderOperationError):
-            if Operation.ENCRYPT in ops:
-                provider.encrypt(v, MESSAGE, AAD)
-            else:
-                provider.sign(v, MESSAGE)
+            use(provider, v)
 
     def test_destroy_is_idempotent(self, provider: KeyProvider, algorithm: str) -> None:
         v = new_version(provider, algorithm)
         provider.destroy_version(v)
         provider.destroy_version(v)
-        if provider.name != "local":
+        if provider.name != "local":  # local material goes with the store's row
             with pytest.raises(ProviderError):
-                provider.sign(v, MESSAGE) if Operation.SIGN in resolve(
-                    algorithm
-                ).operations else provider.encrypt(v, MESSAGE, AAD)
+                use(provider, v)
+
+
+def use(provider: KeyProvider, v: VersionHandle) -> None:
+    """One operation the version's algorithm supports (signing where it can: every provider
+    that holds a signature algorithm signs with it)."""
+    if Operation.SIGN in resolve(v.algorithm).operations:
+        provider.sign(v, MESSAGE)
+    else:
+        provider.encrypt(v, MESSAGE, AAD)

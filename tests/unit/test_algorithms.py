@@ -30,15 +30,36 @@ CANONICAL = [
     "Ed25519",
     "ECDSA-P256",
     "RSA-2048",
+    "ECDSA-secp256k1",
+    "RSA-4096",
+    # Post-quantum and hybrid: tests/unit/test_pqc.py.
+    "ML-DSA-44",
+    "ML-DSA-65",
+    "ML-DSA-87",
+    "Falcon-512",
+    "Falcon-1024",
+    "ML-KEM-512",
+    "ML-KEM-768",
+    "ML-KEM-1024",
+    "Ed25519+ML-DSA-65",
+    "X25519+ML-KEM-768",
 ]
 AEADS = ["AES-256-GCM", "ChaCha20-Poly1305"]
-SIGNERS = ["HMAC-SHA256", "HMAC-SHA512", "Ed25519", "ECDSA-P256", "RSA-2048"]
-ASYMMETRIC = ["Ed25519", "ECDSA-P256", "RSA-2048"]
+SIGNERS = [
+    "HMAC-SHA256",
+    "HMAC-SHA512",
+    "Ed25519",
+    "ECDSA-P256",
+    "RSA-2048",
+    "ECDSA-secp256k1",
+    "RSA-4096",
+]
+ASYMMETRIC = ["Ed25519", "ECDSA-P256", "RSA-2048", "ECDSA-secp256k1", "RSA-4096"]
 
 
 @pytest.fixture(scope="module")
 def materials() -> dict[str, tuple[bytes, bytes]]:
-    """Two independent materials per algorithm (RSA generation is slow: do it once)."""
+    """Two independent materials per algorithm (RSA-4096 generation takes ~1 s: do it once)."""
     return {name: (resolve(name).generate(), resolve(name).generate()) for name in CANONICAL}
 
 
@@ -72,6 +93,12 @@ def test_canonical_names_are_exactly_the_registered_set() -> None:
         ("ed25519", "Ed25519"),
         ("EdDSA", "Ed25519"),
         ("eDdSa", "Ed25519"),
+        ("ES256K", "ECDSA-secp256k1"),
+        ("es256k", "ECDSA-secp256k1"),
+        ("secp256k1", "ECDSA-secp256k1"),
+        ("ECDSA-SECP256K1", "ECDSA-secp256k1"),
+        ("rsa-4096", "RSA-4096"),
+        ("RSA4096", "RSA-4096"),
     ],
 )
 def test_aliases_resolve_case_insensitively(alias: str, canonical: str) -> None:
@@ -100,6 +127,8 @@ def test_unknown_name_lists_the_known_names() -> None:
         ("Ed25519", "signature", {"sign", "verify"}, 256),
         ("ECDSA-P256", "signature", {"sign", "verify"}, 256),
         ("RSA-2048", "signature", {"sign", "verify", "encrypt", "decrypt"}, 2048),
+        ("ECDSA-secp256k1", "signature", {"sign", "verify"}, 256),
+        ("RSA-4096", "signature", {"sign", "verify", "encrypt", "decrypt"}, 4096),
     ],
 )
 def test_metadata(name: str, kind: str, operations: set[str], default_bits: int) -> None:
@@ -112,7 +141,9 @@ def test_metadata(name: str, kind: str, operations: set[str], default_bits: int)
 # --- key sizes --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["AES-256-GCM", "ChaCha20-Poly1305", "Ed25519", "ECDSA-P256"])
+@pytest.mark.parametrize(
+    "name", ["AES-256-GCM", "ChaCha20-Poly1305", "Ed25519", "ECDSA-P256", "ECDSA-secp256k1"]
+)
 @pytest.mark.parametrize("bits", [128, 192, 255, 257, 512, 0, -256])
 def test_fixed_size_algorithms_reject_other_sizes(name: str, bits: int) -> None:
     algorithm = resolve(name)
@@ -129,6 +160,16 @@ def test_rsa_accepts_only_2048() -> None:
     for bits in (1024, 3072, 4096, 256):
         with pytest.raises(AlgorithmError):
             algorithm.validate_key_bits(bits)
+
+
+def test_rsa_4096_accepts_only_4096() -> None:
+    algorithm = resolve("RSA-4096")
+    algorithm.validate_key_bits(4096)
+    for bits in (1024, 2048, 3072, 8192, 256):
+        with pytest.raises(AlgorithmError, match="RSA-4096"):
+            algorithm.validate_key_bits(bits)
+        with pytest.raises(AlgorithmError):
+            algorithm.generate(bits)
 
 
 @pytest.mark.parametrize("name", ["HMAC-SHA256", "HMAC-SHA512"])
@@ -303,13 +344,15 @@ def test_public_key_loads_and_verifies(
     if name == "Ed25519":
         assert isinstance(public, ed25519.Ed25519PublicKey)
         public.verify(signature, b"payload")
-    elif name == "ECDSA-P256":
+    elif name.startswith("ECDSA-"):
         assert isinstance(public, ec.EllipticCurvePublicKey)
-        assert public.curve.name == "secp256r1"
+        assert (
+            public.curve.name == {"ECDSA-P256": "secp256r1", "ECDSA-secp256k1": "secp256k1"}[name]
+        )
         public.verify(signature, b"payload", ec.ECDSA(hashes.SHA256()))
     else:
         assert isinstance(public, rsa.RSAPublicKey)
-        assert public.key_size == 2048
+        assert public.key_size == resolve(name).default_key_bits
         public.verify(
             signature,
             b"payload",
@@ -356,7 +399,18 @@ def test_rsa_pss_is_randomized(materials: dict[str, tuple[bytes, bytes]]) -> Non
 
 @pytest.mark.parametrize(
     ("name", "other"),
-    [("Ed25519", "ECDSA-P256"), ("ECDSA-P256", "RSA-2048"), ("RSA-2048", "Ed25519")],
+    [
+        ("Ed25519", "ECDSA-P256"),
+        ("ECDSA-P256", "RSA-2048"),
+        ("RSA-2048", "Ed25519"),
+        # Same key type, other parameters: the curve or modulus size must match too.
+        ("ECDSA-P256", "ECDSA-secp256k1"),
+        ("ECDSA-secp256k1", "ECDSA-P256"),
+        ("RSA-2048", "RSA-4096"),
+        ("RSA-4096", "RSA-2048"),
+        ("ECDSA-secp256k1", "ML-DSA-65"),
+        ("RSA-4096", "Ed25519"),
+    ],
 )
 def test_material_of_another_algorithm_is_refused(
     name: str, other: str, materials: dict[str, tuple[bytes, bytes]]
@@ -427,12 +481,43 @@ def test_rsa_binds_aad_as_the_oaep_label(materials: dict[str, tuple[bytes, bytes
     assert private.decrypt(data, oaep) == b"x"
 
 
-def test_rsa_plaintext_limit(materials: dict[str, tuple[bytes, bytes]]) -> None:
-    algorithm = resolve("RSA-2048")
-    key = materials["RSA-2048"][0]
-    assert algorithm.decrypt(key, algorithm.encrypt(key, b"x" * 190, b""), b"") == b"x" * 190
-    with pytest.raises(AlgorithmError, match="190"):
-        algorithm.encrypt(key, b"x" * 191, b"")
+@pytest.mark.parametrize(("name", "limit"), [("RSA-2048", 190), ("RSA-4096", 446)])
+def test_rsa_plaintext_limit(
+    name: str, limit: int, materials: dict[str, tuple[bytes, bytes]]
+) -> None:
+    algorithm = resolve(name)
+    key = materials[name][0]
+    assert algorithm.decrypt(key, algorithm.encrypt(key, b"x" * limit, b""), b"") == b"x" * limit
+    with pytest.raises(AlgorithmError, match=str(limit)):
+        algorithm.encrypt(key, b"x" * (limit + 1), b"")
+
+
+def test_rsa_4096_oaep_round_trip_and_aad(materials: dict[str, tuple[bytes, bytes]]) -> None:
+    algorithm = resolve("RSA-4096")
+    key, other_key = materials["RSA-4096"]
+    data = algorithm.encrypt(key, b"wrapped data key", b"context")
+    assert len(data) == 512
+    assert algorithm.decrypt(key, data, b"context") == b"wrapped data key"
+    for bad_key, blob, aad in (
+        (other_key, data, b"context"),
+        (key, data, b"other"),
+        (key, flip(data, 200), b"context"),
+        (key, data[:-1], b"context"),
+    ):
+        with pytest.raises(DecryptionError):
+            algorithm.decrypt(bad_key, blob, aad)
+
+
+def test_secp256k1_interoperates_with_cryptography(
+    materials: dict[str, tuple[bytes, bytes]],
+) -> None:
+    """An ES256K signature made outside keyrotor verifies, and ours verify outside."""
+    algorithm = resolve("ECDSA-secp256k1")
+    key = materials["ECDSA-secp256k1"][0]
+    private = serialization.load_der_private_key(key, password=None)
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    algorithm.verify(key, b"m", private.sign(b"m", ec.ECDSA(hashes.SHA256())))
+    private.public_key().verify(algorithm.sign(key, b"m"), b"m", ec.ECDSA(hashes.SHA256()))
 
 
 def test_every_algorithm_is_an_algorithm() -> None:
