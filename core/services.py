@@ -65,6 +65,23 @@ def build_providers(settings: Settings, keyring: MasterKeyring) -> dict[str, Key
     """`local` always; each other provider once its settings are there. A key that names a
     provider missing here is refused when it is created (400 PROVIDER_NOT_CONFIGURED)."""
     providers: dict[str, KeyProvider] = {"local": LocalProvider(keyring)}
+    if settings.vault_addr:
+        if settings.vault_token is None:
+            raise ConfigurationError(
+                "KEYROTOR_VAULT_ADDR is set: KEYROTOR_VAULT_TOKEN is needed too"
+            )
+        from core.providers.vault_transit import VaultTransitProvider
+
+        providers["vault"] = VaultTransitProvider(
+            settings.vault_addr, settings.vault_token.get_secret_value(), settings.vault_mount
+        )
+    if settings.aws_endpoint_url or settings.aws_region:
+        from core.providers.aws_kms import AWSKMSProvider  # boto3 is slow to import
+
+        providers["aws-kms"] = AWSKMSProvider(
+            endpoint_url=settings.aws_endpoint_url or None,
+            region_name=settings.aws_region or None,
+        )
     if settings.pkcs11_module:
         if not settings.pkcs11_token_label or settings.pkcs11_pin is None:
             raise ConfigurationError(

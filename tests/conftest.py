@@ -1,5 +1,7 @@
 pytest_plugins = [
     "tests.fixtures.database",
+    "tests.fixtures.moto_kms",
+    "tests.fixtures.openbao",
     "tests.fixtures.softhsm",
     "tests.fixtures.temporal",
 ]
