@@ -12,14 +12,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path
+from fastapi import APIRouter, Body, Path, Request
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api import schemas
-from api.deps import Operator, Svc, Temporal
+from api.deps import Operator, Svc, Temporal, temporal
 from api.errors import APIError
 from core.api_credentials import CACHE_STALE_AFTER, CredentialService
 from core.credentials import AdminPrincipal
@@ -103,10 +103,12 @@ async def run_update(client: Client, workflow_id: str, name: str, arg: Any, **kw
 
 
 async def start_and_wait_created(
-    client: Client, start: WithStartWorkflowOperation[Any, str], what: str
+    request: Request, start: WithStartWorkflowOperation[Any, str], what: str
 ) -> None:
     """Start a lifecycle workflow (or find the one an idempotent retry started) and wait
-    until its first version is committed."""
+    until its first version is committed. The client is asked for only now, after the route
+    has validated the request: bad input is a 4xx even while Temporal is down."""
+    client = await temporal(request)
     try:
         await asyncio.wait_for(
             client.execute_update_with_start_workflow(

@@ -154,8 +154,8 @@ async def verify_credential(request: Request) -> JSONResponse:
 async def create_credential(
     body: schemas.CreateCredentialRequest,
     svc: Svc,
-    who: Operator,  # before the client: refuse before connecting to Temporal
-    client: Temporal,
+    who: Operator,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Create an API credential; the answer carries its secret, shown this once only."""
@@ -218,7 +218,7 @@ async def create_credential(
         static_summary=f"API credential {spec.name or spec.credential_id}",
         result_type=str,
     )
-    await start_and_wait_created(client, start, f"credential {spec.credential_id}")
+    await start_and_wait_created(request, start, f"credential {spec.credential_id}")
     secret = await run_in_threadpool(svc.credentials.claim_secret, spec.credential_id, 1, who.name)
     cred, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id)
     if secret is None:

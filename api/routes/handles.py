@@ -163,7 +163,7 @@ async def validate_handle(request: Request) -> JSONResponse:
 
 @router.post("/generate", status_code=201)
 async def generate_handle(
-    body: schemas.GenerateHandleRequest, svc: Svc, who: Operator, client: Temporal
+    body: schemas.GenerateHandleRequest, svc: Svc, who: Operator, request: Request
 ) -> dict[str, Any]:
     """Issue a handle of `type` to `userId`, bound to `context`; answers with its value once."""
     policy = svc.policies.handle_type(body.type)
@@ -206,7 +206,7 @@ async def generate_handle(
         static_summary=f"{policy.name} handle of {user_id}",
         result_type=str,
     )
-    await start_and_wait_created(client, start, f"handle {spec.credential_id}")
+    await start_and_wait_created(request, start, f"handle {spec.credential_id}")
     value = await run_in_threadpool(svc.credentials.claim_secret, spec.credential_id, 1, who.name)
     row, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id, "handle")
     if value is None:  # a new family's first value: only this request can have taken it

@@ -7,7 +7,7 @@ import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query
+from fastapi import APIRouter, Header, Query, Request
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -93,8 +93,8 @@ def _b64(field: str, value: str | None) -> bytes:
 async def generate_key(
     body: schemas.GenerateKeyRequest,
     svc: Svc,
-    who: Operator,  # before the client: refuse before connecting to Temporal
-    client: Temporal,
+    who: Operator,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Create a key: its workflow generates version 1; answers once it is committed.
@@ -107,6 +107,12 @@ async def generate_key(
         policy.key_bits if algorithm == policy.algorithm else resolve(algorithm).default_key_bits
     )
     provider = body.provider or svc.policies.default_provider
+    if provider not in svc.providers:
+        raise APIError(
+            400,
+            "PROVIDER_NOT_CONFIGURED",
+            f"provider {provider} is not configured here; configured: {', '.join(svc.providers)}",
+        )
     if not svc.keys.provider(provider).supports(algorithm):
         raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
     environment = body.environment or svc.policies.default_environment
@@ -147,7 +153,7 @@ async def generate_key(
         static_summary=f"{spec.type} key {spec.name or spec.key_id} ({algorithm})",
         result_type=str,
     )
-    await start_and_wait_created(client, start, f"key {spec.key_id}")
+    await start_and_wait_created(request, start, f"key {spec.key_id}")
     key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
     if (key.type, key.algorithm, key.environment) != (spec.type, algorithm, environment):
         raise APIError(409, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key was used for another key")

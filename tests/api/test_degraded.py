@@ -197,3 +197,21 @@ async def test_health_sees_temporal_once_it_is_reachable(
     health = r.json()["health"]
     assert health["components"]["temporal"] == {"status": "up"}
     assert health["status"] == "healthy"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"type": "encryption", "provider": "vault"}, 400, "PROVIDER_NOT_CONFIGURED"),
+        ({"type": "encryption", "provider": "azure-keyvault"}, 400, "PROVIDER_NOT_CONFIGURED"),
+        ({"type": "signing", "algorithm": "Dilithium9"}, 400, "UNSUPPORTED_ALGORITHM"),
+    ],
+)
+async def test_a_key_on_a_provider_or_algorithm_not_there_is_refused_before_temporal(
+    d: Degraded, body: dict[str, str], status: int, code: str
+) -> None:
+    # Refused with the reason even though Temporal is down: nothing is started.
+    r = await d.http.post(f"{API}/keys/generate", json=body, headers=d.headers)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert body.get("provider", body.get("algorithm", "")) in r.json()["error"]["message"]
+    assert (await statistics(d))["totalKeys"] == 1
