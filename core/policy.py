@@ -228,6 +228,16 @@ class SecurityPolicies:
 
 
 @dataclass(frozen=True)
+class EnvironmentPolicy:
+    """Where the keys of one environment live. `prod` refuses the local provider unless its
+    table says `allow_local = true`: production keys belong in a KMS or HSM."""
+
+    name: str
+    provider: str  # for a key whose request names none
+    allow_local: bool
+
+
+@dataclass(frozen=True)
 class Policies:
     """Every policy of one configuration file, checked and read-only."""
 
@@ -236,9 +246,24 @@ class Policies:
     handle_types: Mapping[str, HandleTypePolicy]
     security: SecurityPolicies
     environments: tuple[str, ...]
+    environment_policies: Mapping[str, EnvironmentPolicy]
     default_environment: str
     default_provider: str
     source: str
+
+    def provider_for(self, environment: str, requested: str | None) -> str:
+        """The provider of a new key in `environment`: the one requested, else the
+        environment's; PolicyError if the environment does not allow it."""
+        policy = self.environment_policies[environment]
+        provider = requested or policy.provider
+        if provider == "local" and not policy.allow_local:
+            raise PolicyError(
+                self.source,
+                f"environments.{environment}",
+                f"keys in {environment} may not use the local provider (set allow_local = true"
+                " to allow it)",
+            )
+        return provider
 
     def handle_type(self, name: str) -> HandleTypePolicy:
         """The policy of handle type `name`; PolicyError if the file defines no such type."""
@@ -292,6 +317,7 @@ _SECURITY_FIELDS = (
     "suspension_timeout",
 )
 _TOP_LEVEL_FIELDS = ("defaults", "key_types", "credentials", "handle_types", "security_policies")
+_ENVIRONMENT_FIELDS = ("provider", "allow_local")
 # the hash of a handle's keyed hash, by the names the policy file may use
 HANDLE_HASHES = {
     "SHA-256": "SHA-256",
@@ -312,18 +338,30 @@ class _Reader:
     def fail(self, field: str, reason: str) -> PolicyError:
         return PolicyError(self.source, field, reason)
 
-    def table(self, value: object, field: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+    def table(
+        self, value: object, field: str, allowed: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise self.fail(field, f"must be a table, got {_type_name(value)}")
         for key in value:
-            if key not in allowed:
-                raise self.fail(
-                    _join(field, key), f"unknown field; expected one of {', '.join(allowed)}"
-                )
+            if key not in allowed + optional:
+                expected = ", ".join(allowed + optional)
+                raise self.fail(_join(field, key), f"unknown field; expected one of {expected}")
         for key in allowed:
             if key not in value:
                 raise self.fail(_join(field, key), "missing")
         return value
+
+    def environment(self, name: str, value: object, default_provider: str) -> EnvironmentPolicy:
+        field = f"environments.{name}"
+        table = self.table(value, field, (), _ENVIRONMENT_FIELDS)
+        provider = default_provider
+        if "provider" in table:
+            provider = self.name(table["provider"], f"{field}.provider")
+        allow_local = name != "prod"
+        if "allow_local" in table:
+            allow_local = self.boolean(table["allow_local"], f"{field}.allow_local")
+        return EnvironmentPolicy(name, provider, allow_local)
 
     def string(self, value: object, field: str) -> str:
         if not isinstance(value, str):
@@ -486,7 +524,7 @@ class _Reader:
         return policy
 
     def policies(self, data: dict[str, Any]) -> Policies:
-        self.table(data, "", _TOP_LEVEL_FIELDS)
+        self.table(data, "", _TOP_LEVEL_FIELDS, ("environments",))
         defaults = self.table(data["defaults"], "defaults", _DEFAULTS_FIELDS)
         raw_environments = defaults["environments"]
         if not isinstance(raw_environments, list):
@@ -509,6 +547,19 @@ class _Reader:
                 f"{environment!r} is not one of environments ({', '.join(environments)})",
             )
         provider = self.string(defaults["provider"], "defaults.provider")
+        raw_env_tables = data.get("environments", {})
+        if not isinstance(raw_env_tables, dict):
+            raise self.fail("environments", f"must be a table, got {_type_name(raw_env_tables)}")
+        for env in raw_env_tables:
+            if env not in environments:
+                raise self.fail(
+                    f"environments.{env}",
+                    f"{env!r} is not one of defaults.environments ({', '.join(environments)})",
+                )
+        environment_policies = {
+            env: self.environment(env, raw_env_tables.get(env, {}), provider)
+            for env in environments
+        }
         raw_types = data["key_types"]
         if not isinstance(raw_types, dict):
             raise self.fail("key_types", f"must be a table, got {_type_name(raw_types)}")
@@ -525,6 +576,7 @@ class _Reader:
             handle_types=MappingProxyType(handle_types),
             security=self.security(data["security_policies"]),
             environments=tuple(environments),
+            environment_policies=MappingProxyType(environment_policies),
             default_environment=environment,
             default_provider=provider,
             source=self.source,

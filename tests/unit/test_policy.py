@@ -365,7 +365,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         _set("key_typess", {"x": 1}),
         "key_typess",
         "unknown field; expected one of defaults, key_types, credentials, handle_types,"
-        " security_policies",
+        " security_policies, environments",
     ),
     ("missing defaults", _delete("defaults"), "defaults", "missing"),
     ("missing key_types", _delete("key_types"), "key_types", "missing"),
@@ -422,6 +422,24 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         _set("defaults.environment", "qa"),
         "defaults.environment",
         "'qa' is not one of environments (dev, staging, prod)",
+    ),
+    (
+        "environment table for an unknown environment",
+        lambda d: d.update(environments={"qa": {"provider": "vault"}}),
+        "environments.qa",
+        "'qa' is not one of defaults.environments (dev, staging, prod)",
+    ),
+    (
+        "environment table with an unknown field",
+        lambda d: d.update(environments={"prod": {"kms": "vault"}}),
+        "environments.prod.kms",
+        "unknown field; expected one of provider, allow_local",
+    ),
+    (
+        "allow_local not a boolean",
+        lambda d: d.update(environments={"prod": {"allow_local": "yes"}}),
+        "environments.prod.allow_local",
+        "must be true or false, got a string",
     ),
     (
         "default environment not a string",
@@ -866,3 +884,26 @@ def test_shipped_handle_types_and_security_policies_are_the_reference_values() -
         2,
         14400,
     )
+
+
+def test_environment_policies(tmp_path: Path) -> None:
+    data = copy.deepcopy(_valid())
+    data["environments"] = {"staging": {"provider": "aws-kms"}}
+    policies = load_policies(_write(tmp_path, data))
+    assert policies.provider_for("dev", None) == "local"
+    assert policies.provider_for("staging", None) == "aws-kms"
+    assert policies.provider_for("staging", "local") == "local"  # staging allows local
+    # prod: no table, so the default provider (local), which prod refuses unless allowed
+    with pytest.raises(PolicyError, match="keys in prod may not use the local provider"):
+        policies.provider_for("prod", None)
+    assert policies.provider_for("prod", "vault") == "vault"
+    data["environments"] = {"prod": {"allow_local": True}}
+    assert load_policies(_write(tmp_path, data)).provider_for("prod", None) == "local"
+
+
+def test_the_shipped_policy_keeps_prod_off_the_local_provider() -> None:
+    policies = load_policies(default_policy_path())
+    assert policies.provider_for("prod", None) == "vault"
+    with pytest.raises(PolicyError, match="may not use the local provider"):
+        policies.provider_for("prod", "local")
+    assert policies.provider_for("dev", None) == "local"
