@@ -57,6 +57,21 @@ class VerifyRequest(Body):
     signature: str = Field(max_length=65536)
 
 
+class RewrapRequest(Body):
+    ciphertext: str = Field(max_length=6 * 1024 * 1024)
+    aad: str | None = Field(
+        default=None, description="base64; the aad the ciphertext was bound to", max_length=65536
+    )
+
+
+class DeriveRequest(Body):
+    context: str = Field(description="base64, up to 4 KiB", max_length=5464)
+    length: int = Field(ge=16, le=64, strict=True, description="bytes to derive")
+    version: int | None = Field(
+        default=None, ge=1, strict=True, description="a version in grace; default: the active"
+    )
+
+
 Scope = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=r"^[!-~]+$")]
 
 

@@ -12,14 +12,20 @@ import hashlib
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import cast
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import audit
+from core.algorithms import AlgorithmError, AlgorithmKind, Operation, resolve
+from core.algorithms.base import UnsupportedOperationError
 from core.lifecycle import (
     PROCESS_STATES,
     PROTECT_STATES,
@@ -56,6 +62,10 @@ class KeyStateError(KeyDomainError):
 
 class MalformedTokenError(KeyDomainError):
     """A ciphertext or signature string is not in keyrotor's format."""
+
+
+class NoPublicKeyError(UnsupportedOperationError):
+    """The key's algorithm has no public half (symmetric and MAC keys)."""
 
 
 def new_key_id() -> str:
@@ -107,6 +117,115 @@ class UseResult:
 
     value: bytes | str
     version: int
+
+
+@dataclass(frozen=True)
+class RewrapResult:
+    """A ciphertext re-encrypted under the active version (the plaintext stays inside)."""
+
+    ciphertext: str
+    from_version: int
+    version: int
+
+
+@dataclass(frozen=True)
+class DerivedKey:
+    """Key material derived from a MAC key version: a secret for its caller only."""
+
+    # repr=False: a derived key is as secret as a plaintext and must not reach a log line.
+    material: bytes = field(repr=False)
+    version: int
+
+
+@dataclass(frozen=True)
+class PublicKeyView:
+    """One version's public key in the encodings verifiers use; nothing in it is secret.
+
+    `raw`: the EC point (uncompressed X9.62), the 32 Ed25519 bytes, SubjectPublicKeyInfo DER
+    for RSA (it carries the exponent as well as the modulus), the FIPS 203/204 or PQClean raw
+    key for post-quantum algorithms, and keyrotor's KRPK container for hybrids. `pem`: SPKI
+    PEM where a standard SPKI encoding exists. `jwk`: RFC 7517/7518/8037/8812 for classical
+    keys, the draft "AKP" key type for ML-DSA; None where no JOSE encoding is registered.
+    """
+
+    version: int
+    raw: bytes
+    pem: str | None
+    jwk: dict[str, str] | None
+
+
+DERIVE_LABEL = b"keyrotor/derive/v1\0"
+DERIVE_MIN_BYTES = 16
+DERIVE_MAX_BYTES = 64
+_PUBLIC_KINDS = frozenset({AlgorithmKind.SIGNATURE, AlgorithmKind.KEY_ENCAPSULATION})
+# JOSE names (RFC 7518 3.4, RFC 8812 3.2) of the curves keyrotor signs with, and their `alg`.
+_EC_JOSE = {"secp256r1": ("P-256", "ES256"), "secp256k1": ("secp256k1", "ES256K")}
+_MLDSA_PUBLIC = (mldsa.MLDSA44PublicKey, mldsa.MLDSA65PublicKey, mldsa.MLDSA87PublicKey)
+_MLKEM_PUBLIC = (mlkem.MLKEM768PublicKey, mlkem.MLKEM1024PublicKey)
+
+
+def _fixed(n: int, size: int) -> str:
+    return _b64e(n.to_bytes(size, "big"))
+
+
+def public_key_view(key_id: str, number: int, algorithm: str, public: bytes) -> PublicKeyView:
+    """Encode the public key a provider answered for a version (SPKI DER, or raw bytes for the
+    algorithms without a standard SPKI: Falcon, ML-KEM-512, hybrids)."""
+    try:
+        loaded = serialization.load_der_public_key(public)
+    except (ValueError, UnsupportedAlgorithm):
+        # Not SPKI: the provider's raw encoding is the only one there is.
+        return PublicKeyView(number, public, None, None)
+    pem = loaded.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+    spki = loaded.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    base = {"kid": f"{key_id}.v{number}"}
+    jwk: dict[str, str] | None = None
+    if isinstance(loaded, rsa.RSAPublicKey):
+        nums = loaded.public_numbers()
+        # keyrotor signs RSA with PSS, SHA-256, MGF1-SHA-256 and a 32-byte salt: that is PS256.
+        jwk = {
+            "kty": "RSA",
+            "n": _fixed(nums.n, (nums.n.bit_length() + 7) // 8),
+            "e": _fixed(nums.e, (nums.e.bit_length() + 7) // 8),
+            "alg": "PS256",
+            "use": "sig",
+        } | base
+        raw = spki
+    elif isinstance(loaded, ec.EllipticCurvePublicKey):
+        raw = loaded.public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        )
+        jose = _EC_JOSE.get(loaded.curve.name)
+        if jose is not None:
+            size = (loaded.curve.key_size + 7) // 8
+            point = loaded.public_numbers()
+            jwk = {
+                "kty": "EC",
+                "crv": jose[0],
+                "x": _fixed(point.x, size),
+                "y": _fixed(point.y, size),
+                "alg": jose[1],
+                "use": "sig",
+            } | base
+    elif isinstance(loaded, ed25519.Ed25519PublicKey):
+        raw = loaded.public_bytes_raw()
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64e(raw), "alg": "EdDSA", "use": "sig"}
+        jwk |= base
+    elif isinstance(loaded, _MLDSA_PUBLIC):
+        raw = loaded.public_bytes_raw()
+        # draft-ietf-cose-dilithium: kty AKP, alg the parameter set, pub the FIPS 204 key.
+        jwk = {"kty": "AKP", "alg": algorithm, "pub": _b64e(raw), "use": "sig"} | base
+    elif isinstance(loaded, _MLKEM_PUBLIC):
+        # The JOSE ML-KEM drafts name KEM + key-wrap compositions, not what keyrotor's
+        # encryption does: a JWK with one of their `alg`s would mislead, so none.
+        raw = loaded.public_bytes_raw()
+    else:
+        raw = spki
+    return PublicKeyView(number, raw, pem, jwk)
 
 
 class KeyService:
@@ -334,6 +453,86 @@ class KeyService:
         provider.verify(v, message, sig)
         return UseResult(b"", number)
 
+    def rewrap(self, key_id: str, ciphertext: str, aad: bytes) -> RewrapResult:
+        """Re-encrypt `ciphertext` (of the active or a grace version) under the active version.
+
+        Always decrypts and encrypts, even a ciphertext of the active version (as AWS KMS
+        ReEncrypt and Vault's rewrap do): the answer then proves the input authenticated, and
+        carries a fresh nonce. The plaintext exists only inside this call."""
+        number, data = parse_token(ciphertext, key_id)
+        old_provider, old = self._version(key_id, number, _PROCESS)
+        _require(old.algorithm, Operation.DECRYPT, "rewrap")
+        new_provider, new = self._version(key_id, None, _PROTECT)
+        _require(new.algorithm, Operation.ENCRYPT, "rewrap")
+        plaintext = old_provider.decrypt(old, data, _header(key_id, number) + aad)
+        out = new_provider.encrypt(new, plaintext, _header(key_id, new.number) + aad)
+        return RewrapResult(format_token(key_id, new.number, out), number, new.number)
+
+    def derive(
+        self, key_id: str, context: bytes, length: int, number: int | None = None
+    ) -> DerivedKey:
+        """`length` bytes derived from a MAC key version and `context` (HKDF-SHA256, RFC 5869).
+
+        The extract step is the provider's own MAC over a fixed label and the context, so the
+        key never leaves a remote provider; the expand step binds the length as well, so a
+        shorter output is not a prefix of a longer one. The active version unless `number`
+        names one (active or in grace, like decrypt)."""
+        if not DERIVE_MIN_BYTES <= length <= DERIVE_MAX_BYTES:
+            raise AlgorithmError(
+                f"length must be {DERIVE_MIN_BYTES} to {DERIVE_MAX_BYTES} bytes; got {length}"
+            )
+        provider, v = self._version(key_id, number, _PROTECT if number is None else _PROCESS)
+        algorithm = resolve(v.algorithm)
+        if algorithm.kind != AlgorithmKind.MAC:
+            raise UnsupportedOperationError(
+                f"derive needs an HMAC key; key {key_id} is {algorithm.name}"
+            )
+        prk = provider.sign(v, DERIVE_LABEL + context)
+        info = DERIVE_LABEL + length.to_bytes(2, "big")
+        okm = HKDFExpand(algorithm=hashes.SHA256(), length=length, info=info).derive(prk)
+        return DerivedKey(okm, v.number)
+
+    def public_key(self, key_id: str, number: int | None = None) -> PublicKeyView:
+        """The public key of the active version, or of version `number` (active or in grace)."""
+        provider, v = self._version(key_id, number, _PROTECT if number is None else _PROCESS)
+        return self._public_view(key_id, provider, v)
+
+    def jwks(self, key_id: str) -> list[dict[str, str]]:
+        """The JWKs of the versions a verifier must accept now: active first, then grace.
+
+        Versions without a JWK form are left out; a key with no usable version has none."""
+        with self._store.session() as s:
+            key = s.get(KeyRow, key_id)
+            if key is None:
+                raise KeyNotFoundError(f"key {key_id} not found")
+            numbers = list(
+                s.scalars(
+                    select(KeyVersionRow.number)
+                    .where(KeyVersionRow.key_id == key_id, KeyVersionRow.state.in_(_PROCESS))
+                    .order_by(KeyVersionRow.number.desc())
+                )
+            )
+            algorithm = key.algorithm
+        _require_public(key_id, algorithm)
+        keys: list[dict[str, str]] = []
+        for number in numbers:
+            try:
+                provider, v = self._version(key_id, number, _PROCESS)
+            except KeyStateError:
+                continue  # its deadline passed though the workflow has not moved it on yet
+            jwk = self._public_view(key_id, provider, v).jwk
+            if jwk is not None:
+                keys.append(jwk)
+        # newest first puts the active version (always the highest live number) first
+        return keys
+
+    def _public_view(self, key_id: str, provider: KeyProvider, v: VersionHandle) -> PublicKeyView:
+        _require_public(key_id, v.algorithm)
+        public = provider.public_key(v)
+        if public is None:
+            raise NoPublicKeyError(f"key {key_id} version {v.number} has no public key")
+        return public_key_view(key_id, v.number, resolve(v.algorithm).name, public)
+
     # --- reads -----------------------------------------------------------------------------
 
     def workflow_of(self, key_id: str) -> tuple[str, str]:
@@ -401,3 +600,16 @@ class KeyService:
 
 def _counts(s: Session, column: InstrumentedAttribute[str]) -> dict[str, int]:
     return {value: n for value, n in s.execute(select(column, func.count()).group_by(column))}
+
+
+def _require(algorithm: str, operation: Operation, what: str) -> None:
+    found = resolve(algorithm)
+    if operation not in found.operations:
+        raise UnsupportedOperationError(f"{what} needs a key that can {operation}: {found.name}")
+
+
+def _require_public(key_id: str, algorithm: str) -> None:
+    if resolve(algorithm).kind not in _PUBLIC_KINDS:
+        raise NoPublicKeyError(
+            f"key {key_id} is {resolve(algorithm).name}: symmetric and MAC keys have no public key"
+        )

@@ -24,10 +24,10 @@ from api.lifecycle import (
     start_and_wait_created,
 )
 from core.algorithms import InvalidSignatureError, resolve
-from core.keys import derived_id, new_key_id, parse_token
+from core.keys import NoPublicKeyError, PublicKeyView, derived_id, new_key_id, parse_token
 from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
 from core.objects import KeySpec
-from core.policy import parse_duration
+from core.policy import PolicyError, parse_duration
 from core.services import Services
 from core.store.models import KeyRow, KeyVersionRow
 from workflows.types import (
@@ -106,7 +106,14 @@ async def generate_key(
     key_bits = (
         policy.key_bits if algorithm == policy.algorithm else resolve(algorithm).default_key_bits
     )
-    provider = body.provider or svc.policies.default_provider
+    environment = body.environment or svc.policies.default_environment
+    if environment not in svc.policies.environments:
+        known = ", ".join(svc.policies.environments)
+        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
+    try:
+        provider = svc.policies.provider_for(environment, body.provider)
+    except PolicyError as e:
+        raise APIError(400, "PROVIDER_NOT_ALLOWED", e.reason) from None
     if provider not in svc.providers:
         raise APIError(
             400,
@@ -115,10 +122,6 @@ async def generate_key(
         )
     if not svc.keys.provider(provider).supports(algorithm):
         raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
-    environment = body.environment or svc.policies.default_environment
-    if environment not in svc.policies.environments:
-        known = ", ".join(svc.policies.environments)
-        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
     now = datetime.now(UTC)
     expires_at = body.expires_at
     if expires_at is not None and expires_at.tzinfo is None:
@@ -274,3 +277,73 @@ def verify(key_id: str, body: schemas.VerifyRequest, svc: Svc, who: User) -> dic
     except InvalidSignatureError:
         return {"valid": False, "version": parse_token(body.signature, key_id)[0]}
     return {"valid": True, "version": r.version}
+
+
+@router.post("/{key_id}/rewrap")
+def rewrap(key_id: str, body: schemas.RewrapRequest, svc: Svc, who: User) -> dict[str, Any]:
+    """Re-encrypt a ciphertext of the active or a grace version under the active version.
+
+    The plaintext never leaves the server. A ciphertext of the active version is re-encrypted
+    too (a fresh ciphertext of the same version), so every answer proves the input decrypted.
+    Pass the `aad` the ciphertext was bound to; the new ciphertext is bound to the same."""
+    r = svc.keys.rewrap(key_id, body.ciphertext, _b64("aad", body.aad))
+    return {
+        "ciphertext": r.ciphertext,
+        "keyId": key_id,
+        "fromVersion": r.from_version,
+        "version": r.version,
+    }
+
+
+@router.post("/{key_id}/derive")
+def derive(key_id: str, body: schemas.DeriveRequest, svc: Svc, who: User) -> dict[str, Any]:
+    """Derive `length` bytes (16-64) from an HMAC key and a context, HKDF-SHA256 (RFC 5869)
+    with the provider's MAC of `keyrotor/derive/v1\\0 || context` as the pseudorandom key.
+
+    The same version, context and length always give the same bytes. The answer is a secret
+    for the caller (like decrypt's plaintext): it is never logged."""
+    r = svc.keys.derive(key_id, _b64("context", body.context), body.length, body.version)
+    return {"derived": base64.b64encode(r.material).decode(), "version": r.version}
+
+
+def _public_key_json(view: PublicKeyView) -> dict[str, Any]:
+    return {
+        "pem": view.pem,
+        "jwk": view.jwk,
+        "raw": base64.b64encode(view.raw).decode(),
+        "version": view.version,
+    }
+
+
+def _no_public_key(e: NoPublicKeyError) -> APIError:
+    return APIError(400, "NO_PUBLIC_KEY", str(e))
+
+
+@router.get("/{key_id}/public-key")
+def public_key(
+    key_id: str,
+    svc: Svc,
+    who: Reader,
+    version: int | None = Query(default=None, ge=1, le=999_999_999),
+) -> dict[str, Any]:
+    """The public key of the active version (or of `version`, active or in grace) as SPKI PEM
+    (null without a standard SPKI), JWK (null without a JOSE form) and raw bytes (base64).
+
+    Public keys are not secret, so reading them is a read. Symmetric and MAC keys answer 400
+    `NO_PUBLIC_KEY`."""
+    try:
+        view = svc.keys.public_key(key_id, version)
+    except NoPublicKeyError as e:
+        raise _no_public_key(e) from None
+    return {"publicKey": _public_key_json(view)}
+
+
+@router.get("/{key_id}/jwks")
+def jwks(key_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
+    """A JWK Set (RFC 7517) of the versions a verifier must accept now: the active one and
+    those in grace, so verification keeps working through a rotation. Versions without a JWK
+    form are left out; a revoked key's set is empty."""
+    try:
+        return {"keys": svc.keys.jwks(key_id)}
+    except NoPublicKeyError as e:
+        raise _no_public_key(e) from None

@@ -215,3 +215,26 @@ async def test_a_key_on_a_provider_or_algorithm_not_there_is_refused_before_temp
     assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
     assert body.get("provider", body.get("algorithm", "")) in r.json()["error"]["message"]
     assert (await statistics(d))["totalKeys"] == 1
+
+
+async def test_prod_keys_may_not_use_the_local_provider(d: Degraded) -> None:
+    # the shipped policy: prod keys live on vault (not configured in this test) and refuse local
+    r = await d.http.post(
+        f"{API}/keys/generate",
+        json={"type": "encryption", "environment": "prod", "provider": "local"},
+        headers=d.headers,
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == {
+        "code": "PROVIDER_NOT_ALLOWED",
+        "message": "keys in prod may not use the local provider (set allow_local = true to"
+        " allow it)",
+    }
+    r = await d.http.post(
+        f"{API}/keys/generate",
+        json={"type": "encryption", "environment": "prod"},
+        headers=d.headers,
+    )
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "PROVIDER_NOT_CONFIGURED"), r.text
+    assert "provider vault is not configured" in r.json()["error"]["message"]
+    assert (await statistics(d))["totalKeys"] == 1

@@ -59,6 +59,11 @@ EXPECTED: dict[Route, Permission | None] = {
     ("POST", f"{KEYS}/{{key_id}}/decrypt"): Permission.USE,
     ("POST", f"{KEYS}/{{key_id}}/sign"): Permission.USE,
     ("POST", f"{KEYS}/{{key_id}}/verify"): Permission.USE,
+    ("POST", f"{KEYS}/{{key_id}}/rewrap"): Permission.USE,
+    ("POST", f"{KEYS}/{{key_id}}/derive"): Permission.USE,
+    # public keys are not secret: whoever may read a key may read them (auditors too)
+    ("GET", f"{KEYS}/{{key_id}}/public-key"): Permission.READ,
+    ("GET", f"{KEYS}/{{key_id}}/jwks"): Permission.READ,
     ("POST", CREDS): Permission.LIFECYCLE,
     ("GET", CREDS): Permission.READ,
     ("POST", f"{CREDS}/verify"): Permission.VERIFY,
