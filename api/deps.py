@@ -48,9 +48,8 @@ async def temporal(request: Request) -> Client:
     return client
 
 
-# What routes declare: the services, the Temporal client, and the caller with a permission.
+# What routes declare: the services and the caller with a permission.
 Svc = Annotated[Services, Depends(services)]
-Temporal = Annotated[Client, Depends(temporal)]
 Reader = Annotated[AdminPrincipal, Depends(require(Permission.READ))]
 Operator = Annotated[AdminPrincipal, Depends(require(Permission.LIFECYCLE))]
 User = Annotated[AdminPrincipal, Depends(require(Permission.USE))]

@@ -14,12 +14,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from api import schemas
-from api.deps import Operator, Svc, Temporal, temporal
+from api.deps import Operator, Svc, temporal
 from api.errors import APIError
 from core.api_credentials import CACHE_STALE_AFTER, CredentialService
 from core.credentials import AdminPrincipal
@@ -87,9 +87,12 @@ def update_failure(e: WorkflowUpdateFailedError) -> APIError:
     return APIError(status, code, "the key provider failed" if status == 503 else cause.message)
 
 
-async def run_update(client: Client, workflow_id: str, name: str, arg: Any, **kw: Any) -> Any:
-    """Run an update on a key's workflow; turn its refusals into 4xx and silence into 503."""
-    handle = client.get_workflow_handle(workflow_id)
+async def run_update(request: Request, workflow_id: str, name: str, arg: Any, **kw: Any) -> Any:
+    """Run an update on an object's workflow; turn its refusals into 4xx and silence into 503.
+
+    The client is asked for only now, after the route found the object and checked the
+    request: an unknown id or bad input is a 4xx even while Temporal is down."""
+    handle = (await temporal(request)).get_workflow_handle(workflow_id)
     try:
         return await asyncio.wait_for(handle.execute_update(name, arg, **kw), UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as e:
@@ -129,7 +132,7 @@ async def start_and_wait_created(
 
 
 async def change_status(
-    client: Client,
+    request: Request,
     workflow_id: str,
     action: str,
     body: schemas.ReasonRequest | None,
@@ -144,7 +147,7 @@ async def change_status(
     at once, the others within `CACHE_STALE_AFTER`, which this waits out."""
     body = body or schemas.ReasonRequest()
     change = StatusChange(action=action, reason=body.reason, actor=body.user_id or who.name)
-    await run_update(client, workflow_id, "change_status", change, result_type=str)
+    await run_update(request, workflow_id, "change_status", change, result_type=str)
     if credentials is not None:
         credentials.forget(credential_id)
         if action in ("revoke", "suspend"):
@@ -179,13 +182,13 @@ def add_status_routes(
         async def change(
             object_id: Annotated[str, Path(alias=param)],
             svc: Svc,
-            who: Operator,  # before the client: refuse before connecting to Temporal
-            client: Temporal,
+            who: Operator,
+            request: Request,
             body: Annotated[schemas.ReasonRequest | None, Body()] = None,
         ) -> dict[str, Any]:
             workflow_id = await run_in_threadpool(workflow_of, svc, object_id)
             cache = svc.credentials if cached else None
-            await change_status(client, workflow_id, action, body, who, cache, object_id)
+            await change_status(request, workflow_id, action, body, who, cache, object_id)
             return await run_in_threadpool(answer, svc, object_id)
 
         return change

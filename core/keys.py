@@ -231,9 +231,23 @@ def public_key_view(key_id: str, number: int, algorithm: str, public: bytes) -> 
 class KeyService:
     """The store side of keys: one instance per process, shared by activities and the API."""
 
-    def __init__(self, store: Store, providers: Mapping[str, KeyProvider]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        providers: Mapping[str, KeyProvider],
+        environment: str | None = None,
+    ) -> None:
         self._store = store
         self._providers = providers
+        # The only environment whose keys this process reads and uses (None: every one); a key
+        # of another environment does not exist here, so its id tells a caller nothing.
+        self.environment = environment
+
+    def _check_scope(self, s: Session, key_id: str) -> None:
+        if self.environment is not None:
+            found = s.scalar(select(KeyRow.environment).where(KeyRow.id == key_id))
+            if found is not None and found != self.environment:
+                raise KeyNotFoundError(f"key {key_id} not found")
 
     def provider(self, name: str) -> KeyProvider:
         try:
@@ -393,6 +407,7 @@ class KeyService:
         self, key_id: str, number: int | None, allowed: frozenset[str]
     ) -> tuple[KeyProvider, VersionHandle]:
         with self._store.session() as s:
+            self._check_scope(s, key_id)
             if number is None:
                 row = s.scalars(
                     select(KeyVersionRow).where(
@@ -502,6 +517,7 @@ class KeyService:
 
         Versions without a JWK form are left out; a key with no usable version has none."""
         with self._store.session() as s:
+            self._check_scope(s, key_id)
             key = s.get(KeyRow, key_id)
             if key is None:
                 raise KeyNotFoundError(f"key {key_id} not found")
@@ -538,6 +554,7 @@ class KeyService:
     def workflow_of(self, key_id: str) -> tuple[str, str]:
         """The id of the key's workflow and the key's status (one indexed read)."""
         with self._store.session() as s:
+            self._check_scope(s, key_id)
             row = s.execute(
                 select(KeyRow.workflow_id, KeyRow.status).where(KeyRow.id == key_id)
             ).first()
@@ -547,6 +564,7 @@ class KeyService:
 
     def get(self, key_id: str) -> tuple[KeyRow, list[KeyVersionRow]]:
         with self._store.session() as s:
+            self._check_scope(s, key_id)
             key = s.get(KeyRow, key_id)
             if key is None:
                 raise KeyNotFoundError(f"key {key_id} not found")
@@ -571,6 +589,8 @@ class KeyService:
         """Newest first; `after` (created_at, id) continues from a cursor."""
         with self._store.session() as s:
             q = select(KeyRow)
+            if self.environment is not None:
+                q = q.where(KeyRow.environment == self.environment)
             if type:
                 q = q.where(KeyRow.type == type)
             if status:

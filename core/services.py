@@ -41,6 +41,11 @@ def build_services(settings: Settings) -> Services:
         raise ConfigurationError("KEYROTOR_MASTER_KEY is not set")
     keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
     policies = load_policies(settings.config or default_policy_path())
+    if settings.environment and settings.environment not in policies.environments:
+        raise ConfigurationError(
+            f"KEYROTOR_ENVIRONMENT {settings.environment!r} is not one of the policy's"
+            f" environments ({', '.join(policies.environments)})"
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.resolved_database_url())
     store.migrate()
@@ -56,7 +61,7 @@ def build_services(settings: Settings) -> Services:
         keyring,
         store,
         providers,
-        KeyService(store, providers),
+        KeyService(store, providers, settings.environment or None),
         CredentialService(store, keyring, peppers),
     )
 

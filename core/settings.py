@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
     task_queue: str = "keyrotor"
+    # The only environment whose keys this process creates, reads and uses; empty: every one.
+    environment: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = 3000
     ui_origin: str = "http://localhost:8233"

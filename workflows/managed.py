@@ -79,6 +79,15 @@ STATUS_CHANGES = {
 }
 
 
+def permanent_failure(e: BaseException) -> ApplicationError | None:
+    """The error of a commit that failed for good (raised non-retryable by the activity), or
+    None. COMMIT_RETRY sets no attempt limit, so in practice every failed commit is one."""
+    cause = e.cause if isinstance(e, ActivityError) else e
+    if isinstance(cause, ApplicationError) and cause.non_retryable:
+        return cause
+    return None
+
+
 class ManagedLifecycleWorkflow:
     """Generates, warns, rotates with grace, retires and expires one managed object.
 
@@ -166,7 +175,15 @@ class ManagedLifecycleWorkflow:
             return
         if due.kind == TransitionKind.ROTATE:
             try:
-                await self._rotate(RotationReason.SCHEDULED, None, "keyrotor", "scheduled")
+                # Audit the first failure of a run only: a rotation that fails for good is
+                # tried again every FAILED_ROTATION_BACKOFF, and one record per hour says nothing.
+                await self._rotate(
+                    RotationReason.SCHEDULED,
+                    None,
+                    "keyrotor",
+                    "scheduled",
+                    audit_failure=self._rotation_retry_at is None,
+                )
                 self._rotation_retry_at = None
             except COMMIT_FAILED as e:
                 workflow.logger.error("scheduled rotation failed; retrying later: %s", e)
@@ -183,7 +200,13 @@ class ManagedLifecycleWorkflow:
         return self._rotation_retry_at is None or now >= self._rotation_retry_at
 
     async def _rotate(
-        self, reason: RotationReason, grace: int | None, actor: str, comment: str
+        self,
+        reason: RotationReason,
+        grace: int | None,
+        actor: str,
+        comment: str,
+        *,
+        audit_failure: bool = True,
     ) -> RotationResult:
         old = self._key.current()
         new = rotate(self._key, workflow.now(), reason, grace)
@@ -198,7 +221,20 @@ class ManagedLifecycleWorkflow:
                 actor=actor,
                 reason=why,
             )
-        except COMMIT_FAILED:
+        except COMMIT_FAILED as e:
+            permanent = permanent_failure(e)
+            if permanent is not None and audit_failure:
+                # Retrying cannot help (permission, unsupported algorithm): leave a record of why
+                # the rotation did not happen. The lifecycle is unchanged, so the current
+                # version stays active; only the audit record and event are new.
+                with contextlib.suppress(*COMMIT_FAILED):
+                    await self._commit(
+                        self._key,
+                        *self._names("rotation_failed", "RotationFailed"),
+                        version=old.number if old else None,
+                        actor=actor,
+                        reason=f"{permanent.type}: {permanent.message} (rotation: {why})",
+                    )
             if reason == RotationReason.COMPROMISE and old is not None:
                 # No new version, but the compromised one must stop being used all the same.
                 with contextlib.suppress(*COMMIT_FAILED):

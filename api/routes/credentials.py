@@ -19,7 +19,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
 from api.auth import Permission, hot_request
-from api.deps import Operator, Reader, Svc, Temporal
+from api.deps import Operator, Reader, Svc
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
@@ -261,7 +261,7 @@ async def rotate_credential(
     credential_id: str,
     svc: Svc,
     who: Operator,
-    client: Temporal,
+    request: Request,
     body: schemas.RotateCredentialRequest | None = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
@@ -278,7 +278,7 @@ async def rotate_credential(
         raise APIError(409, "CREDENTIAL_STATE", f"a {status} credential cannot rotate")
     grace = None if body.grace_period is None else _seconds("gracePeriod", body.grace_period)
     result: RotationResult = await run_update(
-        client,
+        request,
         workflow_id,
         "rotate",
         RotateRequest(

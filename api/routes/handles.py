@@ -24,7 +24,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
 from api.auth import Permission, hot_request
-from api.deps import Operator, Reader, Svc, Temporal, temporal
+from api.deps import Operator, Reader, Svc, temporal
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
@@ -275,7 +275,6 @@ async def rotate_handle(
     request: Request,
     svc: Svc,
     who: Operator,
-    client: Temporal,
     body: schemas.RotateHandleRequest | None = None,
 ) -> dict[str, Any]:
     """Exchange a handle for the next one. With `handle` (the holder's current value, as in a
@@ -290,7 +289,7 @@ async def rotate_handle(
     version = await _exchanged_version(request, svc, family_id, body.handle) if body.handle else 0
     grace = int(svc.policies.security.reuse_interval.total_seconds())
     result: RotationResult = await run_update(
-        client,
+        request,
         workflow_id,
         "rotate",
         RotateRequest(

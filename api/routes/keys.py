@@ -13,7 +13,7 @@ from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
-from api.deps import Operator, Reader, Svc, Temporal, User
+from api.deps import Operator, Reader, Svc, User
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
@@ -106,10 +106,15 @@ async def generate_key(
     key_bits = (
         policy.key_bits if algorithm == policy.algorithm else resolve(algorithm).default_key_bits
     )
-    environment = body.environment or svc.policies.default_environment
+    served = svc.keys.environment
+    environment = body.environment or served or svc.policies.default_environment
     if environment not in svc.policies.environments:
         known = ", ".join(svc.policies.environments)
         raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
+    if served is not None and environment != served:
+        raise APIError(
+            400, "INVALID_REQUEST", f"this API serves environment {served} only, not {environment}"
+        )
     try:
         provider = svc.policies.provider_for(environment, body.provider)
     except PolicyError as e:
@@ -197,7 +202,7 @@ async def rotate_key(
     key_id: str,
     svc: Svc,
     who: Operator,
-    client: Temporal,
+    request: Request,
     body: schemas.RotateKeyRequest | None = None,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
@@ -214,7 +219,7 @@ async def rotate_key(
             raise APIError(400, "INVALID_REQUEST", f"gracePeriod: {e}") from None
     reasons = {r.value for r in RotationReason}
     reason, comment = (body.reason, "") if body.reason in reasons else ("manual", body.reason)
-    request = RotateRequest(
+    rotation = RotateRequest(
         reason=reason,
         comment=comment,
         grace_period_seconds=grace,
@@ -222,10 +227,10 @@ async def rotate_key(
         request_id=idempotency_key or "",
     )
     result: RotationResult = await run_update(
-        client,
+        request,
         workflow_id,
         "rotate",
-        request,
+        rotation,
         id=f"rotate/{idempotency_key}" if idempotency_key else None,
         result_type=RotationResult,
     )

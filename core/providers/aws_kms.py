@@ -151,11 +151,15 @@ def build_client(
     *,
     endpoint_url: str | None = None,
     region_name: str | None = None,
-    max_attempts: int = 2,
+    max_attempts: int = 1,
     connect_timeout: float = 3.0,
-    read_timeout: float = 10.0,
+    read_timeout: float = 8.0,
 ) -> Any:
-    """A boto3 KMS client; credentials come from boto3's usual chain (the AWS_* variables)."""
+    """A boto3 KMS client; credentials come from boto3's usual chain (the AWS_* variables).
+
+    One attempt, at most 11 s: Temporal retries the activity with backoff, and an attempt must
+    end before the commit's 15 s timeout (workflows.managed.COMMIT_TIMEOUT), or a retry could
+    run beside it and create a second KMS key for the same version."""
     config = Config(
         retries={"max_attempts": max_attempts, "mode": "standard"},
         connect_timeout=connect_timeout,

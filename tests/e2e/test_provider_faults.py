@@ -1,0 +1,408 @@
+"""Provider faults end to end: real Temporal dev server, worker, REST API and a real provider.
+
+A provider that goes away (OpenBao sealed, moto frozen with SIGSTOP) must not lose or double a
+rotation: the commit activity retries, `/health` reports the provider down, and once it is back
+each rotation completes exactly once, with the provider holding exactly the versions the store
+knows. A provider that refuses an operation for good (a Vault token without the right to
+rotate) fails that rotation with an audited reason and leaves the current version active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import hvac
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import select
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from core import audit
+from core.credentials import AdminKeys, Role
+from core.providers.aws_kms import AWSKMSProvider, build_client
+from core.providers.vault_transit import transit_key_name
+from core.services import build_services
+from core.settings import Settings
+from core.store.models import AuditRecordRow, KeyVersionRow
+from tests.e2e.conftest import Stack
+from tests.fixtures.moto_kms import REGION, MotoServer, kms_client
+from tests.fixtures.openbao import OpenBaoServer
+from tests.fixtures.temporal import TEST_MASTER_KEY
+from worker.main import build_worker
+from workflows.types import OperatorAction
+
+API = "/api/key-management"
+# How long a fault may take to show (attempts failing) or to clear (rotations completing).
+# The commit's retry policy waits 1 s, 2 s, 4 s... between attempts, so a few seconds suffice.
+SETTLE_SECONDS = 20.0
+
+
+@asynccontextmanager
+async def provider_stack(
+    dev_env: WorkflowEnvironment, data_dir: Path, **provider_settings: Any
+) -> AsyncIterator[Stack]:
+    """A worker and the API whose services are built from the given provider settings."""
+    settings = Settings(
+        data_dir=data_dir,
+        master_key=SecretStr(TEST_MASTER_KEY),
+        task_queue=f"faults-{uuid.uuid4().hex[:8]}",
+        **provider_settings,
+    )
+    services = build_services(settings)
+    admin_key = AdminKeys(services.store, services.keyring).create("test-admin", Role.ADMIN, "test")
+    app = create_app(services, dev_env.client)
+    try:
+        async with (
+            build_worker(dev_env.client, services),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://keyrotor.test"
+            ) as http,
+        ):
+            yield Stack(services, http, dev_env.client, admin_key, data_dir)
+    finally:
+        services.close()
+
+
+async def generate(stack: Stack, provider: str) -> dict[str, Any]:
+    r = await stack.http.post(
+        f"{API}/keys/generate",
+        json={"type": "encryption", "provider": provider},
+        headers=stack.auth(),
+    )
+    assert r.status_code == 201, r.text
+    key: dict[str, Any] = r.json()["key"]
+    assert key["provider"] == provider and key["version"] == 1
+    return key
+
+
+async def eventually(what: str, done: Callable[[], bool], timeout: float = SETTLE_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def health(stack: Stack) -> dict[str, Any]:
+    r = await stack.http.get(f"{API}/health")
+    assert r.status_code == 200, r.text  # the store is up: degraded at worst, never 503
+    body: dict[str, Any] = r.json()["health"]
+    return body
+
+
+def failed_attempts(caplog: pytest.LogCaptureFixture, workflow_id: str) -> list[int]:
+    """The attempt numbers of the commit activity's failures for one workflow, as the Temporal
+    worker reports them (each failed attempt logs its activity info)."""
+    attempts = []
+    for record in caplog.records:
+        info = getattr(record, "temporal_activity", None)
+        if (
+            record.name == "temporalio.activity"
+            and isinstance(info, dict)
+            and info.get("workflow_id") == workflow_id
+            and info.get("activity_type") == "commit_key_transition"
+        ):
+            attempts.append(int(info["attempt"]))
+    return attempts
+
+
+def store_versions(stack: Stack, key_id: str) -> dict[int, str]:
+    with stack.services.store.session() as s:
+        rows = s.scalars(select(KeyVersionRow).where(KeyVersionRow.key_id == key_id))
+        return {v.number: v.state for v in rows}
+
+
+def provider_refs(stack: Stack, key_id: str) -> dict[int, str]:
+    with stack.services.store.session() as s:
+        rows = s.scalars(select(KeyVersionRow).where(KeyVersionRow.key_id == key_id))
+        return {v.number: v.provider_key_ref or "" for v in rows}
+
+
+def audit_trail(stack: Stack, key_id: str) -> list[tuple[str, str]]:
+    with stack.services.store.session() as s:
+        q = select(AuditRecordRow.action, AuditRecordRow.reason).where(
+            AuditRecordRow.object_id == key_id
+        )
+        return [(a, r) for a, r in s.execute(q.order_by(AuditRecordRow.seq))]
+
+
+def assert_chain_verifies(stack: Stack) -> None:
+    with stack.services.store.session() as s:
+        report = audit.verify_chain(s)
+    assert report.ok, report
+
+
+async def rotate_while_down(
+    stack: Stack,
+    caplog: pytest.LogCaptureFixture,
+    provider: str,
+    manual: dict[str, Any],
+    emergency: dict[str, Any],
+) -> asyncio.Task[httpx.Response]:
+    """With the provider already down: `manual` rotated through REST (left waiting),
+    `emergency` by the `emergency_rotate` signal. Returns once Temporal has retried both
+    commits, having checked that nothing completed meanwhile and that /health names the
+    provider as down."""
+    rest = asyncio.create_task(
+        stack.http.post(
+            f"{API}/keys/{manual['id']}/rotate",
+            json={"reason": "quarterly", "gracePeriod": "PT1H"},
+            headers={**stack.auth(), "Idempotency-Key": f"fault-{manual['id']}"},
+        )
+    )
+    await stack.client.get_workflow_handle(emergency["workflowId"]).signal(
+        "emergency_rotate", OperatorAction(actor="drill", reason="provider fault drill")
+    )
+    for key in (manual, emergency):
+        await eventually(
+            f"a retried commit of {key['id']}",
+            lambda k=key: max(failed_attempts(caplog, k["workflowId"]), default=0) >= 2,
+        )
+    assert not rest.done(), "the REST rotation answered while its provider was down"
+    for key in (manual, emergency):
+        assert store_versions(stack, key["id"]) == {1: "active"}
+    body = await health(stack)
+    assert body["status"] == "degraded", body
+    assert body["components"][f"provider:{provider}"]["status"] == "down", body
+    assert body["components"]["database"]["status"] == "up", body
+    return rest
+
+
+async def assert_rotated_once(
+    stack: Stack,
+    caplog: pytest.LogCaptureFixture,
+    provider: str,
+    manual: dict[str, Any],
+    emergency: dict[str, Any],
+    rest: asyncio.Task[httpx.Response],
+) -> None:
+    """After the provider is back: each rotation completed exactly once, audited once."""
+    r = await asyncio.wait_for(rest, SETTLE_SECONDS)
+    assert r.status_code == 200, r.text
+    assert r.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+    await eventually(
+        "the emergency rotation", lambda: len(store_versions(stack, emergency["id"])) == 2
+    )
+    # a client retrying the REST request after the outage does not rotate again
+    again = await stack.http.post(
+        f"{API}/keys/{manual['id']}/rotate",
+        json={"reason": "quarterly", "gracePeriod": "PT1H"},
+        headers={**stack.auth(), "Idempotency-Key": f"fault-{manual['id']}"},
+    )
+    assert again.status_code == 200 and again.json()["rotation"] == {
+        "fromVersion": 1,
+        "toVersion": 2,
+    }
+    assert store_versions(stack, manual["id"]) == {1: "grace", 2: "active"}
+    assert store_versions(stack, emergency["id"]) == {1: "compromised", 2: "active"}
+    assert [a for a, _ in audit_trail(stack, manual["id"])] == ["key.created", "key.rotated"]
+    assert [a for a, _ in audit_trail(stack, emergency["id"])] == [
+        "key.created",
+        "key.emergency_rotated",
+    ]
+    for key in (manual, emergency):
+        # the retries really happened, and the rotation committed after them
+        assert max(failed_attempts(caplog, key["workflowId"])) >= 2
+    assert (await health(stack))["status"] == "healthy"
+    assert_chain_verifies(stack)
+
+
+# --- OpenBao sealed -------------------------------------------------------------------------
+
+
+async def unseal_key(server: OpenBaoServer) -> str:
+    """The dev server prints its single unseal key once it is up; its stdout is a log file."""
+    log = Path(os.readlink(f"/proc/{server.process.pid}/fd/1"))
+    pattern = re.compile(r"^Unseal Key:\s*(\S+)$", re.MULTILINE)
+    await eventually("the OpenBao unseal key", lambda: bool(pattern.search(log.read_text())), 10)
+    found = pattern.search(log.read_text())
+    assert found is not None
+    return found.group(1)
+
+
+def transit_versions(root: hvac.Client, key_id: str) -> set[int]:
+    data = root.secrets.transit.read_key(name=transit_key_name(key_id))["data"]
+    assert int(data["latest_version"]) == max(int(v) for v in data["keys"])
+    return {int(v) for v in data["keys"]}
+
+
+async def test_rotations_survive_a_sealed_vault(
+    dev_env: WorkflowEnvironment,
+    openbao_own_server: OpenBaoServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = openbao_own_server
+    root = hvac.Client(url=server.url, token=server.token)
+    key = await unseal_key(server)
+    caplog.set_level(logging.WARNING, logger="temporalio.activity")
+    async with provider_stack(
+        dev_env, tmp_path, vault_addr=server.url, vault_token=SecretStr(server.token)
+    ) as stack:
+        assert (await health(stack))["components"]["provider:vault"]["status"] == "up"
+        manual, emergency = await generate(stack, "vault"), await generate(stack, "vault")
+        root.sys.seal()
+        try:
+            rest = await rotate_while_down(stack, caplog, "vault", manual, emergency)
+        finally:
+            root.sys.submit_unseal_key(key)
+        assert not root.sys.read_seal_status()["sealed"]
+        await assert_rotated_once(stack, caplog, "vault", manual, emergency, rest)
+        for k in (manual, emergency):
+            # no orphaned version at the provider: transit holds exactly the store's versions
+            assert transit_versions(root, k["id"]) == {1, 2}
+            refs = provider_refs(stack, k["id"])
+            assert refs == {n: f"transit/keys/{transit_key_name(k['id'])}/v{n}" for n in (1, 2)}
+
+
+# --- moto (AWS KMS) frozen ------------------------------------------------------------------
+
+
+def kms_inventory(endpoint_url: str, key_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(alias name -> target key id, KMS key id -> key state) of everything keyrotor made
+    for `key_id`: aliases by their name, keys by the keyrotor:key-id tag that CreateKey sets,
+    so that a key orphaned before its alias was created is counted too."""
+    kms = kms_client(endpoint_url)
+    prefix = f"alias/keyrotor/{key_id}/"
+    aliases = {
+        a["AliasName"]: a["TargetKeyId"]
+        for page in kms.get_paginator("list_aliases").paginate()
+        for a in page["Aliases"]
+        if a["AliasName"].startswith(prefix)
+    }
+    keys = {}
+    for page in kms.get_paginator("list_keys").paginate():
+        for k in page["Keys"]:
+            tags = kms.list_resource_tags(KeyId=k["KeyId"])["Tags"]
+            if {"TagKey": "keyrotor:key-id", "TagValue": key_id} in tags:
+                keys[k["KeyId"]] = kms.describe_key(KeyId=k["KeyId"])["KeyMetadata"]["KeyState"]
+    return aliases, keys
+
+
+async def test_rotations_survive_a_frozen_kms(
+    dev_env: WorkflowEnvironment,
+    private_moto_server: MotoServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    endpoint = private_moto_server.endpoint_url
+    process = private_moto_server._process  # the fixture's own process, to freeze and thaw
+    assert process is not None
+    caplog.set_level(logging.WARNING, logger="temporalio.activity")
+    async with provider_stack(
+        dev_env, tmp_path, aws_endpoint_url=endpoint, aws_region=REGION
+    ) as stack:
+        # A frozen endpoint answers nothing: each call waits for its read timeout. The
+        # product's 10 s (x2 SDK attempts) would outlast the commit's 15 s timeout, so the
+        # test swaps in the same provider with 1 s timeouts through its existing `client`
+        # parameter (Settings has no timeout setting for it).
+        stack.services.providers["aws-kms"] = AWSKMSProvider(
+            build_client(
+                endpoint_url=endpoint,
+                region_name=REGION,
+                max_attempts=1,
+                connect_timeout=1.0,
+                read_timeout=1.0,
+            )
+        )
+        assert (await health(stack))["components"]["provider:aws-kms"]["status"] == "up"
+        manual, emergency = await generate(stack, "aws-kms"), await generate(stack, "aws-kms")
+        # Frozen before any rotation starts, so the calls that hang are the first, read-only
+        # DescribeKey of each attempt: requests queued in the socket run when moto thaws, and
+        # a queued CreateKey would make a key no alias names (what the inventory would catch).
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            rest = await rotate_while_down(stack, caplog, "aws-kms", manual, emergency)
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+        await assert_rotated_once(stack, caplog, "aws-kms", manual, emergency, rest)
+        for k in (manual, emergency):
+            aliases, keys = await asyncio.to_thread(kms_inventory, endpoint, k["id"])
+            assert set(aliases) == {f"alias/keyrotor/{k['id']}/v{n}" for n in (1, 2)}
+            # exactly one KMS key per version, each behind its alias: nothing orphaned
+            assert keys == {target: "Enabled" for target in aliases.values()}
+            refs = provider_refs(stack, k["id"])
+            assert sorted(refs) == [1, 2]
+            for n, arn in refs.items():
+                assert arn.endswith(aliases[f"alias/keyrotor/{k['id']}/v{n}"])
+
+
+# --- a permanent refusal --------------------------------------------------------------------
+
+# Create, read and use the transit keys, but not rotate them: `+` matches one path segment,
+# so `transit/keys/+` does not reach `transit/keys/<name>/rotate` (Vault globs, `*`, would).
+NO_ROTATE_POLICY = """
+path "transit/keys/+" { capabilities = ["create", "read", "update"] }
+path "transit/keys" { capabilities = ["list"] }
+path "transit/encrypt/+" { capabilities = ["update"] }
+path "transit/decrypt/+" { capabilities = ["update"] }
+"""
+ROTATE_POLICY = NO_ROTATE_POLICY + 'path "transit/keys/+/rotate" { capabilities = ["update"] }\n'
+
+
+async def test_a_refused_rotation_is_audited_and_changes_nothing(
+    dev_env: WorkflowEnvironment, openbao: tuple[str, str], tmp_path: Path
+) -> None:
+    url, root_token = openbao
+    root = hvac.Client(url=url, token=root_token)
+    policy = f"keyrotor-no-rotate-{uuid.uuid4().hex[:8]}"
+    root.sys.create_or_update_policy(name=policy, policy=NO_ROTATE_POLICY)
+    token = root.auth.token.create(policies=[policy], no_default_policy=True, ttl="10m")["auth"][
+        "client_token"
+    ]
+    async with provider_stack(dev_env, tmp_path, vault_addr=url, vault_token=SecretStr(token)) as (
+        stack
+    ):
+        key = await generate(stack, "vault")  # version 1 is a create: allowed
+        kid = key["id"]
+        enc = await stack.http.post(
+            f"{API}/keys/{kid}/encrypt", json={"plaintext": "c2VjcmV0"}, headers=stack.auth()
+        )
+        assert enc.status_code == 200, enc.text
+
+        r = await stack.http.post(
+            f"{API}/keys/{kid}/rotate", json={"reason": "quarterly"}, headers=stack.auth()
+        )
+        # refused for good: an immediate client error naming the cause, not a 503 to retry
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "PROVIDER_NOT_CONFIGURED"
+        assert "permission denied" in error["message"]
+
+        # the current version stays active and usable; only the audit record is new
+        assert store_versions(stack, kid) == {1: "active"}
+        got = (await stack.http.get(f"{API}/keys/{kid}", headers=stack.auth())).json()["key"]
+        assert got["version"] == 1 and got["status"] == "active"
+        dec = await stack.http.post(
+            f"{API}/keys/{kid}/decrypt",
+            json={"ciphertext": enc.json()["ciphertext"]},
+            headers=stack.auth(),
+        )
+        assert dec.status_code == 200 and dec.json()["plaintext"] == "c2VjcmV0"
+        trail = audit_trail(stack, kid)
+        assert [a for a, _ in trail] == ["key.created", "key.rotation_failed"]
+        reason = trail[-1][1]
+        assert reason.startswith("ProviderConfigurationError: Vault refused the token"), reason
+        assert "permission denied" in reason and "(rotation: manual: quarterly)" in reason
+        assert token not in reason and root_token not in reason
+        assert transit_versions(root, kid) == {1}  # nothing made at the provider either
+        assert_chain_verifies(stack)
+
+        # the workflow is unharmed: with the permission granted, the next rotation works
+        root.sys.create_or_update_policy(name=policy, policy=ROTATE_POLICY)
+        r = await stack.http.post(f"{API}/keys/{kid}/rotate", json={}, headers=stack.auth())
+        assert r.status_code == 200, r.text
+        assert r.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+        assert transit_versions(root, kid) == {1, 2}
