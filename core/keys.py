@@ -34,6 +34,7 @@ from core.lifecycle import (
     next_rotation_at,
 )
 from core.objects import KeyTransitionCommit
+from core.policy import NO_MIGRATION, PQCPolicy
 from core.providers.base import KeyProvider, ProviderConfigurationError, VersionHandle
 from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
@@ -236,9 +237,11 @@ class KeyService:
         store: Store,
         providers: Mapping[str, KeyProvider],
         environment: str | None = None,
+        pqc: PQCPolicy = NO_MIGRATION,
     ) -> None:
         self._store = store
         self._providers = providers
+        self._pqc = pqc
         # The only environment whose keys this process reads and uses (None: every one); a key
         # of another environment does not exist here, so its id tells a caller nothing.
         self.environment = environment
@@ -266,24 +269,35 @@ class KeyService:
         """
         spec = c.spec
         have_version = False
+        algorithm: str = spec.algorithm
+        key_bits: int | None = spec.key_bits
         if c.new_version is not None:
             # Material is made outside the write transaction (a provider may be remote): not
             # again when a retried attempt committed it already.
             with self._store.engine.connect() as db:
                 if audit.recorded_on(db, c.transition_id):
                     return
-                have_version = (
-                    db.scalar(
-                        select(_VERSIONS.c.number).where(
-                            _VERSIONS.c.key_id == spec.key_id, _VERSIONS.c.number == c.new_version
+                algorithms: dict[int, str] = {
+                    number: name
+                    for number, name in db.execute(
+                        select(_VERSIONS.c.number, _VERSIONS.c.algorithm).where(
+                            _VERSIONS.c.key_id == spec.key_id
                         )
                     )
-                    is not None
+                }
+            have_version = c.new_version in algorithms
+            previous = algorithms.get(c.new_version - 1)
+            if previous is not None:
+                # A rotation: the PQC policy may move the key to another algorithm. Decided by
+                # the transition's own time, so a retried attempt decides the same.
+                algorithm = self._pqc.next_algorithm(
+                    previous, c.at, self.provider(spec.provider).supports
                 )
+                key_bits = spec.key_bits if algorithm == spec.algorithm else None
         material = None
         if c.new_version is not None and not have_version:
             material = self.provider(spec.provider).create_version(
-                spec.key_id, c.new_version, spec.algorithm, spec.key_bits
+                spec.key_id, c.new_version, algorithm, key_bits
             )
         lc = c.lifecycle
         current = lc.current()
@@ -295,6 +309,8 @@ class KeyService:
         }
         if current is not None:
             key_values["current_version"] = current.number
+        if material is not None:
+            key_values["algorithm"] = algorithm  # a new version is the active one
         # Plain SQL statements, no ORM unit of work: every transition of every key runs this.
         with self._store.write() as s:
             if audit.recorded(s, c.transition_id):
@@ -343,7 +359,7 @@ class KeyService:
                         insert(_VERSIONS).values(
                             key_id=spec.key_id,
                             number=v.number,
-                            algorithm=spec.algorithm,
+                            algorithm=algorithm,
                             provider=spec.provider,
                             provider_key_ref=material.provider_key_ref,
                             wrapped_material=material.wrapped_material,

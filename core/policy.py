@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from core.algorithms import AlgorithmError, resolve
+from core.algorithms import Algorithm, AlgorithmError, AlgorithmKind, resolve
 from core.lifecycle import LifecyclePolicy
 
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -227,6 +227,53 @@ class SecurityPolicies:
     suspension_timeout: timedelta  # a suspended family not resumed by then is revoked
 
 
+# Classical public-key algorithms a large quantum computer would break, and the transitional
+# hybrids; symmetric, MAC and post-quantum algorithms stay as they are.
+_QUANTUM_VULNERABLE = frozenset(
+    {"Ed25519", "ECDSA-P256", "ECDSA-secp256k1", "RSA-2048", "RSA-4096"}
+)
+HYBRID_SIGNATURE = "Ed25519+ML-DSA-65"
+HYBRID_ENCRYPTION = "X25519+ML-KEM-768"
+
+
+@dataclass(frozen=True)
+class PQCPolicy:
+    """`pqcPolicy` of the reference document: the algorithm a rotation gives a key's next
+    version, so that keys move off quantum-vulnerable algorithms one rotation at a time.
+
+    Before `migration_deadline` with `hybrid_mode`, a classical signing key's next version is
+    the hybrid Ed25519+ML-DSA-65; from the deadline on, classical and hybrid keys move to the
+    first of the preferred algorithms of their kind that their provider holds. A version in
+    grace keeps its own algorithm, so what it signed still verifies.
+    """
+
+    enabled: bool
+    migration_deadline: datetime
+    hybrid_mode: bool
+    signing: tuple[str, ...]  # canonical names, preferred first
+    encryption: tuple[str, ...]
+
+    def next_algorithm(self, current: str, at: datetime, supported: Callable[[str], bool]) -> str:
+        """The algorithm of the version a rotation at `at` makes after a `current` one."""
+        algorithm = resolve(current)
+        hybrid = algorithm.name in (HYBRID_SIGNATURE, HYBRID_ENCRYPTION)
+        if not self.enabled or not (algorithm.name in _QUANTUM_VULNERABLE or hybrid):
+            return algorithm.name
+        signing = algorithm.kind == AlgorithmKind.SIGNATURE
+        if self.hybrid_mode and at < self.migration_deadline:
+            candidates: tuple[str, ...] = (HYBRID_SIGNATURE if signing else HYBRID_ENCRYPTION,)
+        else:
+            candidates = self.signing if signing else self.encryption
+        for name in candidates:
+            candidate = resolve(name)
+            if candidate.kind == algorithm.kind and supported(candidate.name):
+                return candidate.name
+        return algorithm.name  # nothing better that this provider holds: stay
+
+
+NO_MIGRATION = PQCPolicy(False, datetime.max.replace(tzinfo=UTC), False, (), ())
+
+
 @dataclass(frozen=True)
 class EnvironmentPolicy:
     """Where the keys of one environment live. `prod` refuses the local provider unless its
@@ -245,6 +292,7 @@ class Policies:
     credentials: CredentialPolicy
     handle_types: Mapping[str, HandleTypePolicy]
     security: SecurityPolicies
+    pqc: PQCPolicy
     environments: tuple[str, ...]
     environment_policies: Mapping[str, EnvironmentPolicy]
     default_environment: str
@@ -318,6 +366,13 @@ _SECURITY_FIELDS = (
 )
 _TOP_LEVEL_FIELDS = ("defaults", "key_types", "credentials", "handle_types", "security_policies")
 _ENVIRONMENT_FIELDS = ("provider", "allow_local")
+_PQC_FIELDS = (
+    "enabled",
+    "migration_deadline",
+    "hybrid_mode",
+    "preferred_signing",
+    "preferred_encryption",
+)
 # the hash of a handle's keyed hash, by the names the policy file may use
 HANDLE_HASHES = {
     "SHA-256": "SHA-256",
@@ -494,15 +549,53 @@ class _Reader:
             ),
         )
 
+    def algorithm(self, value: object, field: str) -> Algorithm:
+        try:
+            return resolve(self.string(value, field))
+        except AlgorithmError as e:
+            raise self.fail(field, str(e)) from None
+
+    def pqc(self, value: object) -> PQCPolicy:
+        field = "pqc_policy"
+        if value is None:  # no table: no migration
+            return NO_MIGRATION
+        t = self.table(value, field, _PQC_FIELDS)
+        deadline = t["migration_deadline"]
+        if not isinstance(deadline, datetime) or deadline.tzinfo is None:
+            raise self.fail(
+                f"{field}.migration_deadline",
+                "must be a date and time with its offset, e.g. 2030-12-31T23:59:59Z",
+            )
+        lists: dict[str, tuple[str, ...]] = {}
+        for name, kinds in (
+            ("preferred_signing", (AlgorithmKind.SIGNATURE,)),
+            ("preferred_encryption", (AlgorithmKind.KEY_ENCAPSULATION, AlgorithmKind.SYMMETRIC)),
+        ):
+            raw = t[name]
+            if not isinstance(raw, list) or not raw:
+                raise self.fail(f"{field}.{name}", "must be a non-empty list of algorithm names")
+            names = []
+            for i, item in enumerate(raw):
+                algorithm = self.algorithm(item, f"{field}.{name}[{i}]")
+                if algorithm.kind not in kinds:
+                    raise self.fail(
+                        f"{field}.{name}[{i}]", f"{algorithm.name} is a {algorithm.kind} algorithm"
+                    )
+                names.append(algorithm.name)
+            lists[name] = tuple(names)
+        return PQCPolicy(
+            enabled=self.boolean(t["enabled"], f"{field}.enabled"),
+            migration_deadline=deadline,
+            hybrid_mode=self.boolean(t["hybrid_mode"], f"{field}.hybrid_mode"),
+            signing=lists["preferred_signing"],
+            encryption=lists["preferred_encryption"],
+        )
+
     def key_type(self, name: object, value: object) -> KeyTypePolicy:
         field = f"key_types.{name}"
         type_name = self.name(name, field)
         table = self.table(value, field, _KEY_TYPE_FIELDS)
-        algorithm_name = self.string(table["algorithm"], f"{field}.algorithm")
-        try:
-            algorithm = resolve(algorithm_name)
-        except AlgorithmError as e:
-            raise self.fail(f"{field}.algorithm", str(e)) from None
+        algorithm = self.algorithm(table["algorithm"], f"{field}.algorithm")
         bits = table["key_bits"]
         if isinstance(bits, bool) or not isinstance(bits, int):
             raise self.fail(f"{field}.key_bits", f"must be an integer, got {_type_name(bits)}")
@@ -524,7 +617,7 @@ class _Reader:
         return policy
 
     def policies(self, data: dict[str, Any]) -> Policies:
-        self.table(data, "", _TOP_LEVEL_FIELDS, ("environments",))
+        self.table(data, "", _TOP_LEVEL_FIELDS, ("environments", "pqc_policy"))
         defaults = self.table(data["defaults"], "defaults", _DEFAULTS_FIELDS)
         raw_environments = defaults["environments"]
         if not isinstance(raw_environments, list):
@@ -575,6 +668,7 @@ class _Reader:
             credentials=self.credentials(data["credentials"]),
             handle_types=MappingProxyType(handle_types),
             security=self.security(data["security_policies"]),
+            pqc=self.pqc(data.get("pqc_policy")),
             environments=tuple(environments),
             environment_policies=MappingProxyType(environment_policies),
             default_environment=environment,

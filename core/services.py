@@ -61,7 +61,7 @@ def build_services(settings: Settings) -> Services:
         keyring,
         store,
         providers,
-        KeyService(store, providers, settings.environment or None),
+        KeyService(store, providers, settings.environment or None, policies.pqc),
         CredentialService(store, keyring, peppers),
     )
 
@@ -86,6 +86,21 @@ def build_providers(settings: Settings, keyring: MasterKeyring) -> dict[str, Key
         providers["aws-kms"] = AWSKMSProvider(
             endpoint_url=settings.aws_endpoint_url or None,
             region_name=settings.aws_region or None,
+        )
+    if settings.azure_vault_url:
+        try:
+            from azure.identity import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
+                DefaultAzureCredential,
+            )
+        except ImportError:
+            raise ConfigurationError(
+                "KEYROTOR_AZURE_VAULT_URL is set: install azure-identity (pip install"
+                " 'keyrotor[azure]') for its credentials"
+            ) from None
+        from core.providers.azure_keyvault import AzureKeyVaultProvider
+
+        providers["azure-keyvault"] = AzureKeyVaultProvider(
+            settings.azure_vault_url, DefaultAzureCredential()
         )
     if settings.pkcs11_module:
         if not settings.pkcs11_token_label or settings.pkcs11_pin is None:

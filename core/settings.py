@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     pkcs11_module: str = ""
     pkcs11_token_label: str = ""
     pkcs11_pin: SecretStr | None = None
+    azure_vault_url: str = ""  # credentials: azure-identity's DefaultAzureCredential
 
     def ui_origins(self) -> list[str]:
         """`ui_origin` may list several origins, comma-separated."""

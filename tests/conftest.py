@@ -1,4 +1,5 @@
 pytest_plugins = [
+    "tests.fixtures.azure_keyvault",
     "tests.fixtures.database",
     "tests.fixtures.moto_kms",
     "tests.fixtures.openbao",

@@ -365,7 +365,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         _set("key_typess", {"x": 1}),
         "key_typess",
         "unknown field; expected one of defaults, key_types, credentials, handle_types,"
-        " security_policies, environments",
+        " security_policies, environments, pqc_policy",
     ),
     ("missing defaults", _delete("defaults"), "defaults", "missing"),
     ("missing key_types", _delete("key_types"), "key_types", "missing"),

@@ -7,14 +7,20 @@ from pathlib import Path
 from core.algorithms import canonical_names, resolve
 from core.envelope import MasterKeyring
 from core.providers.aws_kms import AWSKMSProvider
+from core.providers.azure_keyvault import AzureKeyVaultProvider
 from core.providers.base import KeyProvider
 from core.providers.local import LocalProvider
 from core.providers.pkcs11 import PKCS11Provider
 from core.providers.vault_transit import VaultTransitProvider
-from tests.providers import test_aws_kms_contract, test_pkcs11_contract
+from tests.fixtures.azure_keyvault import StaticTokenCredential
+from tests.providers import (
+    test_aws_kms_contract,
+    test_azure_keyvault_contract,
+    test_pkcs11_contract,
+)
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-HEADER = "| algorithm | aliases | local | vault | aws-kms | pkcs11 |"
+HEADER = "| algorithm | aliases | local | vault | aws-kms | pkcs11 | azure-keyvault |"
 
 
 def providers() -> dict[str, tuple[KeyProvider, frozenset[str]]]:
@@ -29,6 +35,12 @@ def providers() -> dict[str, tuple[KeyProvider, frozenset[str]]]:
         "pkcs11": (
             PKCS11Provider("/nonexistent.so", "unused", "unused"),
             test_pkcs11_contract.TestPKCS11Contract.SIGN_ONLY,
+        ),
+        "azure-keyvault": (
+            AzureKeyVaultProvider(
+                "https://unused.vault.azure.net", StaticTokenCredential("unused")
+            ),
+            test_azure_keyvault_contract.TestAzureKeyVaultContract.SIGN_ONLY,
         ),
     }
 

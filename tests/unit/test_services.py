@@ -109,3 +109,9 @@ def test_a_key_on_each_provider_through_key_service(all_providers: Services, pro
     sealed = services.keys.encrypt(spec.key_id, b"secret", b"aad")
     assert b"secret" not in str(sealed.value).encode()
     assert services.keys.decrypt(spec.key_id, str(sealed.value), b"aad").value == b"secret"
+
+
+def test_azure_keyvault_needs_azure_identity_for_its_credentials(tmp_path: Path) -> None:
+    # azure-identity is an extra (keyrotor[azure]); without it the process names the fix
+    with pytest.raises(ConfigurationError, match=r"install azure-identity"):
+        build_services(settings(tmp_path, azure_vault_url="https://x.vault.azure.net"))
