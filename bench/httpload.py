@@ -13,12 +13,19 @@ import time
 from pathlib import Path
 
 
-def request_bytes(method: str, path: str, bearer: str | None = None, body: object = None) -> bytes:
-    """One complete request (JSON body when `body` is not None)."""
+def request_bytes(
+    method: str,
+    path: str,
+    bearer: str | None = None,
+    body: object = None,
+    headers: dict[str, str] | None = None,
+) -> bytes:
+    """One complete request (JSON body when `body` is not None; `headers` added as given)."""
     head = [f"{method} {path} HTTP/1.1", "Host: bench"]
     data = b""
     if bearer:
         head.append(f"Authorization: Bearer {bearer}")
+    head += [f"{name}: {value}" for name, value in (headers or {}).items()]
     if body is not None:
         data = json.dumps(body).encode()
         head += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
@@ -39,11 +46,28 @@ class Connection:
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         length = 0
+        chunked = False
         for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
+            lower = line.lower()
+            if lower.startswith(b"content-length:"):
                 length = int(line.split(b":")[1])
+            elif lower.startswith(b"transfer-encoding:") and b"chunked" in lower:
+                chunked = True
+        if chunked:  # Go's net/http chunks answers it did not buffer whole (> 2 KiB)
+            return int(head[9:12]), await self._chunks()
         body = await self.reader.readexactly(length)
         return int(head[9:12]), body
+
+    async def _chunks(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                while await self.reader.readuntil(b"\r\n") != b"\r\n":  # trailers
+                    pass
+                return b"".join(parts)
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readexactly(2)
 
     def close(self) -> None:
         self.writer.close()
