@@ -47,6 +47,24 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 _KEYS = cast(Table, KeyRow.__table__)
 _VERSIONS = cast(Table, KeyVersionRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+_USE = (
+    select(
+        _VERSIONS.c.number,
+        _VERSIONS.c.state,
+        _VERSIONS.c.algorithm,
+        _VERSIONS.c.provider,
+        _VERSIONS.c.provider_key_ref,
+        _VERSIONS.c.wrapped_material,
+        _VERSIONS.c.public_key,
+        _VERSIONS.c.hard_expiry,
+        _VERSIONS.c.grace_until,
+        _KEYS.c.environment,
+    )
+    .join(_KEYS, _KEYS.c.id == _VERSIONS.c.key_id)
+    .where(_VERSIONS.c.key_id == bindparam("key"))
+)
+_ACTIVE_VERSION = _USE.where(_VERSIONS.c.state == "active").limit(1)
+_NUMBERED_VERSION = _USE.where(_VERSIONS.c.number == bindparam("number"))
 
 
 class KeyDomainError(Exception):
@@ -246,10 +264,14 @@ class KeyService:
         # of another environment does not exist here, so its id tells a caller nothing.
         self.environment = environment
 
+    def _outside(self, environment: str) -> bool:
+        """Whether a key of `environment` is out of this process's scope."""
+        return self.environment is not None and environment != self.environment
+
     def _check_scope(self, s: Session, key_id: str) -> None:
         if self.environment is not None:
             found = s.scalar(select(KeyRow.environment).where(KeyRow.id == key_id))
-            if found is not None and found != self.environment:
+            if found is not None and self._outside(found):
                 raise KeyNotFoundError(f"key {key_id} not found")
 
     def provider(self, name: str) -> KeyProvider:
@@ -287,7 +309,7 @@ class KeyService:
                 }
             have_version = c.new_version in algorithms
             previous = algorithms.get(c.new_version - 1)
-            if previous is not None:
+            if previous is not None and self._pqc.enabled:
                 # A rotation: the PQC policy may move the key to another algorithm. Decided by
                 # the transition's own time, so a retried attempt decides the same.
                 algorithm = self._pqc.next_algorithm(
@@ -422,46 +444,49 @@ class KeyService:
     def _version(
         self, key_id: str, number: int | None, allowed: frozenset[str]
     ) -> tuple[KeyProvider, VersionHandle]:
-        with self._store.session() as s:
-            self._check_scope(s, key_id)
-            if number is None:
-                row = s.scalars(
-                    select(KeyVersionRow).where(
-                        KeyVersionRow.key_id == key_id, KeyVersionRow.state == "active"
-                    )
-                ).first()
-                if row is None:
-                    key = s.get(KeyRow, key_id)
-                    if key is None:
-                        raise KeyNotFoundError(f"key {key_id} not found")
-                    raise KeyStateError(f"key {key_id} is {key.status}: it has no active version")
-            else:
-                row = s.get(KeyVersionRow, (key_id, number))
-                if row is None:
-                    if s.get(KeyRow, key_id) is None:
-                        raise KeyNotFoundError(f"key {key_id} not found")
-                    raise KeyStateError(f"key {key_id} has no version {number}")
-            if row.state not in allowed:
-                raise KeyStateError(f"version {row.number} of key {key_id} is {row.state}")
-            # The workflow moves versions on at their deadlines; should it be late (workers
-            # down), the deadlines still hold here.
-            now = datetime.now(UTC)
-            if row.hard_expiry <= now:
-                raise KeyStateError(f"version {row.number} of key {key_id} is past its lifetime")
-            if (
-                row.state == VersionState.GRACE
-                and row.grace_until is not None
-                and row.grace_until <= now
+        # One prepared statement per lookup (the use path runs this for every request); the
+        # other reads below happen only on the way to an error.
+        query, params = (
+            (_ACTIVE_VERSION, {"key": key_id})
+            if number is None
+            else (_NUMBERED_VERSION, {"key": key_id, "number": number})
+        )
+        with self._store.engine.connect() as db:
+            row = db.execute(query, params).first()
+            if row is None or (
+                self.environment is not None and row.environment != self.environment
             ):
-                raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
-            return self.provider(row.provider), VersionHandle(
-                key_id=row.key_id,
-                number=row.number,
-                algorithm=row.algorithm,
-                provider_key_ref=row.provider_key_ref,
-                wrapped_material=row.wrapped_material,
-                public_key=row.public_key,
-            )
+                key = db.execute(
+                    select(KeyRow.status, KeyRow.environment).where(KeyRow.id == key_id)
+                ).first()
+                if key is None or (
+                    self.environment is not None and key.environment != self.environment
+                ):
+                    raise KeyNotFoundError(f"key {key_id} not found")
+                if number is None:
+                    raise KeyStateError(f"key {key_id} is {key.status}: it has no active version")
+                raise KeyStateError(f"key {key_id} has no version {number}")
+        if row.state not in allowed:
+            raise KeyStateError(f"version {row.number} of key {key_id} is {row.state}")
+        # The workflow moves versions on at their deadlines; should it be late (workers
+        # down), the deadlines still hold here.
+        now = datetime.now(UTC)
+        if row.hard_expiry <= now:
+            raise KeyStateError(f"version {row.number} of key {key_id} is past its lifetime")
+        if (
+            row.state == VersionState.GRACE
+            and row.grace_until is not None
+            and row.grace_until <= now
+        ):
+            raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
+        return self.provider(row.provider), VersionHandle(
+            key_id=key_id,
+            number=row.number,
+            algorithm=row.algorithm,
+            provider_key_ref=row.provider_key_ref,
+            wrapped_material=row.wrapped_material,
+            public_key=row.public_key,
+        )
 
     def encrypt(self, key_id: str, plaintext: bytes, aad: bytes) -> UseResult:
         provider, v = self._version(key_id, None, _PROTECT)

@@ -31,6 +31,7 @@ DEFAULT_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
 
 # Any constant works; it only has to be the same for every keyrotor process on one database.
 _MIGRATION_LOCK_KEY: Final = 0x6B6579726F746F72  # "keyrotor"
+POOL_SIZE: Final = 40
 
 
 def newest_first(
@@ -78,7 +79,14 @@ class Store:
         else:
             # hide_parameters: a failed statement's text must not carry salts, hashes or sealed
             # secrets into error messages and logs
-            self.engine = create_engine(parsed, pool_pre_ping=True, hide_parameters=True)
+            self.engine = create_engine(
+                parsed,
+                pool_pre_ping=True,
+                hide_parameters=True,
+                # fewer kept open than on SQLite: each is a server process (max_connections)
+                pool_size=POOL_SIZE // 2,
+                max_overflow=POOL_SIZE // 2,
+            )
         self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if self.is_sqlite else nullcontext()
@@ -150,6 +158,9 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
         kwargs["poolclass"] = StaticPool
     else:
         Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # As many pooled connections as the API has worker threads (anyio's default 40): an
+        # overflow connection is opened, set up (WAL, pragmas) and closed again per request.
+        kwargs |= {"pool_size": POOL_SIZE, "max_overflow": 10}
     engine = create_engine(url, hide_parameters=True, **kwargs)
 
     @event.listens_for(engine, "connect")
