@@ -73,6 +73,14 @@ def add_hot_routes(app: FastAPI) -> None:
             tags=[tag],
             openapi_extra=body_schema(body),
         )
+    for operation, use, model in keys.HOT_ROUTES:
+        app.add_api_route(
+            f"/api/key-management/keys/{{key_id}}/{operation}",
+            use,
+            methods=["POST"],
+            tags=["keys"],
+            openapi_extra=body_schema(model),
+        )
 
 
 def create_app(services: Services, client: Client | None = None) -> FastAPI:

@@ -47,6 +47,7 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 _KEYS = cast(Table, KeyRow.__table__)
 _VERSIONS = cast(Table, KeyVersionRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+PROVIDER_CACHE_ENTRIES = 100_000
 _USE = (
     select(
         _VERSIONS.c.number,
@@ -260,9 +261,23 @@ class KeyService:
         self._store = store
         self._providers = providers
         self._pqc = pqc
+        self._provider_of: dict[str, str] = {}
         # The only environment whose keys this process reads and uses (None: every one); a key
         # of another environment does not exist here, so its id tells a caller nothing.
         self.environment = environment
+
+    def in_process(self, key_id: str) -> bool:
+        """Whether using this key runs in this process (the local provider), so that the API
+        may call it on its event loop. A key's provider never changes: remembered once read."""
+        name = self._provider_of.get(key_id)
+        if name is None:
+            with self._store.engine.connect() as db:
+                name = db.scalar(select(_KEYS.c.provider).where(_KEYS.c.id == key_id))
+            if name is None:
+                return False  # unknown here: the caller's thread finds out and says so
+            if len(self._provider_of) < PROVIDER_CACHE_ENTRIES:
+                self._provider_of[key_id] = name
+        return name == "local"
 
     def _outside(self, environment: str) -> bool:
         """Whether a key of `environment` is out of this process's scope."""

@@ -93,6 +93,10 @@ CHECKED_IN_HANDLER: set[Route] = {
     ("POST", "/codec/decode"),
     ("POST", f"{CREDS}/verify"),
     ("POST", f"{HANDLES}/validate"),
+    ("POST", f"{KEYS}/{{key_id}}/encrypt"),
+    ("POST", f"{KEYS}/{{key_id}}/decrypt"),
+    ("POST", f"{KEYS}/{{key_id}}/sign"),
+    ("POST", f"{KEYS}/{{key_id}}/verify"),
 }
 # The routes that connect to Temporal once the caller is authorized.
 USES_TEMPORAL: set[Route] = {
