@@ -43,6 +43,16 @@ class EncryptRequest(Body):
     aad: str | None = Field(default=None, description="base64", max_length=65536)
 
 
+class WrapRequest(Body):
+    key: str = Field(description="base64 key material, 16 to 64 bytes", max_length=128)
+    aad: str | None = Field(default=None, description="base64", max_length=65536)
+
+
+class UnwrapRequest(Body):
+    wrapped: str = Field(description="a krw: token from /wrap", max_length=1024)
+    aad: str | None = Field(default=None, description="base64", max_length=65536)
+
+
 class DecryptRequest(Body):
     ciphertext: str = Field(max_length=6 * 1024 * 1024)
     aad: str | None = Field(default=None, description="base64", max_length=65536)

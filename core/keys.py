@@ -40,6 +40,8 @@ from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
 
 PREFIX = "kr"
+WRAPPED_PREFIX = "krw"
+WRAPPABLE_BYTES = (16, 64)  # key material: AES-128 to 512-bit keys
 _VERSION = re.compile(r"[0-9]{1,9}")
 _PROTECT = frozenset(str(s) for s in PROTECT_STATES)
 _PROCESS = frozenset(str(s) for s in PROCESS_STATES)
@@ -112,23 +114,24 @@ def _b64d(text: str) -> bytes:
         raise MalformedTokenError("payload is not base64url") from e
 
 
-def format_token(key_id: str, version: int, payload: bytes) -> str:
-    return f"{PREFIX}:{key_id}:{version}:{_b64e(payload)}"
+def format_token(key_id: str, version: int, payload: bytes, prefix: str = PREFIX) -> str:
+    return f"{prefix}:{key_id}:{version}:{_b64e(payload)}"
 
 
-def parse_token(token: str, key_id: str) -> tuple[int, bytes]:
-    """The version and payload of a `kr:` token made by `key_id`."""
+def parse_token(token: str, key_id: str, prefix: str = PREFIX) -> tuple[int, bytes]:
+    """The version and payload of a `kr:` token (`krw:` for wrapped keys) made by `key_id`."""
     parts = token.split(":")
-    if len(parts) != 4 or parts[0] != PREFIX or not _VERSION.fullmatch(parts[2]):
-        raise MalformedTokenError("expected kr:<key id>:<version>:<payload>")
+    if len(parts) != 4 or parts[0] != prefix or not _VERSION.fullmatch(parts[2]):
+        raise MalformedTokenError(f"expected {prefix}:<key id>:<version>:<payload>")
     if parts[1] != key_id:
         raise MalformedTokenError(f"this was made with key {parts[1]}, not {key_id}")
     return int(parts[2]), _b64d(parts[3])
 
 
-def _header(key_id: str, version: int) -> bytes:
-    # Bound into the AEAD so that a ciphertext cannot be relabelled with another version.
-    return f"{PREFIX}:{key_id}:{version}:".encode()
+def _header(key_id: str, version: int, prefix: str = PREFIX) -> bytes:
+    # Bound into the AEAD so that a ciphertext cannot be relabelled with another version, nor
+    # a wrapped key (prefix `krw`) be decrypted as data or data be unwrapped as a key.
+    return f"{prefix}:{key_id}:{version}:".encode()
 
 
 @dataclass(frozen=True)
@@ -512,6 +515,26 @@ class KeyService:
         number, data = parse_token(ciphertext, key_id)
         provider, v = self._version(key_id, number, _PROCESS)
         return UseResult(provider.decrypt(v, data, _header(key_id, number) + aad), number)
+
+    def wrap(self, key_id: str, key_material: bytes, aad: bytes) -> UseResult:
+        """Encrypt a data key (16 to 64 bytes) under the active version, as a `krw:` token that
+        only `unwrap` opens: /decrypt refuses it, and /unwrap refuses ordinary ciphertexts."""
+        low, high = WRAPPABLE_BYTES
+        if not low <= len(key_material) <= high:
+            raise AlgorithmError(f"a wrapped key is {low} to {high} bytes; got {len(key_material)}")
+        provider, v = self._version(key_id, None, _PROTECT)
+        _require(v.algorithm, Operation.ENCRYPT, "wrap")
+        header = _header(key_id, v.number, WRAPPED_PREFIX)
+        data = provider.encrypt(v, key_material, header + aad)
+        return UseResult(format_token(key_id, v.number, data, WRAPPED_PREFIX), v.number)
+
+    def unwrap(self, key_id: str, wrapped: str, aad: bytes) -> UseResult:
+        """The data key a `wrap` sealed, with the version (active or in grace) that sealed it."""
+        number, data = parse_token(wrapped, key_id, WRAPPED_PREFIX)
+        provider, v = self._version(key_id, number, _PROCESS)
+        _require(v.algorithm, Operation.DECRYPT, "unwrap")
+        header = _header(key_id, number, WRAPPED_PREFIX)
+        return UseResult(provider.decrypt(v, data, header + aad), number)
 
     def sign(self, key_id: str, message: bytes) -> UseResult:
         provider, v = self._version(key_id, None, _PROTECT)

@@ -319,12 +319,34 @@ async def verify(request: Request) -> JSONResponse:
     return JSONResponse({"valid": True, "version": r.version})
 
 
+async def wrap(request: Request) -> JSONResponse:
+    """Wrap a data key (16 to 64 bytes) under the active version, as KMS GenerateDataKey's
+    caller does with a key it made: only `unwrap` opens the `krw:` token it answers."""
+    body = await hot_request(request, Permission.USE, schemas.WrapRequest)
+    key_id: str = request.path_params["key_id"]
+    keys = request.app.state.services.keys
+    r = await _run(request, key_id, keys.wrap, _b64("key", body.key), _b64("aad", body.aad))
+    return JSONResponse({"wrapped": r.value, "keyId": key_id, "version": r.version})
+
+
+async def unwrap(request: Request) -> JSONResponse:
+    """The data key a `wrap` sealed, if its version is active or in grace."""
+    body = await hot_request(request, Permission.USE, schemas.UnwrapRequest)
+    key_id: str = request.path_params["key_id"]
+    keys = request.app.state.services.keys
+    r = await _run(request, key_id, keys.unwrap, body.wrapped, _b64("aad", body.aad))
+    assert isinstance(r.value, bytes)
+    return JSONResponse({"key": base64.b64encode(r.value).decode(), "version": r.version})
+
+
 # path, endpoint and body model of each hot use route, for `api.app.add_hot_routes`
 HOT_ROUTES = (
     ("encrypt", encrypt, schemas.EncryptRequest),
     ("decrypt", decrypt, schemas.DecryptRequest),
     ("sign", sign, schemas.SignRequest),
     ("verify", verify, schemas.VerifyRequest),
+    ("wrap", wrap, schemas.WrapRequest),
+    ("unwrap", unwrap, schemas.UnwrapRequest),
 )
 
 

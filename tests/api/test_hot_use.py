@@ -98,3 +98,43 @@ async def test_unknown_key_and_bad_input(api: tuple[httpx.AsyncClient, Services]
         f"{KEYS}/{key_id}/encrypt", json={"plaintext": "eA=="}, headers={"Authorization": ""}
     )
     assert r.status_code == 401
+
+
+@pytest.mark.parametrize("provider", ["local", "pkcs11"])
+async def test_wrap_and_unwrap_a_data_key(
+    api: tuple[httpx.AsyncClient, Services], provider: str
+) -> None:
+    http, services = api
+    key_id = commit_key(services, provider)
+    data_key = base64.b64encode(bytes(range(32))).decode()
+    aad = base64.b64encode(b"tenant-7").decode()
+    r = await http.post(f"{KEYS}/{key_id}/wrap", json={"key": data_key, "aad": aad})
+    assert r.status_code == 200, r.text
+    wrapped = r.json()["wrapped"]
+    assert wrapped.startswith(f"krw:{key_id}:1:") and data_key not in wrapped
+    r = await http.post(f"{KEYS}/{key_id}/unwrap", json={"wrapped": wrapped, "aad": aad})
+    assert r.json() == {"key": data_key, "version": 1}
+    # the aad is bound
+    r = await http.post(f"{KEYS}/{key_id}/unwrap", json={"wrapped": wrapped})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "DECRYPTION_FAILED")
+    # a wrapped key is not data, and data is not a wrapped key, whatever the token says
+    relabelled = "kr:" + wrapped.removeprefix("krw:")
+    r = await http.post(f"{KEYS}/{key_id}/decrypt", json={"ciphertext": relabelled, "aad": aad})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "DECRYPTION_FAILED")
+    r = await http.post(f"{KEYS}/{key_id}/encrypt", json={"plaintext": data_key, "aad": aad})
+    as_wrapped = "krw:" + r.json()["ciphertext"].removeprefix("kr:")
+    r = await http.post(f"{KEYS}/{key_id}/unwrap", json={"wrapped": as_wrapped, "aad": aad})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "DECRYPTION_FAILED")
+
+
+async def test_wrap_refuses_what_is_not_a_key(api: tuple[httpx.AsyncClient, Services]) -> None:
+    http, services = api
+    key_id = commit_key(services, "local")
+    for size in (15, 65):
+        r = await http.post(
+            f"{KEYS}/{key_id}/wrap", json={"key": base64.b64encode(b"k" * size).decode()}
+        )
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "UNSUPPORTED_ALGORITHM")
+        assert "16 to 64 bytes" in r.json()["error"]["message"]
+    r = await http.post(f"{KEYS}/{key_id}/unwrap", json={"wrapped": "kr:x:1:AAAA"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "MALFORMED_INPUT")

@@ -56,6 +56,8 @@ EXPECTED: dict[Route, Permission | None] = {
     ("POST", f"{KEYS}/{{key_id}}/suspend"): Permission.LIFECYCLE,
     ("POST", f"{KEYS}/{{key_id}}/resume"): Permission.LIFECYCLE,
     ("POST", f"{KEYS}/{{key_id}}/encrypt"): Permission.USE,
+    ("POST", f"{KEYS}/{{key_id}}/wrap"): Permission.USE,
+    ("POST", f"{KEYS}/{{key_id}}/unwrap"): Permission.USE,
     ("POST", f"{KEYS}/{{key_id}}/decrypt"): Permission.USE,
     ("POST", f"{KEYS}/{{key_id}}/sign"): Permission.USE,
     ("POST", f"{KEYS}/{{key_id}}/verify"): Permission.USE,
@@ -97,6 +99,8 @@ CHECKED_IN_HANDLER: set[Route] = {
     ("POST", f"{KEYS}/{{key_id}}/decrypt"),
     ("POST", f"{KEYS}/{{key_id}}/sign"),
     ("POST", f"{KEYS}/{{key_id}}/verify"),
+    ("POST", f"{KEYS}/{{key_id}}/wrap"),
+    ("POST", f"{KEYS}/{{key_id}}/unwrap"),
 }
 # The routes that connect to Temporal once the caller is authorized.
 USES_TEMPORAL: set[Route] = {
