@@ -55,9 +55,7 @@ from core.algorithms import (
     DecryptionError,
     InvalidSignatureError,
     Operation,
-    UnknownAlgorithmError,
     UnsupportedOperationError,
-    resolve,
 )
 from core.providers.base import (
     ProviderConfigurationError,
@@ -68,6 +66,8 @@ from core.providers.base import (
     UnsupportedAlgorithmError,
     VersionHandle,
     VersionMaterial,
+    held,
+    holds,
 )
 
 # KMS's limits on RAW messages (Sign, GenerateMac) and on Encrypt's plaintext.
@@ -230,22 +230,11 @@ class AWSKMSProvider:
         return alias
 
     def supports(self, algorithm: str) -> bool:
-        try:
-            return resolve(algorithm).name in _SPECS
-        except UnknownAlgorithmError:
-            return False
+        return holds(_SPECS, algorithm)
 
     def _spec(self, algorithm: str) -> tuple[Algorithm, _KMSSpec]:
-        try:
-            algo = resolve(algorithm)
-        except UnknownAlgorithmError as e:
-            raise UnsupportedAlgorithmError(str(e)) from e
-        spec = _SPECS.get(algo.name)
-        if spec is None:
-            raise UnsupportedAlgorithmError(
-                f"aws-kms cannot hold {algo.name} keys; it holds {', '.join(_SPECS)}"
-            )
-        return algo, spec
+        algo = held(self.name, _SPECS, algorithm)
+        return algo, _SPECS[algo.name]
 
     def _spec_for(self, version: VersionHandle, operation: Operation) -> _KMSSpec:
         algo, spec = self._spec(version.algorithm)

@@ -58,9 +58,7 @@ from core.algorithms import (
     Algorithm,
     InvalidSignatureError,
     Operation,
-    UnknownAlgorithmError,
     UnsupportedOperationError,
-    resolve,
 )
 from core.providers.base import (
     ProviderConfigurationError,
@@ -71,6 +69,8 @@ from core.providers.base import (
     UnsupportedAlgorithmError,
     VersionHandle,
     VersionMaterial,
+    held,
+    holds,
 )
 
 KEY_NAME_PREFIX = "keyrotor-"
@@ -175,22 +175,11 @@ class AzureKeyVaultProvider:
     # -- algorithms and names ----------------------------------------------------------------
 
     def supports(self, algorithm: str) -> bool:
-        try:
-            return resolve(algorithm).name in _SPECS
-        except UnknownAlgorithmError:
-            return False
+        return holds(_SPECS, algorithm)
 
     def _spec(self, algorithm: str) -> tuple[Algorithm, _AKVSpec]:
-        try:
-            algo = resolve(algorithm)
-        except UnknownAlgorithmError as e:
-            raise UnsupportedAlgorithmError(str(e)) from e
-        spec = _SPECS.get(algo.name)
-        if spec is None:
-            raise UnsupportedAlgorithmError(
-                f"azure-keyvault cannot hold {algo.name} keys; it holds {', '.join(_SPECS)}"
-            )
-        return algo, spec
+        algo = held(self.name, _SPECS, algorithm)
+        return algo, _SPECS[algo.name]
 
     def _spec_for(self, version: VersionHandle, operation: Operation) -> _AKVSpec:
         algo, spec = self._spec(version.algorithm)

@@ -8,8 +8,11 @@ AlgorithmErrors for bad requests (bad key size, operation the algorithm lacks).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from core.algorithms import Algorithm, UnknownAlgorithmError, resolve
 
 
 class ProviderError(Exception):
@@ -39,6 +42,29 @@ class UnsupportedAlgorithmError(ProviderError):
 
 class ProviderOperationError(ProviderError):
     """The provider refused or failed an operation on an existing version."""
+
+
+def holds(names: Collection[str], algorithm: str) -> bool:
+    """`supports` of a provider that holds the algorithms `names` (canonical names):
+    whether `algorithm`, a name or an alias, is one of them."""
+    try:
+        return resolve(algorithm).name in names
+    except UnknownAlgorithmError:
+        return False
+
+
+def held(provider: str, names: Collection[str], algorithm: str) -> Algorithm:
+    """The algorithm `algorithm` names, if `provider` holds it (one of `names`); else
+    UnsupportedAlgorithmError, so that a key is refused when it is created."""
+    try:
+        found = resolve(algorithm)
+    except UnknownAlgorithmError as e:
+        raise UnsupportedAlgorithmError(str(e)) from e
+    if found.name not in names:
+        raise UnsupportedAlgorithmError(
+            f"{provider} cannot hold {found.name} keys; it holds {', '.join(sorted(names))}"
+        )
+    return found
 
 
 @dataclass(frozen=True)

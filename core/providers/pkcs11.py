@@ -31,9 +31,7 @@ from core.algorithms import (
     Algorithm,
     DecryptionError,
     InvalidSignatureError,
-    UnknownAlgorithmError,
     UnsupportedOperationError,
-    resolve,
 )
 from core.providers.base import (
     ProviderConfigurationError,
@@ -41,9 +39,10 @@ from core.providers.base import (
     ProviderHealth,
     ProviderOperationError,
     ProviderUnavailableError,
-    UnsupportedAlgorithmError,
     VersionHandle,
     VersionMaterial,
+    held,
+    holds,
 )
 
 T = TypeVar("T")
@@ -246,13 +245,7 @@ class PKCS11Provider:
     # -- objects -------------------------------------------------------------------------------
 
     def _algorithm(self, name: str) -> Algorithm:
-        try:
-            algo = resolve(name)
-        except UnknownAlgorithmError as e:
-            raise UnsupportedAlgorithmError(str(e)) from e
-        if algo.name not in SUPPORTED_ALGORITHMS:
-            raise UnsupportedAlgorithmError(f"the PKCS#11 provider cannot hold {algo.name} keys")
-        return algo
+        return held(self.name, SUPPORTED_ALGORITHMS, name)
 
     @staticmethod
     def _ref(version: VersionHandle) -> str:
@@ -288,10 +281,7 @@ class PKCS11Provider:
     # -- KeyProvider ---------------------------------------------------------------------------
 
     def supports(self, algorithm: str) -> bool:
-        try:
-            return resolve(algorithm).name in SUPPORTED_ALGORITHMS
-        except UnknownAlgorithmError:
-            return False
+        return holds(SUPPORTED_ALGORITHMS, algorithm)
 
     def create_version(
         self, key_id: str, number: int, algorithm: str, key_bits: int | None = None

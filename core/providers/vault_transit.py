@@ -31,8 +31,6 @@ from core.algorithms import (
     DecryptionError,
     InvalidSignatureError,
     Operation,
-    UnknownAlgorithmError,
-    resolve,
 )
 from core.providers.base import (
     ProviderConfigurationError,
@@ -43,6 +41,8 @@ from core.providers.base import (
     UnsupportedAlgorithmError,
     VersionHandle,
     VersionMaterial,
+    held,
+    holds,
 )
 
 KEY_NAME_PREFIX = "keyrotor-"
@@ -204,14 +204,8 @@ class VaultTransitProvider:
         return data
 
     def _spec(self, algorithm: str) -> tuple[Algorithm, _TransitSpec]:
-        try:
-            algo = resolve(algorithm)
-        except UnknownAlgorithmError as e:
-            raise UnsupportedAlgorithmError(str(e)) from e
-        spec = _SPECS.get(algo.name)
-        if spec is None:
-            raise UnsupportedAlgorithmError(f"Vault transit cannot hold {algo.name} keys")
-        return algo, spec
+        algo = held(self.name, _SPECS, algorithm)
+        return algo, _SPECS[algo.name]
 
     def _locate(self, version: VersionHandle) -> tuple[str, str]:
         """(mount, key name) of a version: from its stored ref, so a key stays usable where it
@@ -294,10 +288,7 @@ class VaultTransitProvider:
     # -- KeyProvider ----------------------------------------------------------------------------
 
     def supports(self, algorithm: str) -> bool:
-        try:
-            return resolve(algorithm).name in _SPECS
-        except UnknownAlgorithmError:
-            return False
+        return holds(_SPECS, algorithm)
 
     def create_version(
         self, key_id: str, number: int, algorithm: str, key_bits: int | None = None

@@ -11,7 +11,6 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -19,10 +18,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from core.credentials import AdminKeys, Role
-from core.keys import new_key_id
-from core.lifecycle import new_key
-from core.objects import KeySpec, KeyTransitionCommit
 from core.services import Services
+from tests.fixtures.keys import commit_key
 from tests.fixtures.temporal import target
 
 API = "/api/key-management"
@@ -49,41 +46,10 @@ class Degraded:
     key_id: str
 
 
-def commit_existing_key(services: Services) -> str:
-    """A key created while Temporal was up: committed to the store as its workflow would."""
-    policy = services.policies.key_type("encryption")
-    key_id = new_key_id()
-    now = datetime.now(UTC)
-    spec = KeySpec(
-        key_id=key_id,
-        environment="dev",
-        type=policy.name,
-        algorithm=policy.algorithm,
-        provider="local",
-        key_bits=policy.key_bits,
-        name="orders",
-        created_by="alice",
-    )
-    services.keys.commit_transition(
-        KeyTransitionCommit(
-            transition_id=f"keyrotor/key/dev/{key_id}/1",
-            spec=spec,
-            lifecycle=new_key(policy.lifecycle(), now),
-            action="key.created",
-            event="keyCreated",
-            at=now,
-            actor="alice",
-            version=1,
-            new_version=1,
-        )
-    )
-    return key_id
-
-
 @pytest.fixture(name="d")
 async def degraded_app(services: Services) -> AsyncIterator[Degraded]:
     services.settings.temporal_address = f"127.0.0.1:{closed_port()}"
-    key_id = commit_existing_key(services)
+    key_id = commit_key(services, name="orders", created_by="alice")
     admin = AdminKeys(services.store, services.keyring)
     headers = {"Authorization": f"Bearer {admin.create('test-admin', Role.ADMIN, 'test')}"}
     app = create_app(services)  # no client: it connects on first need

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -14,11 +13,9 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from core.credentials import AdminKeys, Role
-from core.keys import new_key_id
-from core.lifecycle import new_key
-from core.objects import KeySpec, KeyTransitionCommit
 from core.services import ConfigurationError, Services, build_services
 from core.settings import Settings
+from tests.fixtures.keys import commit_key
 from tests.fixtures.temporal import TEST_MASTER_KEY
 
 API = "/api/key-management"
@@ -30,30 +27,10 @@ def services_for(data_dir: Path, environment: str = "") -> Services:
     )
 
 
-def commit_key(services: Services, environment: str) -> str:
-    policy = services.policies.key_type("encryption")
-    key_id = new_key_id()
-    now = datetime.now(UTC)
-    spec = KeySpec(key_id, environment, "encryption", policy.algorithm, "local", 256)
-    services.keys.commit_transition(
-        KeyTransitionCommit(
-            f"keyrotor/key/{environment}/{key_id}/1",
-            spec,
-            new_key(policy.lifecycle(), now),
-            "key.created",
-            "keyCreated",
-            now,
-            version=1,
-            new_version=1,
-        )
-    )
-    return key_id
-
-
 @pytest.fixture
 async def dev_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
     everything = services_for(tmp_path)  # a worker: it commits every environment's keys
-    dev_key, prod_key = commit_key(everything, "dev"), commit_key(everything, "prod")
+    dev_key, prod_key = commit_key(everything), commit_key(everything, environment="prod")
     services = services_for(tmp_path, "dev")
     admin = AdminKeys(services.store, services.keyring).create("t", Role.ADMIN, "t")
     transport = httpx.ASGITransport(app=create_app(services))

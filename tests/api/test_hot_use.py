@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -14,33 +13,13 @@ from pydantic import SecretStr
 
 from api.app import create_app
 from core.credentials import AdminKeys, Role
-from core.keys import new_key_id
-from core.lifecycle import new_key
-from core.objects import KeySpec, KeyTransitionCommit
 from core.services import Services, build_services
 from core.settings import Settings
+from tests.fixtures.keys import commit_key
 from tests.fixtures.softhsm import SoftHSMToken
 from tests.fixtures.temporal import TEST_MASTER_KEY
 
 KEYS = "/api/key-management/keys"
-
-
-def commit_key(services: Services, provider: str) -> str:
-    policy = services.policies.key_type("encryption")
-    key_id, now = new_key_id(), datetime.now(UTC)
-    spec = KeySpec(key_id, "dev", "encryption", "AES-256-GCM", provider, 256)
-    services.keys.commit_transition(
-        KeyTransitionCommit(
-            f"keyrotor/key/dev/{key_id}/1",
-            spec,
-            new_key(policy.lifecycle(), now),
-            "key.created",
-            "keyCreated",
-            now,
-            new_version=1,
-        )
-    )
-    return key_id
 
 
 @pytest.fixture
@@ -71,7 +50,7 @@ async def test_encrypt_and_decrypt_on_either_path(
     api: tuple[httpx.AsyncClient, Services], provider: str, in_process: bool
 ) -> None:
     http, services = api
-    key_id = commit_key(services, provider)
+    key_id = commit_key(services, provider=provider)
     assert services.keys.in_process(key_id) is in_process
     plaintext = base64.b64encode(b"attack at dawn").decode()
     r = await http.post(f"{KEYS}/{key_id}/encrypt", json={"plaintext": plaintext})
@@ -89,7 +68,7 @@ async def test_unknown_key_and_bad_input(api: tuple[httpx.AsyncClient, Services]
     http, services = api
     r = await http.post(f"{KEYS}/key_nosuchkey00000000/encrypt", json={"plaintext": "eA=="})
     assert (r.status_code, r.json()["error"]["code"]) == (404, "KEY_NOT_FOUND")
-    key_id = commit_key(services, "local")
+    key_id = commit_key(services, provider="local")
     r = await http.post(f"{KEYS}/{key_id}/encrypt", json={"plaintext": "not base64!"})
     assert (r.status_code, r.json()["error"]["code"]) == (400, "INVALID_REQUEST")
     r = await http.post(f"{KEYS}/{key_id}/sign", json={})
@@ -105,7 +84,7 @@ async def test_wrap_and_unwrap_a_data_key(
     api: tuple[httpx.AsyncClient, Services], provider: str
 ) -> None:
     http, services = api
-    key_id = commit_key(services, provider)
+    key_id = commit_key(services, provider=provider)
     data_key = base64.b64encode(bytes(range(32))).decode()
     aad = base64.b64encode(b"tenant-7").decode()
     r = await http.post(f"{KEYS}/{key_id}/wrap", json={"key": data_key, "aad": aad})
@@ -129,7 +108,7 @@ async def test_wrap_and_unwrap_a_data_key(
 
 async def test_wrap_refuses_what_is_not_a_key(api: tuple[httpx.AsyncClient, Services]) -> None:
     http, services = api
-    key_id = commit_key(services, "local")
+    key_id = commit_key(services, provider="local")
     for size in (15, 65):
         r = await http.post(
             f"{KEYS}/{key_id}/wrap", json={"key": base64.b64encode(b"k" * size).decode()}
