@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,23 +28,33 @@ from core import audit
 from core.algorithms import AlgorithmError, AlgorithmKind, Operation, resolve
 from core.algorithms.base import UnsupportedOperationError
 from core.lifecycle import (
+    LIVE_STATES,
     PROCESS_STATES,
     PROTECT_STATES,
+    KeyLifecycle,
     KeyStatus,
     VersionState,
     next_rotation_at,
 )
 from core.objects import KeyTransitionCommit
 from core.policy import NO_MIGRATION, PQCPolicy
-from core.providers.base import KeyProvider, ProviderConfigurationError, VersionHandle
+from core.providers.base import (
+    KeyProvider,
+    ProviderConfigurationError,
+    ProviderError,
+    VersionHandle,
+)
 from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
 
+log = logging.getLogger("keyrotor.keys")
 PREFIX = "kr"
 WRAPPED_PREFIX = "krw"
 WRAPPABLE_BYTES = (16, 64)  # key material: AES-128 to 512-bit keys
 _VERSION = re.compile(r"[0-9]{1,9}")
 _PROTECT = frozenset(str(s) for s in PROTECT_STATES)
+# versions still in play; any other state (retired, compromised, expired) is done for good
+_LIVE_OR_PENDING = frozenset(str(s) for s in (*LIVE_STATES, VersionState.PENDING))
 _PROCESS = frozenset(str(s) for s in PROCESS_STATES)
 _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 _KEYS = cast(Table, KeyRow.__table__)
@@ -311,20 +322,25 @@ class KeyService:
         have_version = False
         algorithm: str = spec.algorithm
         key_bits: int | None = spec.key_bits
+        # Provider calls happen outside the write transaction (a provider may be remote), and
+        # before it: a failed call is retried with the whole transition, and each call is
+        # idempotent, so a retry after a commit that failed repeats them harmlessly.
+        with self._store.engine.connect() as db:
+            if audit.recorded_on(db, c.transition_id):
+                return
+            stored = db.execute(
+                select(
+                    _VERSIONS.c.number,
+                    _VERSIONS.c.state,
+                    _VERSIONS.c.algorithm,
+                    _VERSIONS.c.provider_key_ref,
+                    _VERSIONS.c.wrapped_material,
+                    _VERSIONS.c.public_key,
+                ).where(_VERSIONS.c.key_id == spec.key_id)
+            ).all()
+        self._disable_at_provider(spec.key_id, spec.provider, c.lifecycle, stored)
         if c.new_version is not None:
-            # Material is made outside the write transaction (a provider may be remote): not
-            # again when a retried attempt committed it already.
-            with self._store.engine.connect() as db:
-                if audit.recorded_on(db, c.transition_id):
-                    return
-                algorithms: dict[int, str] = {
-                    number: name
-                    for number, name in db.execute(
-                        select(_VERSIONS.c.number, _VERSIONS.c.algorithm).where(
-                            _VERSIONS.c.key_id == spec.key_id
-                        )
-                    )
-                }
+            algorithms = {row.number: row.algorithm for row in stored}
             have_version = c.new_version in algorithms
             previous = algorithms.get(c.new_version - 1)
             if previous is not None and self._pqc.enabled:
@@ -379,7 +395,7 @@ class KeyService:
                         | key_values
                     )
                 )
-            stored = set(
+            in_store = set(
                 db.scalars(select(_VERSIONS.c.number).where(_VERSIONS.c.key_id == spec.key_id))
             )
             changes = []
@@ -392,7 +408,7 @@ class KeyService:
                     "grace_until": v.grace_until,
                     "state_changed_at": v.changed_at or c.at,
                 }
-                if v.number in stored:
+                if v.number in in_store:
                     changes.append({"b_number": v.number, **deadlines})
                 elif material is not None and v.number == c.new_version:
                     db.execute(
@@ -422,7 +438,7 @@ class KeyService:
             # A version numbered past the workflow's last one was committed by a workflow task
             # that was lost (a crash before it completed) and replayed differently: not in use
             # until the workflow makes that version again.
-            if any(n > lc.last_version for n in stored):
+            if any(n > lc.last_version for n in in_store):
                 db.execute(
                     update(_VERSIONS)
                     .where(
@@ -456,6 +472,47 @@ class KeyService:
                     data={"keyId": spec.key_id, "version": c.version, "status": str(lc.status)},
                 )
             )
+
+    def _disable_at_provider(
+        self, key_id: str, provider_name: str, lc: KeyLifecycle, stored: Sequence[Any]
+    ) -> None:
+        """Switch off at the provider the versions this transition ends (retired, compromised,
+        expired): the store already refuses them, and the provider then refuses them too.
+
+        Where the provider disables older versions with a newer one (`disables_older`), only
+        the newest version below which every version is done is disabled, once: a version in
+        grace older than a compromised one keeps working until its grace ends."""
+        states = {row.number: row.state for row in stored}
+        states |= {v.number: str(v.state) for v in lc.versions}  # versions pruned: done
+        done = {n for n, state in states.items() if state not in _LIVE_OR_PENDING}
+        was_done = {row.number for row in stored if row.state not in _LIVE_OR_PENDING}
+        if done <= was_done:
+            return  # this transition ends no version (most do not)
+        provider = self.provider(provider_name)
+        rows = {row.number: row for row in stored}
+        if provider.disables_older:
+            newest = _done_prefix(done)
+            targets = [newest] if newest > _done_prefix(was_done) and newest in rows else []
+        else:
+            targets = sorted((done - was_done) & rows.keys())
+        for number in targets:
+            row = rows[number]
+            handle = VersionHandle(
+                key_id=key_id,
+                number=number,
+                algorithm=row.algorithm,
+                provider_key_ref=row.provider_key_ref,
+                wrapped_material=row.wrapped_material,
+                public_key=row.public_key,
+            )
+            try:
+                provider.disable_version(handle)
+            except ProviderError as e:
+                if e.retryable:
+                    raise  # the whole transition is tried again
+                # The store refuses the version whatever the provider says: a provider that
+                # refuses for good (permission) must not keep a compromised version in use.
+                log.warning("%s v%d stays enabled at %s: %s", key_id, number, provider_name, e)
 
     # --- use path --------------------------------------------------------------------------
 
@@ -695,6 +752,14 @@ class KeyService:
             "versionsByState": versions,
             "totalRotations": rotations or 0,
         }
+
+
+def _done_prefix(done: set[int]) -> int:
+    """The highest n such that versions 1..n are all done (0: none)."""
+    n = 0
+    while n + 1 in done:
+        n += 1
+    return n
 
 
 def _counts(s: Session, column: InstrumentedAttribute[str]) -> dict[str, int]:

@@ -193,6 +193,7 @@ class AWSKMSProvider:
     """
 
     name: str = "aws-kms"
+    disables_older: bool = False
 
     def __init__(
         self,

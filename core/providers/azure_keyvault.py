@@ -150,6 +150,7 @@ class AzureKeyVaultProvider:
     """
 
     name: str = "azure-keyvault"
+    disables_older: bool = False
 
     def __init__(self, vault_url: str, credential: TokenCredential, **client_kwargs: Any) -> None:
         parts = urlsplit(vault_url)

@@ -110,6 +110,10 @@ class KeyProvider(Protocol):
     """
 
     name: str
+    # True where disabling a version disables every older one too (Vault's
+    # min_decryption_version): keyrotor then disables a version only once all older ones are
+    # done, so that a version in grace keeps working.
+    disables_older: bool
 
     def supports(self, algorithm: str) -> bool:
         """Whether this provider can create and use keys of `algorithm` (name or alias)."""

@@ -73,6 +73,7 @@ class LocalProvider:
     """
 
     name: str = "local"
+    disables_older: bool = False
 
     def __init__(self, keyring: MasterKeyring, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
         self._keyring = keyring

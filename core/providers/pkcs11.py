@@ -157,6 +157,7 @@ class PKCS11Provider:
     """
 
     name: str = "pkcs11"
+    disables_older: bool = False
 
     def __init__(self, module_path: str, token_label: str, user_pin: str) -> None:
         self._module_path = module_path

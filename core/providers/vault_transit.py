@@ -158,6 +158,7 @@ class VaultTransitProvider:
     """
 
     name: str = "vault"
+    disables_older: bool = True
 
     def __init__(
         self,

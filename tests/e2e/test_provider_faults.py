@@ -261,8 +261,11 @@ async def test_rotations_survive_a_sealed_vault(
         assert not root.sys.read_seal_status()["sealed"]
         await assert_rotated_once(stack, caplog, "vault", manual, emergency, rest)
         for k in (manual, emergency):
-            # no orphaned version at the provider: transit holds exactly the store's versions
-            assert transit_versions(root, k["id"]) == {1, 2}
+            # no orphaned version at the provider: transit made exactly the store's versions;
+            # the compromised v1 of the emergency key is switched off there too
+            data = root.secrets.transit.read_key(name=transit_key_name(k["id"]))["data"]
+            assert int(data["latest_version"]) == 2
+            assert int(data["min_decryption_version"]) == (2 if k is emergency else 1)
             refs = provider_refs(stack, k["id"])
             assert refs == {n: f"transit/keys/{transit_key_name(k['id'])}/v{n}" for n in (1, 2)}
 
@@ -331,8 +334,13 @@ async def test_rotations_survive_a_frozen_kms(
         for k in (manual, emergency):
             aliases, keys = await asyncio.to_thread(kms_inventory, endpoint, k["id"])
             assert set(aliases) == {f"alias/keyrotor/{k['id']}/v{n}" for n in (1, 2)}
-            # exactly one KMS key per version, each behind its alias: nothing orphaned
-            assert keys == {target: "Enabled" for target in aliases.values()}
+            # exactly one KMS key per version, each behind its alias: nothing orphaned; the
+            # compromised v1 of the emergency key is disabled at KMS too
+            v1 = aliases[f"alias/keyrotor/{k['id']}/v1"]
+            assert keys == {
+                target: "Disabled" if (k is emergency and target == v1) else "Enabled"
+                for target in aliases.values()
+            }
             refs = provider_refs(stack, k["id"])
             assert sorted(refs) == [1, 2]
             for n, arn in refs.items():

@@ -4,15 +4,24 @@ process with the setting to fix, and a key on a configured provider works throug
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
-from core.lifecycle import LifecyclePolicy, new_key
+from core.lifecycle import (
+    LifecyclePolicy,
+    RotationReason,
+    TransitionKind,
+    apply_timed,
+    new_key,
+    next_transition,
+    rotate,
+)
 from core.objects import KeySpec, KeyTransitionCommit
 from core.providers.aws_kms import AWSKMSProvider
+from core.providers.base import ProviderOperationError, VersionHandle
 from core.providers.local import LocalProvider
 from core.providers.pkcs11 import PKCS11Provider
 from core.providers.vault_transit import VaultTransitProvider
@@ -115,3 +124,70 @@ def test_azure_keyvault_needs_azure_identity_for_its_credentials(tmp_path: Path)
     # azure-identity is an extra (keyrotor[azure]); without it the process names the fix
     with pytest.raises(ConfigurationError, match=r"install azure-identity"):
         build_services(settings(tmp_path, azure_vault_url="https://x.vault.azure.net"))
+
+
+def _commit(
+    services: Services, spec: KeySpec, seq: int, lc: object, at: datetime, new: int | None
+) -> None:
+    services.keys.commit_transition(
+        KeyTransitionCommit(
+            f"keyrotor/key/dev/{spec.key_id}/{seq}",
+            spec,
+            lc,
+            "key.test",
+            "keyTest",
+            at,  # type: ignore[arg-type]
+            new_version=new,
+        )
+    )
+
+
+def _handle(services: Services, key_id: str, number: int) -> VersionHandle:
+    _, versions = services.keys.get(key_id)
+    row = next(v for v in versions if v.number == number)
+    return VersionHandle(
+        key_id, number, row.algorithm, row.provider_key_ref, row.wrapped_material, row.public_key
+    )
+
+
+@pytest.mark.parametrize("provider", ["vault", "aws-kms", "pkcs11"])
+def test_versions_the_lifecycle_ends_are_disabled_at_their_provider(
+    all_providers: Services, provider: str
+) -> None:
+    """Retired and compromised versions are refused by the provider too, not only the store;
+    on Vault (disabling a version disables the older ones) a version in grace older than a
+    compromised one keeps working until its grace ends."""
+    services = all_providers
+    spec = KeySpec(
+        f"key_disable{provider.replace('-', '')}0001",
+        "dev",
+        "encryption",
+        "AES-256-GCM",
+        provider,
+        256,
+    )
+    policy = LifecyclePolicy(30 * DAY, DAY, 60 * DAY, DAY)
+    t0 = datetime.now(UTC)
+    lc = new_key(policy, t0)
+    _commit(services, spec, 1, lc, t0, 1)
+    lc = rotate(lc, t0 + timedelta(minutes=1), RotationReason.MANUAL)  # v1 in grace
+    _commit(services, spec, 2, lc, t0, 2)
+    lc = rotate(lc, t0 + timedelta(minutes=2), RotationReason.COMPROMISE, 0)  # v2 compromised
+    _commit(services, spec, 3, lc, t0, 3)
+    impl = services.providers[provider]
+    v1, v2, v3 = (_handle(services, spec.key_id, n) for n in (1, 2, 3))
+    sealed_by_v1 = impl.encrypt(v1, b"x", b"")  # (made now only to have one: v1 is in grace)
+    assert impl.decrypt(v1, sealed_by_v1, b"") == b"x"
+    if provider != "vault":  # a per-version provider switches the compromised one off at once
+        with pytest.raises(ProviderOperationError):
+            impl.encrypt(v2, b"x", b"")
+    # v1's grace ends: now every version before v3 is done, at every provider
+    later = t0 + timedelta(days=2)
+    due = next_transition(lc, later)
+    assert due is not None and due.kind == TransitionKind.END_GRACE
+    lc = apply_timed(lc, due, later)
+    _commit(services, spec, 4, lc, later, None)
+    for done in (v1, v2):
+        with pytest.raises(ProviderOperationError):
+            impl.encrypt(done, b"x", b"")
+    assert impl.decrypt(v3, impl.encrypt(v3, b"y", b""), b"") == b"y"

@@ -321,8 +321,12 @@ class BrokenProvider:
     """A provider that cannot make versions (as if removed from the configuration)."""
 
     name = "local"
+    disables_older = False
 
     def create_version(self, *args: object, **kwargs: object) -> None:
+        raise ProviderConfigurationError("provider 'local' is not configured")
+
+    def disable_version(self, *args: object) -> None:
         raise ProviderConfigurationError("provider 'local' is not configured")
 
 
