@@ -94,8 +94,14 @@ def spki(
     )
 
 
-def _unsupported_backend(name: str) -> AlgorithmError:
-    return AlgorithmError(f"{name} is not supported by this cryptography/OpenSSL build")
+def _generate(key_type: type[MLDSAPrivateKey] | type[MLKEMPrivateKey], name: str) -> bytes:
+    """PKCS#8 DER of a fresh key of `key_type`; AlgorithmError where the backend lacks it."""
+    try:
+        return pkcs8(key_type.generate())
+    except UnsupportedAlgorithm:
+        raise AlgorithmError(
+            f"{name} is not supported by this cryptography/OpenSSL build"
+        ) from None
 
 
 # --- cryptography: ML-DSA and ML-KEM-768/1024 -------------------------------------------------
@@ -116,10 +122,7 @@ class MLDSAAlgorithm(Algorithm):
 
     def generate(self, key_bits: int | None = None) -> bytes:
         self._resolve_bits(key_bits)
-        try:
-            return pkcs8(self._key_type.generate())
-        except UnsupportedAlgorithm:
-            raise _unsupported_backend(self.name) from None
+        return _generate(self._key_type, self.name)
 
     def _load(self, material: bytes) -> MLDSAPrivateKey:
         return load_pkcs8(material, self._key_type, self.name)
@@ -148,10 +151,7 @@ class MLKEMAlgorithm(KEMAlgorithm):
 
     def generate(self, key_bits: int | None = None) -> bytes:
         self._resolve_bits(key_bits)
-        try:
-            return pkcs8(self._key_type.generate())
-        except UnsupportedAlgorithm:
-            raise _unsupported_backend(self.name) from None
+        return _generate(self._key_type, self.name)
 
     def _load(self, material: bytes) -> MLKEMPrivateKey:
         return load_pkcs8(material, self._key_type, self.name)
