@@ -9,16 +9,19 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import Receive, Scope, Send
 from temporalio.client import Client
 
 from api import errors
 from api.auth import body_schema
+from api.hot import HotPath, HotRoute
 from api.routes import codec, credentials, handles, health, keys
 from api.schemas import ValidateHandleRequest, VerifyCredentialRequest
-from core.api_credentials import CACHE_POLL_INTERVAL
+from core.changes import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
 from core.credentials import VALUE_IN_TEXT, AdminKeys, Role
-from core.services import Services
+from core.services import Services, build_services
+from core.settings import Settings, setup_logging
 
 log = logging.getLogger("keyrotor.api")
 USAGE_FLUSH_INTERVAL = 1.0
@@ -53,37 +56,55 @@ async def _every(seconds: float, what: str, job: Callable[[], object]) -> None:
             log.warning("could not %s: %s", what, type(e).__name__)
 
 
-def add_hot_routes(app: FastAPI) -> None:
-    """The routes called most, on the app itself and first: FastAPI tries routes in order, and
-    matches a route inside an included router twice (to choose the router, then within it)."""
-    app.add_api_route("/livez", health.livez, methods=["GET"], tags=["health"])
-    for path, endpoint, body, tag in (
-        (
-            "credentials/verify",
+def hot_routes() -> list[HotRoute]:
+    """The routes called most: served by `HotPath` ahead of the middleware and the router."""
+    api = "/api/key-management"
+    return [
+        HotRoute("GET", "/livez", health.livez, None, "health"),
+        HotRoute(
+            "POST",
+            f"{api}/credentials/verify",
             credentials.verify_credential,
             VerifyCredentialRequest,
             "credentials",
         ),
-        ("handles/validate", handles.validate_handle, ValidateHandleRequest, "handles"),
-    ):
-        app.add_api_route(
-            f"/api/key-management/{path}",
-            endpoint,
-            methods=["POST"],
-            tags=[tag],
-            openapi_extra=body_schema(body),
-        )
-    for operation, use, model in keys.HOT_ROUTES:
-        app.add_api_route(
-            f"/api/key-management/keys/{{key_id}}/{operation}",
-            use,
-            methods=["POST"],
-            tags=["keys"],
-            openapi_extra=body_schema(model),
-        )
+        HotRoute(
+            "POST",
+            f"{api}/handles/validate",
+            handles.validate_handle,
+            ValidateHandleRequest,
+            "handles",
+        ),
+        *(
+            HotRoute("POST", f"{api}/keys/{{key_id}}/{operation}", use, model, "keys")
+            for operation, use, model in keys.HOT_ROUTES
+        ),
+    ]
 
 
-def create_app(services: Services, client: Client | None = None) -> FastAPI:
+class KeyrotorAPI(FastAPI):
+    """FastAPI with the hot routes answered before its middleware stack (`api.hot`)."""
+
+    hot: HotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.hot is not None:
+            if await self.hot.serve(scope, receive, send):
+                return
+        await super().__call__(scope, receive, send)
+
+
+def from_environment() -> KeyrotorAPI:
+    """The app of one `keyrotor api` process, with services of its own from the environment
+    (closed when it shuts down)."""
+    setup_logging()  # a process uvicorn spawned has none yet
+    services = build_services(Settings())
+    app = create_app(services)
+    app.state.close_services = True
+    return app
+
+
+def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     """The REST API over `services`. Without `client` it connects to Temporal on first need,
     so the use path serves even while Temporal is down."""
 
@@ -94,9 +115,9 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
             asyncio.create_task(
                 _every(USAGE_FLUSH_INTERVAL, "write usage counts", credentials.flush_usage)
             ),
-            # lifecycle changes made through other processes reach verification's cache
+            # lifecycle changes made through other processes reach the use path's caches
             asyncio.create_task(
-                _every(CACHE_POLL_INTERVAL, "read lifecycle changes", credentials.poll_changes)
+                _every(CACHE_POLL_INTERVAL, "read lifecycle changes", services.changes.poll)
             ),
         ]
         try:
@@ -105,9 +126,11 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.to_thread(credentials.flush_usage)
+            if app.state.close_services:
+                services.close()
 
     install_log_redaction()
-    app = FastAPI(
+    app = KeyrotorAPI(
         lifespan=lifespan,
         title="keyrotor",
         version="0.1.0",
@@ -115,6 +138,7 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
         "livez needs `Authorization: Bearer <admin key>`.",
     )
     app.state.services = services
+    app.state.close_services = False
     app.state.client = client
     app.state.codec = EncryptionCodec(services.keyring)
     app.state.admin_keys = AdminKeys(services.store, services.keyring)
@@ -128,7 +152,16 @@ def create_app(services: Services, client: Client | None = None) -> FastAPI:
         allow_headers=["authorization", "content-type", "x-namespace"],
     )
     errors.install(app)
-    add_hot_routes(app)
+    hot = hot_routes()
+    for route in hot:  # registered too: /docs shows them, and a CORS request is served here
+        app.add_api_route(
+            route.path,
+            route.endpoint,
+            methods=[route.method],
+            tags=[route.tag],
+            openapi_extra=body_schema(route.body) if route.body else None,
+        )
+    app.hot = HotPath(app, hot, services.settings.max_request_bytes)
     app.include_router(health.router)
     app.include_router(credentials.router)
     app.include_router(handles.router)

@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 from api import schemas
 from api.deps import Operator, Svc, temporal
 from api.errors import APIError
-from core.api_credentials import CACHE_STALE_AFTER, CredentialService
+from core.changes import CACHE_STALE_AFTER
 from core.credentials import AdminPrincipal
 from core.services import Services
 from workflows.types import StatusChange
@@ -137,21 +137,26 @@ async def change_status(
     action: str,
     body: schemas.ReasonRequest | None,
     who: AdminPrincipal,
-    credentials: CredentialService | None = None,
-    credential_id: str = "",
+    forget: Callable[[], None],
 ) -> None:
     """Revoke, suspend or resume through the workflow; returns once it is committed.
 
-    For credentials and handles (`credentials` given), a revocation or suspension returns only
-    once every API process's verification has seen it: this process forgets the cached rows
-    at once, the others within `CACHE_STALE_AFTER`, which this waits out."""
+    A revocation or suspension returns only once every API process's use path has seen it:
+    this process forgets the object's cached rows at once (`forget`), the others within
+    `CACHE_STALE_AFTER`, which this waits out."""
     body = body or schemas.ReasonRequest()
     change = StatusChange(action=action, reason=body.reason, actor=body.user_id or who.name)
     await run_update(request, workflow_id, "change_status", change, result_type=str)
-    if credentials is not None:
-        credentials.forget(credential_id)
-        if action in ("revoke", "suspend"):
-            await asyncio.sleep(CACHE_STALE_AFTER)
+    await seen_everywhere(forget, refusing=action in ("revoke", "suspend"))
+
+
+async def seen_everywhere(forget: Callable[[], None], refusing: bool) -> None:
+    """After a committed change: this process's caches forget the object now; a change that
+    refuses use (revoke, suspend, compromise) also waits until every API process has read it
+    from the change feed (`core.changes`)."""
+    forget()
+    if refusing:
+        await asyncio.sleep(CACHE_STALE_AFTER)
 
 
 STATUS_ROUTES = (
@@ -172,11 +177,11 @@ def add_status_routes(
     param: str,
     workflow_of: Callable[[Services, str], str],
     answer: Callable[[Services, str], dict[str, Any]],
-    cached: bool = False,
+    forget: Callable[[Services, str], None],
 ) -> None:
     """`DELETE /{param}`, `POST /{param}/suspend` and `POST /{param}/resume` on `router`: one
-    `change_status` update each, then the object's view. `cached`: credentials and handles,
-    whose verification cache must see the change (see `change_status`)."""
+    `change_status` update each, then the object's view. `forget` drops the object from this
+    process's use-path cache (see `change_status`)."""
 
     def route(action: str) -> Callable[..., Any]:
         async def change(
@@ -187,8 +192,9 @@ def add_status_routes(
             body: Annotated[schemas.ReasonRequest | None, Body()] = None,
         ) -> dict[str, Any]:
             workflow_id = await run_in_threadpool(workflow_of, svc, object_id)
-            cache = svc.credentials if cached else None
-            await change_status(request, workflow_id, action, body, who, cache, object_id)
+            await change_status(
+                request, workflow_id, action, body, who, lambda: forget(svc, object_id)
+            )
             return await run_in_threadpool(answer, svc, object_id)
 
         return change

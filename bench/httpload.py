@@ -96,9 +96,21 @@ async def wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
 
 
 def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) used so far by process `pid`; 0 once gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds (user + system, all threads) used so far by process `pid` and its live
+    descendants (`keyrotor api --workers N` serves from child processes); 0 once gone."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                pass  # exited meanwhile
+    tree, found = {pid}, True
+    while found:
+        found = False
+        for child, fields in stats.items():
+            if child not in tree and int(fields[1]) in tree:
+                tree.add(child)
+                found = True
+    ticks = sum(int(stats[p][11]) + int(stats[p][12]) for p in tree if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -4,29 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 
 import typer
 
 from core.services import Services
-from core.settings import Settings
+from core.settings import Settings, setup_logging
 
 app = typer.Typer(help="keyrotor: key lifecycle and rotation on Temporal.", no_args_is_help=True)
 
 
 def main() -> None:
     app()
-
-
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("alembic").setLevel(logging.WARNING)  # a dozen lines per start
 
 
 @app.command()
@@ -39,7 +29,7 @@ def dev(
     """Run the embedded Temporal dev server, the worker and the API together."""
     from worker.dev import run_dev
 
-    _setup_logging()
+    setup_logging()
     try:
         asyncio.run(run_dev(data_dir, api_port, temporal_port, ui_port))
     except KeyboardInterrupt:
@@ -51,7 +41,7 @@ def worker() -> None:
     """Run a worker against KEYROTOR_TEMPORAL_ADDRESS and KEYROTOR_DATABASE_URL."""
     from worker.main import run_worker
 
-    _setup_logging()
+    setup_logging()
     services = build_or_exit(Settings())
     try:
         asyncio.run(run_worker(services))
@@ -65,19 +55,28 @@ def worker() -> None:
 def api(
     host: str = typer.Option(None, help="bind address (KEYROTOR_API_HOST)"),
     port: int = typer.Option(None, help="port (KEYROTOR_API_PORT)"),
+    workers: int = typer.Option(
+        None, min=1, help="processes serving the port (KEYROTOR_API_WORKERS; default 1)"
+    ),
 ) -> None:
     """Run the REST API against KEYROTOR_TEMPORAL_ADDRESS and KEYROTOR_DATABASE_URL."""
     import uvicorn
 
-    from api.app import create_app
-
-    _setup_logging()
+    setup_logging()
+    # checked (and migrated) here once, so that a bad setting is one clear line, not a
+    # traceback per process; each serving process then builds its own from the environment
     services = build_or_exit(Settings())
     s = services.settings
-    try:
-        uvicorn.run(create_app(services), host=host or s.api_host, port=port or s.api_port)
-    finally:
-        services.close()
+    services.close()
+    uvicorn.run(
+        "api.app:from_environment",
+        factory=True,
+        host=host or s.api_host,
+        port=port or s.api_port,
+        workers=workers or s.api_workers,
+        access_log=s.access_log,
+        log_level=logging.getLogger().level,
+    )
 
 
 def build_or_exit(settings: Settings) -> Services:

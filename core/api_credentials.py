@@ -3,7 +3,7 @@
 
 Each version is one secret with its own lookup id; the store keeps only its keyed hash, plus an
 envelope-encrypted copy until the secret has been handed out once. Verification reads one row
-by lookup id (or finds it in a cache kept fresh by `poll_changes`) and never touches Temporal.
+by lookup id (or finds it in a cache kept fresh by `core.changes`) and never touches Temporal.
 Usage counts are buffered in memory and flushed about once a second (`flush_usage`); usage
 limits and handles' max usage are exact (one conditional UPDATE per successful use).
 """
@@ -14,8 +14,7 @@ import hmac
 import secrets
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,6 +23,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select, update
 
 from core import audit
+from core.changes import RowCache
 from core.credentials import (
     CREDENTIAL_PREFIX,
     HANDLE_PREFIX,
@@ -43,7 +43,6 @@ from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
 from core.store.db import Store, newest_first
 from core.store.models import (
-    AuditRecordRow,
     CredentialRow,
     CredentialVersionRow,
     EventRow,
@@ -227,63 +226,6 @@ _VERSION_CODES = {
 }
 
 
-class _RowCache:
-    """Verification rows by lookup id, unknown ones included (None), least recently used out.
-
-    Used only while the change feed has been read recently (`fresh`): the API polls the audit
-    chain every `CACHE_POLL_INTERVAL` for lifecycle changes of credentials and handles and
-    drops their rows, and stops trusting the cache when a poll is more than `CACHE_STALE_AFTER`
-    old. A change therefore reaches every API process's answers within `CACHE_STALE_AFTER`.
-    Caching unknown lookup ids too keeps an unknown key as cheap as a known one.
-    """
-
-    def __init__(self, max_entries: int) -> None:
-        self._max = max_entries
-        self._rows: OrderedDict[str, Any] = OrderedDict()
-        self._by_credential: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
-        self.polled_at = float("-inf")  # monotonic start of the last successful poll
-        self.seq: int | None = None  # the last audit record seen
-        # bumped by every drop: a row read from the store before a drop is not cached after it
-        self.generation = 0
-
-    def fresh(self) -> bool:
-        return time.monotonic() - self.polled_at <= CACHE_STALE_AFTER
-
-    def get(self, lookup_id: str) -> tuple[bool, Any]:
-        with self._lock:
-            if lookup_id not in self._rows:
-                return False, None
-            self._rows.move_to_end(lookup_id)
-            return True, self._rows[lookup_id]
-
-    def put(self, lookup_id: str, row: Any, generation: int) -> None:
-        with self._lock:
-            if generation != self.generation:
-                return  # read before a change was seen: it may be stale
-            self._rows[lookup_id] = row
-            if row is not None:
-                self._by_credential.setdefault(row.id, set()).add(lookup_id)
-            while len(self._rows) > self._max:
-                old_id, old = self._rows.popitem(last=False)
-                if old is not None:
-                    self._by_credential.get(old.id, set()).discard(old_id)
-
-    def drop(self, credential_ids: Iterable[str] | None) -> None:
-        """Forget these credentials' rows (None: everything)."""
-        with self._lock:
-            self.generation += 1
-            if credential_ids is None:
-                self._rows.clear()
-                self._by_credential.clear()
-                return
-            for cid in credential_ids:
-                for lookup_id in self._by_credential.pop(cid, ()):
-                    self._rows.pop(lookup_id, None)
-
-
-CACHE_POLL_INTERVAL = 0.25
-CACHE_STALE_AFTER = 0.75
 CACHE_ENTRIES = 50_000
 
 
@@ -300,7 +242,8 @@ class CredentialService:
         self._usage: dict[str, list[Any]] = {}
         self._dummy_salt = secrets.token_bytes(SALT_BYTES)
         self._dummy_hash = secrets.token_bytes(32)
-        self._cache = _RowCache(CACHE_ENTRIES)
+        # verification rows by lookup id, kept fresh by the API's `core.changes.ChangeFeed`
+        self.rows = RowCache(CACHE_ENTRIES)
         # one statement object, executed with a parameter: SQLAlchemy then reuses its compiled
         # form and result map as they are (a new `.where()` per call costs ~1 ms to adapt)
         self._verify_query = (
@@ -525,12 +468,12 @@ class CredentialService:
         """(the row of the presented secret if it matches, else None; the row of its lookup id
         if the secret is wrong) - one read and one HMAC either way. A wrong secret for a known
         lookup id counts as a failure of that credential."""
-        hit, row = self._cache.get(p.lookup_id) if self._cache.fresh() else (False, None)
+        hit, row = self.rows.get(p.lookup_id)
         if not hit:
-            generation = self._cache.generation
+            generation = self.rows.generation
             with self._store.engine.connect() as conn:
                 row = conn.execute(self._verify_query, {"lookup": p.lookup_id}).first()
-            self._cache.put(p.lookup_id, row, generation)
+            self.rows.put(p.lookup_id, row.id if row else None, row, generation)
         pepper = self._peppers.get(row.pepper_id) if row is not None else None
         computed = secret_hash(
             pepper or self._peppers.current,
@@ -546,34 +489,9 @@ class CredentialService:
             return None, row
         return row, None
 
-    def poll_changes(self) -> int:
-        """Read the lifecycle changes of credentials and handles committed since the last call
-        and forget their cached rows; returns how many. The API calls this every
-        `CACHE_POLL_INTERVAL`; until it has, verification reads the store every time."""
-        started = time.monotonic()
-        with self._store.session() as s:
-            changed: list[str] | None
-            if self._cache.seq is None:  # first poll: nothing cached before it can be trusted
-                self._cache.seq = s.scalar(select(func.max(AuditRecordRow.seq))) or 0
-                changed = None
-            else:
-                rows = s.execute(
-                    select(AuditRecordRow.seq, AuditRecordRow.object_id).where(
-                        AuditRecordRow.seq > self._cache.seq,
-                        AuditRecordRow.object_kind.in_(["credential", "handle"]),
-                    )
-                ).all()
-                changed = [r.object_id for r in rows]
-                if rows:
-                    self._cache.seq = max(r.seq for r in rows)
-        if changed is None or changed:
-            self._cache.drop(changed)
-        self._cache.polled_at = started
-        return len(changed or ())
-
     def forget(self, credential_id: str) -> None:
         """Drop a credential's cached rows now (this process made a change to it)."""
-        self._cache.drop([credential_id])
+        self.rows.drop([credential_id])
 
     def _upgrade_hash(self, row: Any, p: PresentedCredential) -> None:
         """Move a hash made under an old pepper to the current one (pepper rotation)."""

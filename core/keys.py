@@ -27,6 +27,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from core import audit
 from core.algorithms import AlgorithmError, AlgorithmKind, Operation, resolve
 from core.algorithms.base import UnsupportedOperationError
+from core.changes import RowCache
 from core.lifecycle import (
     LIVE_STATES,
     PROCESS_STATES,
@@ -61,6 +62,7 @@ _KEYS = cast(Table, KeyRow.__table__)
 _VERSIONS = cast(Table, KeyVersionRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
 PROVIDER_CACHE_ENTRIES = 100_000
+VERSION_CACHE_ENTRIES = 50_000
 _USE = (
     select(
         _VERSIONS.c.number,
@@ -276,9 +278,16 @@ class KeyService:
         self._providers = providers
         self._pqc = pqc
         self._provider_of: dict[str, str] = {}
+        # the use path's version rows by (key id, number or None for the active one), kept
+        # fresh by the API's `core.changes.ChangeFeed`
+        self.rows = RowCache(VERSION_CACHE_ENTRIES)
         # The only environment whose keys this process reads and uses (None: every one); a key
         # of another environment does not exist here, so its id tells a caller nothing.
         self.environment = environment
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key's cached versions now (this process saw a change to it committed)."""
+        self.rows.drop([key_id])
 
     def in_process(self, key_id: str) -> bool:
         """Whether using this key runs in this process (the local provider), so that the API
@@ -519,28 +528,32 @@ class KeyService:
     def _version(
         self, key_id: str, number: int | None, allowed: frozenset[str]
     ) -> tuple[KeyProvider, VersionHandle]:
-        # One prepared statement per lookup (the use path runs this for every request); the
-        # other reads below happen only on the way to an error.
-        query, params = (
-            (_ACTIVE_VERSION, {"key": key_id})
-            if number is None
-            else (_NUMBERED_VERSION, {"key": key_id, "number": number})
-        )
-        with self._store.engine.connect() as db:
-            row = db.execute(query, params).first()
-            if row is None or (
-                self.environment is not None and row.environment != self.environment
-            ):
+        # A cached row, else one prepared statement (the use path runs this for every request);
+        # the other reads below happen only on the way to an error.
+        hit, row = self.rows.get((key_id, number))
+        if not hit:
+            query, params = (
+                (_ACTIVE_VERSION, {"key": key_id})
+                if number is None
+                else (_NUMBERED_VERSION, {"key": key_id, "number": number})
+            )
+            generation = self.rows.generation
+            with self._store.engine.connect() as db:
+                row = db.execute(query, params).first()
+            if row is not None:
+                self.rows.put((key_id, number), key_id, row, generation)
+        if row is None or (self.environment is not None and row.environment != self.environment):
+            with self._store.engine.connect() as db:
                 key = db.execute(
                     select(KeyRow.status, KeyRow.environment).where(KeyRow.id == key_id)
                 ).first()
-                if key is None or (
-                    self.environment is not None and key.environment != self.environment
-                ):
-                    raise KeyNotFoundError(f"key {key_id} not found")
-                if number is None:
-                    raise KeyStateError(f"key {key_id} is {key.status}: it has no active version")
-                raise KeyStateError(f"key {key_id} has no version {number}")
+            if key is None or (
+                self.environment is not None and key.environment != self.environment
+            ):
+                raise KeyNotFoundError(f"key {key_id} not found")
+            if number is None:
+                raise KeyStateError(f"key {key_id} is {key.status}: it has no active version")
+            raise KeyStateError(f"key {key_id} has no version {number}")
         if row.state not in allowed:
             raise KeyStateError(f"version {row.number} of key {key_id} is {row.state}")
         # The workflow moves versions on at their deadlines; should it be late (workers

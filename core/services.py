@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from core.api_credentials import CredentialService
+from core.changes import ChangeFeed
 from core.credentials import PepperError, PepperRing
 from core.envelope import MasterKeyring
 from core.keys import KeyService
@@ -30,6 +31,13 @@ class Services:
     providers: dict[str, KeyProvider]
     keys: KeyService
     credentials: CredentialService
+    # the API polls it to keep the use path's caches fresh (`core.changes`)
+    changes: ChangeFeed = field(init=False)
+
+    def __post_init__(self) -> None:
+        rows = {"key": self.keys.rows}
+        rows |= dict.fromkeys(("credential", "handle"), self.credentials.rows)
+        self.changes = ChangeFeed(self.store, rows)
 
     def close(self) -> None:
         self.store.dispose()

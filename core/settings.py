@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +30,13 @@ class Settings(BaseSettings):
     environment: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = 3000
+    # processes of `keyrotor api` sharing the port (each with its own caches: `core.changes`)
+    api_workers: int = Field(default=1, ge=1)
+    # One log line per request (uvicorn's access log); off by default, as in Vault: the audit
+    # trail records every lifecycle change, and a line per encrypt costs more than the encrypt.
+    access_log: bool = False
+    # Largest request body the hot routes accept (413 above it); Vault's default is 32 MiB.
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     ui_origin: str = "http://localhost:8233"
     # Lets the Temporal UI (which has no keyrotor credentials in dev) call the codec endpoint
     # from its origin without an admin key. Only `keyrotor dev` turns it on.
@@ -51,3 +60,13 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'keyrotor.db').resolve()}"
+
+
+def setup_logging() -> None:
+    """Log at `LOG_LEVEL` (default INFO) to stderr; once per process."""
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # a dozen lines per start

@@ -335,4 +335,10 @@ def _credential_answer(svc: Services, credential_id: str) -> dict[str, Any]:
     return {"credential": credential_view(*svc.credentials.get(credential_id))}
 
 
-add_status_routes(router, "credential_id", _credential_workflow, _credential_answer, cached=True)
+def _forget_credential(svc: Services, credential_id: str) -> None:
+    svc.credentials.forget(credential_id)
+
+
+add_status_routes(
+    router, "credential_id", _credential_workflow, _credential_answer, _forget_credential
+)

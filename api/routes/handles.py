@@ -322,4 +322,8 @@ def _handle_answer(svc: Services, family_id: str) -> dict[str, Any]:
     return {"handle": handle_view(*svc.credentials.get(family_id, "handle"))}
 
 
-add_status_routes(router, "family_id", _handle_workflow, _handle_answer, cached=True)
+def _forget_handle(svc: Services, family_id: str) -> None:
+    svc.credentials.forget(family_id)
+
+
+add_status_routes(router, "family_id", _handle_workflow, _handle_answer, _forget_handle)

@@ -19,9 +19,9 @@ router = APIRouter(tags=["health"])
 OVERDUE_AFTER = timedelta(minutes=5)
 
 
-async def livez() -> dict[str, str]:
+async def livez(request: Request) -> JSONResponse:
     """The process is up."""
-    return {"status": "ok"}
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/api/key-management/health")

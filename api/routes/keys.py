@@ -24,6 +24,7 @@ from api.lifecycle import (
     paged,
     parse_cursor,
     run_update,
+    seen_everywhere,
     start_and_wait_created,
 )
 from core.algorithms import InvalidSignatureError, resolve
@@ -244,6 +245,8 @@ async def rotate_key(
         id=f"rotate/{idempotency_key}" if idempotency_key else None,
         result_type=RotationResult,
     )
+    # a compromised version is refused by every API process once this answers
+    await seen_everywhere(lambda: svc.keys.forget(key_id), refusing=reason == "compromise")
     key, versions = await run_in_threadpool(svc.keys.get, key_id)
     return {
         "key": key_view(key, versions),
@@ -259,13 +262,18 @@ def _key_answer(svc: Services, key_id: str) -> dict[str, Any]:
     return {"key": key_view(*svc.keys.get(key_id))}
 
 
-add_status_routes(router, "key_id", _key_workflow, _key_answer)
+def _forget_key(svc: Services, key_id: str) -> None:
+    svc.keys.forget(key_id)
 
 
-# The use routes are hot (`api.app.add_hot_routes`): async, authorized and parsed by hand
-# (`hot_request`), answered directly. A key on the local provider is used on the event loop (an
-# indexed read and microseconds of crypto cost less than a hop to a worker thread, which waits
-# for the GIL); a remote provider's network call goes to a worker thread.
+add_status_routes(router, "key_id", _key_workflow, _key_answer, _forget_key)
+
+
+# The use routes are hot (`api.app.hot_routes`, served by `api.hot.HotPath`): async,
+# authorized and parsed by hand (`hot_request`), answered directly. A key on the local provider
+# is used on the event loop (a cached row or an indexed read, and microseconds of crypto, cost
+# less than a hop to a worker thread, which waits for the GIL); a remote provider's network
+# call goes to a worker thread.
 
 
 async def _run(
@@ -339,7 +347,7 @@ async def unwrap(request: Request) -> JSONResponse:
     return JSONResponse({"key": base64.b64encode(r.value).decode(), "version": r.version})
 
 
-# path, endpoint and body model of each hot use route, for `api.app.add_hot_routes`
+# path, endpoint and body model of each hot use route, for `api.app.hot_routes`
 HOT_ROUTES = (
     ("encrypt", encrypt, schemas.EncryptRequest),
     ("decrypt", decrypt, schemas.DecryptRequest),

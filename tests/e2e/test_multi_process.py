@@ -1,8 +1,9 @@
 """Two API processes on one store: a revocation answered by one is seen by the other.
 
-Each process caches verification rows and reads lifecycle changes every 0.25 s; it stops using
-the cache when its last read is older than 0.75 s, and a revocation answers only after that
-bound. So once `DELETE /credentials/{id}` has answered, no API process answers VALID.
+Each process caches the use path's rows (credentials, key versions) and reads lifecycle changes
+every 0.25 s; it stops using the cache when its last read is older than 0.75 s, and a change
+that refuses use answers only after that bound. So once `DELETE /credentials/{id}` (or an
+emergency rotation of a key) has answered, no API process accepts the old secret or version.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from core.credentials import AdminKeys, Role
+from core.services import Services
 from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
 from worker.main import build_worker
 
@@ -64,17 +67,27 @@ def admin_key_env(
     yield env, admin_key
 
 
-async def test_revocation_is_seen_by_every_api_process(
-    dev_env: WorkflowEnvironment, admin_key_env: tuple[dict[str, str], str], tmp_path: Path
-) -> None:
+@dataclass
+class TwoAPIs:
+    a: httpx.AsyncClient
+    b: httpx.AsyncClient
+    auth: dict[str, str]
+    services: Services
+    task_queue: str
+
+
+@pytest.fixture
+async def two_apis(
+    admin_key_env: tuple[dict[str, str], str], tmp_path: Path
+) -> AsyncIterator[TwoAPIs]:
+    """Two `keyrotor api` processes on one store, both answering, and the test's services."""
     env, admin_key = admin_key_env
     keyrotor = Path(sys.executable).parent / "keyrotor"
     ports = [free_port(), free_port()]
     procs = [start_api(keyrotor, env, port) for port in ports]
     services = make_services(tmp_path, env["KEYROTOR_DATABASE_URL"])
-    auth = {"Authorization": f"Bearer {admin_key}"}
+    a, b = (httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=30) for p in ports)
     try:
-        a, b = (httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=30) for p in ports)
         for c in (a, b):
             for _ in range(200):
                 try:
@@ -88,51 +101,159 @@ async def test_revocation_is_seen_by_every_api_process(
         assert (
             AdminKeys(services.store, services.keyring).authenticate(admin_key).role == Role.ADMIN
         )
-
-        async with build_worker(dev_env.client, services, env["KEYROTOR_TASK_QUEUE"]):
-            r = await a.post(API, json={"name": "shared"}, headers=auth)
-            assert r.status_code == 201, r.text
-            cid, key = r.json()["credential"]["id"], r.json()["secret"]
-            # B did not make it, and verifies it from the store
-            r = await b.post(f"{API}/verify", json={"key": key}, headers=auth)
-            assert r.json()["verification"]["code"] == "VALID"
-
-            # (process, time the request was sent, code); B's verifications run from its cache
-            answers: list[tuple[str, float, str]] = []
-            stop = asyncio.Event()
-
-            async def hammer(name: str, client: httpx.AsyncClient) -> None:
-                while not stop.is_set():
-                    sent = time.monotonic()
-                    r = await client.post(f"{API}/verify", json={"key": key}, headers=auth)
-                    answers.append((name, sent, r.json()["verification"]["code"]))
-
-            hammers = [asyncio.create_task(hammer(n, c)) for n, c in (("b", b), ("b", b), ("a", a))]
-            await asyncio.sleep(0.5)
-            asked_at = time.monotonic()
-            r = await a.request("DELETE", f"{API}/{cid}", json={"reason": "left"}, headers=auth)
-            revoked_at = time.monotonic()
-            assert r.status_code == 200 and r.json()["credential"]["status"] == "revoked"
-            await asyncio.sleep(0.3)
-            stop.set()
-            await asyncio.gather(*hammers)
-
-        before = [code for _, sent, code in answers if sent < revoked_at]
-        after = [code for _, sent, code in answers if sent >= revoked_at]
-        assert before and after
-        assert "VALID" in before
-        assert set(after) == {"REVOKED"}, after
-        # B converged within the documented bound of the revoke request, and never went back
-        on_b = sorted((sent, code) for name, sent, code in answers if name == "b")
-        first_revoked = next(sent for sent, code in on_b if code == "REVOKED")
-        assert first_revoked - asked_at <= 1.0, first_revoked - asked_at
-        assert all(code == "REVOKED" for sent, code in on_b if sent > first_revoked)
+        yield TwoAPIs(
+            a, b, {"Authorization": f"Bearer {admin_key}"}, services, env["KEYROTOR_TASK_QUEUE"]
+        )
+    finally:
         await a.aclose()
         await b.aclose()
-    finally:
         for p in procs:
             p.terminate()
         for p in procs:
             _, err = p.communicate(timeout=10)
             assert b"Traceback" not in err, err.decode()
         services.close()
+
+
+async def test_revocation_is_seen_by_every_api_process(
+    dev_env: WorkflowEnvironment, two_apis: TwoAPIs
+) -> None:
+    a, b, auth, services = two_apis.a, two_apis.b, two_apis.auth, two_apis.services
+    async with build_worker(dev_env.client, services, two_apis.task_queue):
+        r = await a.post(API, json={"name": "shared"}, headers=auth)
+        assert r.status_code == 201, r.text
+        cid, key = r.json()["credential"]["id"], r.json()["secret"]
+        # B did not make it, and verifies it from the store
+        r = await b.post(f"{API}/verify", json={"key": key}, headers=auth)
+        assert r.json()["verification"]["code"] == "VALID"
+
+        # (process, time the request was sent, code); B's verifications run from its cache
+        answers: list[tuple[str, float, str]] = []
+        stop = asyncio.Event()
+
+        async def hammer(name: str, client: httpx.AsyncClient) -> None:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = await client.post(f"{API}/verify", json={"key": key}, headers=auth)
+                answers.append((name, sent, r.json()["verification"]["code"]))
+
+        hammers = [asyncio.create_task(hammer(n, c)) for n, c in (("b", b), ("b", b), ("a", a))]
+        await asyncio.sleep(0.5)
+        asked_at = time.monotonic()
+        r = await a.request("DELETE", f"{API}/{cid}", json={"reason": "left"}, headers=auth)
+        revoked_at = time.monotonic()
+        assert r.status_code == 200 and r.json()["credential"]["status"] == "revoked"
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*hammers)
+
+    before = [code for _, sent, code in answers if sent < revoked_at]
+    after = [code for _, sent, code in answers if sent >= revoked_at]
+    assert before and after
+    assert "VALID" in before
+    assert set(after) == {"REVOKED"}, after
+    # B converged within the documented bound of the revoke request, and never went back
+    on_b = sorted((sent, code) for name, sent, code in answers if name == "b")
+    first_revoked = next(sent for sent, code in on_b if code == "REVOKED")
+    assert first_revoked - asked_at <= 1.0, first_revoked - asked_at
+    assert all(code == "REVOKED" for sent, code in on_b if sent > first_revoked)
+
+
+async def test_an_emergency_rotation_is_seen_by_every_api_process(
+    dev_env: WorkflowEnvironment, two_apis: TwoAPIs
+) -> None:
+    """Both processes use the key from their caches; once the emergency rotation through A has
+    answered, neither decrypts the compromised version's ciphertext, and both encrypt under
+    the new version."""
+    a, b, auth = two_apis.a, two_apis.b, two_apis.auth
+    keys = "/api/key-management/keys"
+    async with build_worker(dev_env.client, two_apis.services, two_apis.task_queue):
+        r = await a.post(f"{keys}/generate", json={"type": "encryption"}, headers=auth)
+        assert r.status_code == 201, r.text
+        key_id = r.json()["key"]["id"]
+        plaintext = {"plaintext": "c2VjcmV0"}
+        r = await b.post(f"{keys}/{key_id}/encrypt", json=plaintext, headers=auth)
+        assert r.json()["version"] == 1
+        old = {"ciphertext": r.json()["ciphertext"]}
+
+        answers: list[tuple[str, float, int]] = []  # (process, sent, status of decrypt)
+        stop = asyncio.Event()
+
+        async def hammer(name: str, client: httpx.AsyncClient) -> None:
+            while not stop.is_set():
+                sent = time.monotonic()
+                r = await client.post(f"{keys}/{key_id}/decrypt", json=old, headers=auth)
+                answers.append((name, sent, r.status_code))
+
+        hammers = [asyncio.create_task(hammer(n, c)) for n, c in (("b", b), ("b", b), ("a", a))]
+        await asyncio.sleep(0.5)
+        r = await a.post(f"{keys}/{key_id}/rotate", json={"reason": "compromise"}, headers=auth)
+        answered_at = time.monotonic()
+        assert r.status_code == 200, r.text
+        assert r.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+        for client in (a, b):
+            r = await client.post(f"{keys}/{key_id}/encrypt", json=plaintext, headers=auth)
+            assert r.json()["version"] == 2
+        await asyncio.sleep(0.3)
+        stop.set()
+        await asyncio.gather(*hammers)
+
+    before = [status for _, sent, status in answers if sent < answered_at]
+    after = [status for name, sent, status in answers if sent >= answered_at]
+    assert 200 in before
+    assert after and set(after) == {409}, after
+    assert any(name == "b" and sent >= answered_at for name, sent, _ in answers)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_api_workers_serve_one_port_and_stop_together(
+    admin_key_env: tuple[dict[str, str], str],
+) -> None:
+    """`keyrotor api --workers 2`: two serving processes on one port, each answering the use
+    path from the same store, and none left behind once the parent is stopped."""
+    env, admin_key = admin_key_env
+    port = free_port()
+    keyrotor = Path(sys.executable).parent / "keyrotor"
+    proc = start_api(keyrotor, {**env, "KEYROTOR_API_WORKERS": "2"}, port)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            for _ in range(200):
+                try:
+                    if (await c.get("/livez")).status_code == 200 and len(children(proc.pid)) >= 2:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("keyrotor api --workers 2 did not start two processes")
+        workers = [p for p in children(proc.pid) if b"spawn_main" in _cmdline(p)]
+        assert len(workers) == 2, workers
+        auth = {"Authorization": f"Bearer {admin_key}"}
+        for _ in range(10):  # a new connection each time: the kernel spreads them
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+                r = await c.post(f"{API}/verify", json={"key": "nonsense"}, headers=auth)
+                assert (r.status_code, r.json()["verification"]["code"]) == (200, "NOT_FOUND")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert b"Traceback" not in err, err.decode()
+    assert all(not Path(f"/proc/{p}").exists() for p in workers)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

@@ -43,6 +43,7 @@ from core.api_credentials import (
     VerificationCode,
     new_credential_id,
 )
+from core.changes import ChangeFeed
 from core.credentials import (
     PEPPER_PURPOSE,
     MalformedCredentialError,
@@ -1230,25 +1231,30 @@ def test_two_concurrent_claims_hand_the_secret_out_once(
 # --- the verification cache and its change feed ----------------------------------------------
 
 
-def test_cached_rows_are_dropped_by_the_change_feed_and_unused_when_it_is_late(
-    svc: CredentialService, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import core.api_credentials as module
+def feed_of(svc: CredentialService, services: Services) -> ChangeFeed:
+    return ChangeFeed(services.store, {"credential": svc.rows, "handle": svc.rows})
 
+
+def test_cached_rows_are_dropped_by_the_change_feed_and_unused_when_it_is_late(
+    svc: CredentialService, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import core.changes as module
+
+    feed = feed_of(svc, services)
     cred = create(svc)
     secret = cred.secret(1)
-    svc.poll_changes()  # the first read of the feed: the cache is trusted from now on
+    feed.poll()  # the first read of the feed: the cache is trusted from now on
     assert svc.verify(secret).code == VerificationCode.VALID  # read from the store, cached
     cred.change("revoke", now())
     # committed, but not yet read from the feed: the cached row still answers
     assert svc.verify(secret).code == VerificationCode.VALID
-    assert svc.poll_changes() >= 1
+    assert feed.poll() >= 1
     assert svc.verify(secret).code == VerificationCode.REVOKED
 
     # a cache whose feed was last read too long ago is not used at all
     other = create(svc)
     other_secret = other.secret(1)
-    svc.poll_changes()
+    feed.poll()
     assert svc.verify(other_secret).code == VerificationCode.VALID
     other.change("suspend", now())
     monkeypatch.setattr(module, "CACHE_STALE_AFTER", 0.0)
@@ -1256,16 +1262,16 @@ def test_cached_rows_are_dropped_by_the_change_feed_and_unused_when_it_is_late(
 
 
 def test_a_row_read_before_a_change_is_not_cached_after_it(
-    svc: CredentialService, monkeypatch: pytest.MonkeyPatch
+    svc: CredentialService, services: Services, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sqlalchemy.engine import Connection
 
     cred = create(svc)
     presented = parse_credential(cred.secret(1))
-    svc.poll_changes()
+    feed_of(svc, services).poll()
     # without a change during the read, the row is cached
     svc._lookup(presented, "credential")
-    assert svc._cache.get(presented.lookup_id)[0] is True
+    assert svc.rows.get(presented.lookup_id)[0] is True
     svc.forget(cred.id)
 
     # a poll drops the credential while the read is in flight: the row read is not cached
@@ -1273,13 +1279,13 @@ def test_a_row_read_before_a_change_is_not_cached_after_it(
 
     def execute_while_a_poll_drops(self: Connection, *args: Any, **kwargs: Any) -> Any:
         result = execute(self, *args, **kwargs)
-        svc._cache.drop([cred.id])
+        svc.rows.drop([cred.id])
         return result
 
     monkeypatch.setattr(Connection, "execute", execute_while_a_poll_drops)
     row, _ = svc._lookup(presented, "credential")
     assert row is not None  # answered from what was read
-    assert svc._cache.get(presented.lookup_id) == (False, None)
+    assert svc.rows.get(presented.lookup_id) == (False, None)
 
 
 def test_the_fast_path_hands_writes_to_a_thread_before_counting_anything(

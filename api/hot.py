@@ -1,0 +1,115 @@
+"""The hot routes, served in front of FastAPI's middleware and router.
+
+A hot route (livez, verify and validate, the key use operations) is answered by its endpoint
+directly: no middleware stack, no route search, no dependency resolution. Those layers cost
+several times what verifying a credential or encrypting a kilobyte does. The endpoints are the
+same functions FastAPI has registered for these paths (so /docs shows them, and a request that
+needs a middleware still gets it), and an error becomes the same answer through the same
+exception handlers.
+
+A request carrying an `Origin` header goes through the full app instead: CORS belongs to the
+middleware, and browsers are not the callers of these routes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from re import Pattern
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import compile_path
+from starlette.types import Message, Receive, Scope, Send
+
+from api.errors import APIError
+
+log = logging.getLogger("keyrotor.api")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    method: str
+    path: str
+    endpoint: Endpoint
+    body: type[BaseModel] | None
+    tag: str
+
+    @property
+    def pattern(self) -> Pattern[str]:
+        return compile_path(self.path)[0]
+
+
+class TooLarge(Exception):
+    pass
+
+
+class HotPath:
+    """Matches and serves the hot routes of `app`; `serve` answers False for any other."""
+
+    def __init__(self, app: FastAPI, routes: list[HotRoute], max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.exact: dict[tuple[str, str], Endpoint] = {}
+        self.patterns: list[tuple[str, Pattern[str], Endpoint]] = []
+        for r in routes:
+            if "{" in r.path:
+                self.patterns.append((r.method, r.pattern, r.endpoint))
+            else:
+                self.exact[(r.method, r.path)] = r.endpoint
+
+    def match(self, scope: Scope) -> tuple[Endpoint, dict[str, str]] | None:
+        method, path = scope["method"], scope["path"]
+        endpoint = self.exact.get((method, path))
+        if endpoint is not None:
+            return endpoint, {}
+        for m, pattern, endpoint in self.patterns:
+            if m == method and (found := pattern.match(path)):
+                return endpoint, found.groupdict()
+        return None
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        hit = self.match(scope)
+        if hit is None or any(name == b"origin" for name, _ in scope["headers"]):
+            return False
+        endpoint, params = hit
+        scope["app"] = self.app
+        scope["path_params"] = params
+        request = Request(scope, self._capped(receive))
+        try:
+            response = await endpoint(request)
+        except Exception as e:  # the app's own handlers shape every error
+            response = await self._error(request, e)
+        await response(scope, receive, send)
+        return True
+
+    def _capped(self, receive: Receive) -> Receive:
+        """`receive` that refuses a body longer than `max_body_bytes` (413)."""
+        seen = 0
+
+        async def capped() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise TooLarge()
+            return message
+
+        return capped
+
+    async def _error(self, request: Request, e: Exception) -> Response:
+        if isinstance(e, TooLarge):
+            e = APIError(413, "REQUEST_TOO_LARGE", f"the body exceeds {self.max_body_bytes} bytes")
+        handlers: dict[Any, Any] = self.app.exception_handlers
+        for cls in type(e).__mro__:
+            handler = handlers.get(cls)
+            if handler is not None:
+                response: Response = await handler(request, e)
+                return response
+        raise e
