@@ -181,7 +181,7 @@ class ManagedLifecycleWorkflow:
                     RotationReason.SCHEDULED,
                     None,
                     "keyrotor",
-                    "scheduled",
+                    "",
                     audit_failure=self._rotation_retry_at is None,
                 )
                 self._rotation_retry_at = None

@@ -31,6 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from core import audit
 from core.credentials import AdminKeys, Role
+from core.policy import default_policy_path
 from core.providers.aws_kms import AWSKMSProvider, build_client
 from core.providers.vault_transit import transit_key_name
 from core.services import build_services
@@ -44,6 +45,17 @@ from worker.main import build_worker
 from workflows.types import OperatorAction
 
 API = "/api/key-management"
+# A key type whose versions rotate on their own every few seconds: its scheduled rotations fall
+# inside the outage.
+DRILL_TYPE = """
+[key_types.drill]
+algorithm = "AES-256-GCM"
+key_bits = 256
+rotation_interval = "PT6S"
+warning_threshold = "PT1S"
+max_lifetime = "P1D"
+grace_period = "PT1H"
+"""
 # How long a fault may take to show (attempts failing) or to clear (rotations completing).
 # The commit's retry policy waits 1 s, 2 s, 4 s... between attempts, so a few seconds suffice.
 SETTLE_SECONDS = 20.0
@@ -54,8 +66,11 @@ async def provider_stack(
     dev_env: WorkflowEnvironment, data_dir: Path, **provider_settings: Any
 ) -> AsyncIterator[Stack]:
     """A worker and the API whose services are built from the given provider settings."""
+    policy = data_dir / "keyrotor.toml"
+    policy.write_text(default_policy_path().read_text() + DRILL_TYPE)
     settings = Settings(
         data_dir=data_dir,
+        config=policy,
         master_key=SecretStr(TEST_MASTER_KEY),
         task_queue=f"faults-{uuid.uuid4().hex[:8]}",
         **provider_settings,
@@ -75,10 +90,10 @@ async def provider_stack(
         services.close()
 
 
-async def generate(stack: Stack, provider: str) -> dict[str, Any]:
+async def generate(stack: Stack, provider: str, key_type: str = "encryption") -> dict[str, Any]:
     r = await stack.http.post(
         f"{API}/keys/generate",
-        json={"type": "encryption", "provider": provider},
+        json={"type": key_type, "provider": provider},
         headers=stack.auth(),
     )
     assert r.status_code == 201, r.text
@@ -150,11 +165,12 @@ async def rotate_while_down(
     provider: str,
     manual: dict[str, Any],
     emergency: dict[str, Any],
+    scheduled: dict[str, Any],
 ) -> asyncio.Task[httpx.Response]:
     """With the provider already down: `manual` rotated through REST (left waiting),
-    `emergency` by the `emergency_rotate` signal. Returns once Temporal has retried both
-    commits, having checked that nothing completed meanwhile and that /health names the
-    provider as down."""
+    `emergency` by the `emergency_rotate` signal, `scheduled` by its own timer (a `drill` key,
+    6 s). Returns once Temporal has retried all three commits, having checked that nothing
+    completed meanwhile and that /health names the provider as down."""
     rest = asyncio.create_task(
         stack.http.post(
             f"{API}/keys/{manual['id']}/rotate",
@@ -165,13 +181,13 @@ async def rotate_while_down(
     await stack.client.get_workflow_handle(emergency["workflowId"]).signal(
         "emergency_rotate", OperatorAction(actor="drill", reason="provider fault drill")
     )
-    for key in (manual, emergency):
+    for key in (manual, emergency, scheduled):
         await eventually(
             f"a retried commit of {key['id']}",
             lambda k=key: max(failed_attempts(caplog, k["workflowId"]), default=0) >= 2,
         )
     assert not rest.done(), "the REST rotation answered while its provider was down"
-    for key in (manual, emergency):
+    for key in (manual, emergency, scheduled):
         assert store_versions(stack, key["id"]) == {1: "active"}
     body = await health(stack)
     assert body["status"] == "degraded", body
@@ -186,6 +202,7 @@ async def assert_rotated_once(
     provider: str,
     manual: dict[str, Any],
     emergency: dict[str, Any],
+    scheduled: dict[str, Any],
     rest: asyncio.Task[httpx.Response],
 ) -> None:
     """After the provider is back: each rotation completed exactly once, audited once."""
@@ -212,11 +229,28 @@ async def assert_rotated_once(
         "key.created",
         "key.emergency_rotated",
     ]
-    for key in (manual, emergency):
+    # The scheduled key goes on rotating every 6 s once the provider is back: however many
+    # rotations there were by now, each made one version and one audit record, in order.
+    await eventually(
+        "the scheduled rotation", lambda: len(store_versions(stack, scheduled["id"])) >= 2
+    )
+    for key in (manual, emergency, scheduled):
         # the retries really happened, and the rotation committed after them
         assert max(failed_attempts(caplog, key["workflowId"])) >= 2
     assert (await health(stack))["status"] == "healthy"
     assert_chain_verifies(stack)
+
+
+def assert_scheduled_rotations_once(stack: Stack, key_id: str) -> list[int]:
+    """Versions 1..n, the newest active and the others in grace, and one `key.rotated`
+    (reason scheduled) per version after the first; returns the version numbers."""
+    versions = store_versions(stack, key_id)
+    numbers = sorted(versions)
+    assert numbers == list(range(1, len(numbers) + 1)), versions
+    assert versions == {n: "active" if n == numbers[-1] else "grace" for n in numbers}
+    rotated = [r for a, r in audit_trail(stack, key_id) if a == "key.rotated"]
+    assert rotated == ["scheduled"] * (len(numbers) - 1)
+    return numbers
 
 
 # --- OpenBao sealed -------------------------------------------------------------------------
@@ -253,13 +287,21 @@ async def test_rotations_survive_a_sealed_vault(
     ) as stack:
         assert (await health(stack))["components"]["provider:vault"]["status"] == "up"
         manual, emergency = await generate(stack, "vault"), await generate(stack, "vault")
+        scheduled = await generate(stack, "vault", "drill")
         root.sys.seal()
         try:
-            rest = await rotate_while_down(stack, caplog, "vault", manual, emergency)
+            rest = await rotate_while_down(stack, caplog, "vault", manual, emergency, scheduled)
         finally:
             root.sys.submit_unseal_key(key)
         assert not root.sys.read_seal_status()["sealed"]
-        await assert_rotated_once(stack, caplog, "vault", manual, emergency, rest)
+        await assert_rotated_once(stack, caplog, "vault", manual, emergency, scheduled, rest)
+        # transit holds exactly the versions the store knows (read in this order: a rotation
+        # committing in between adds a transit version first)
+        numbers = assert_scheduled_rotations_once(stack, scheduled["id"])
+        assert set(numbers) <= transit_versions(root, scheduled["id"])
+        assert transit_versions(root, scheduled["id"]) <= set(
+            assert_scheduled_rotations_once(stack, scheduled["id"])
+        ) | {max(numbers) + 1}
         for k in (manual, emergency):
             # no orphaned version at the provider: transit made exactly the store's versions;
             # the compromised v1 of the emergency key is switched off there too
@@ -322,15 +364,25 @@ async def test_rotations_survive_a_frozen_kms(
         )
         assert (await health(stack))["components"]["provider:aws-kms"]["status"] == "up"
         manual, emergency = await generate(stack, "aws-kms"), await generate(stack, "aws-kms")
+        scheduled = await generate(stack, "aws-kms", "drill")
         # Frozen before any rotation starts, so the calls that hang are the first, read-only
         # DescribeKey of each attempt: requests queued in the socket run when moto thaws, and
         # a queued CreateKey would make a key no alias names (what the inventory would catch).
         os.kill(process.pid, signal.SIGSTOP)
         try:
-            rest = await rotate_while_down(stack, caplog, "aws-kms", manual, emergency)
+            rest = await rotate_while_down(stack, caplog, "aws-kms", manual, emergency, scheduled)
         finally:
             os.kill(process.pid, signal.SIGCONT)
-        await assert_rotated_once(stack, caplog, "aws-kms", manual, emergency, rest)
+        await assert_rotated_once(stack, caplog, "aws-kms", manual, emergency, scheduled, rest)
+        # one KMS key behind one alias per stored version, nothing orphaned (read in this
+        # order: a rotation committing in between adds a KMS key first)
+        numbers = assert_scheduled_rotations_once(stack, scheduled["id"])
+        aliases, keys = await asyncio.to_thread(kms_inventory, endpoint, scheduled["id"])
+        later = set(assert_scheduled_rotations_once(stack, scheduled["id"]))
+        prefix = f"alias/keyrotor/{scheduled['id']}/v"
+        made = {int(name.removeprefix(prefix)) for name in aliases}
+        assert set(numbers) <= made <= later | {max(later) + 1}
+        assert set(keys) == set(aliases.values()) and set(keys.values()) == {"Enabled"}
         for k in (manual, emergency):
             aliases, keys = await asyncio.to_thread(kms_inventory, endpoint, k["id"])
             assert set(aliases) == {f"alias/keyrotor/{k['id']}/v{n}" for n in (1, 2)}
