@@ -19,14 +19,15 @@ class KeyActivities:
         self._keys = keys
 
     @activity.defn(name="commit_key_transition")
-    def commit_key_transition(self, commit: KeyTransitionCommit) -> None:
-        """Create the new version's material if any, then commit the transition (idempotent).
+    def commit_key_transition(self, commit: KeyTransitionCommit) -> str | None:
+        """Create the new version's material if any, then commit the transition (idempotent);
+        returns the new version's algorithm (None: no new version).
 
         Provider faults that can pass (unavailable, throttled) are retried by Temporal; the
         others fail the activity for good, typed by the error class name.
         """
         try:
-            self._keys.commit_transition(commit)
+            return self._keys.commit_transition(commit)
         except ProviderError as e:
             raise ApplicationError(
                 str(e), type=type(e).__name__, non_retryable=not e.retryable

@@ -21,7 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import audit
@@ -320,8 +320,10 @@ class KeyService:
 
     # --- lifecycle (called by activities only) -------------------------------------------
 
-    def commit_transition(self, c: KeyTransitionCommit) -> None:
-        """Project a lifecycle change and its audit record and event in one transaction.
+    def commit_transition(self, c: KeyTransitionCommit) -> str | None:
+        """Project a lifecycle change and its audit record and event in one transaction;
+        returns the algorithm of the version it made (`c.new_version`; a PQC migration may have
+        chosen another than the key's), None when it made none.
 
         Idempotent: the transition id is the audit record's event id, so a retry after a
         commit changes nothing. New material is created before the transaction and stored in
@@ -336,7 +338,7 @@ class KeyService:
         # idempotent, so a retry after a commit that failed repeats them harmlessly.
         with self._store.engine.connect() as db:
             if audit.recorded_on(db, c.transition_id):
-                return
+                return self._algorithm_of(db, spec.key_id, c.new_version)
             stored = db.execute(
                 select(
                     _VERSIONS.c.number,
@@ -360,10 +362,13 @@ class KeyService:
                 )
                 key_bits = spec.key_bits if algorithm == spec.algorithm else None
         material = None
-        if c.new_version is not None and not have_version:
-            material = self.provider(spec.provider).create_version(
-                spec.key_id, c.new_version, algorithm, key_bits
-            )
+        made: str | None = None  # the algorithm of the version this transition makes
+        if c.new_version is not None:
+            made = algorithms[c.new_version] if have_version else algorithm
+            if not have_version:
+                material = self.provider(spec.provider).create_version(
+                    spec.key_id, c.new_version, algorithm, key_bits
+                )
         lc = c.lifecycle
         current = lc.current()
         key_values = {
@@ -379,7 +384,7 @@ class KeyService:
         # Plain SQL statements, no ORM unit of work: every transition of every key runs this.
         with self._store.write() as s:
             if audit.recorded(s, c.transition_id):
-                return
+                return self._algorithm_of(s.connection(), spec.key_id, c.new_version)
             db = s.connection()
             updated = db.execute(
                 update(_KEYS).where(_KEYS.c.id == spec.key_id).values(key_values)
@@ -481,6 +486,18 @@ class KeyService:
                     data={"keyId": spec.key_id, "version": c.version, "status": str(lc.status)},
                 )
             )
+        return made
+
+    @staticmethod
+    def _algorithm_of(db: Connection, key_id: str, number: int | None) -> str | None:
+        if number is None:
+            return None
+        found: str | None = db.scalar(
+            select(_VERSIONS.c.algorithm).where(
+                _VERSIONS.c.key_id == key_id, _VERSIONS.c.number == number
+            )
+        )
+        return found
 
     def _disable_at_provider(
         self, key_id: str, provider_name: str, lc: KeyLifecycle, stored: Sequence[Any]

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -37,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         suspend,
     )
     from workflows.types import (
+        SA_ALGORITHM,
         SA_NEXT_ROTATION,
         SA_STATE,
         OperatorAction,
@@ -62,6 +63,8 @@ FAILED_ROTATION_BACKOFF = timedelta(hours=1)
 RECENT_REQUESTS_KEPT = 64
 MAX_COMMENT = 1000
 MAX_ACTOR = 200
+# histories from before the algorithm search attribute followed migrations replay without it
+ALGORITHM_PATCH = "algorithm-search-attribute"
 
 # The audit action (`<kind>.<action>`) and event name (`<kind><Event>`) of each time-driven
 # transition and status change.
@@ -263,7 +266,7 @@ class ManagedLifecycleWorkflow:
         self._seq += 1
         # A local activity: the commit is short and idempotent, and running it inside the
         # workflow task saves two server round trips and a workflow task per transition.
-        await workflow.execute_local_activity_method(
+        made = await workflow.execute_local_activity_method(
             type(self).COMMIT,
             self.COMMIT_INPUT(
                 # What is committed is part of its id: a local activity leaves no trace in
@@ -288,14 +291,17 @@ class ManagedLifecycleWorkflow:
         self._wake = True
         if self._publish:
             nxt = next_rotation_at(self._key)
-            workflow.upsert_search_attributes(
-                [
-                    SA_STATE.value_set(str(self._key.status)),
-                    SA_NEXT_ROTATION.value_set(nxt)
-                    if nxt is not None
-                    else SA_NEXT_ROTATION.value_unset(),
-                ]
-            )
+            updates: list[SearchAttributeUpdate[Any]] = [
+                SA_STATE.value_set(str(self._key.status)),
+                SA_NEXT_ROTATION.value_set(nxt)
+                if nxt is not None
+                else SA_NEXT_ROTATION.value_unset(),
+            ]
+            # a key's commit answers the new version's algorithm: a PQC migration changes it
+            shown = workflow.info().typed_search_attributes.get(SA_ALGORITHM)
+            if isinstance(made, str) and made != shown and workflow.patched(ALGORITHM_PATCH):
+                updates.append(SA_ALGORITHM.value_set(made))
+            workflow.upsert_search_attributes(updates)
 
     # --- updates -------------------------------------------------------------------------
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,25 +40,43 @@ class Stack:
         return keys.create(f"test-{role}", role, "test")
 
 
+@asynccontextmanager
+async def build_stack(
+    dev_env: WorkflowEnvironment, data_dir: Path, **settings: Any
+) -> AsyncIterator[Stack]:
+    """A worker and the API (in process) on the dev server, their services built from
+    `settings` (on top of a test master key, a task queue of their own and `data_dir`)."""
+    services = build_services(
+        Settings(
+            **{
+                "data_dir": data_dir,
+                "master_key": SecretStr(TEST_MASTER_KEY),
+                "task_queue": f"e2e-{uuid.uuid4().hex[:8]}",
+                **settings,
+            }
+        )
+    )
+    admin_key = AdminKeys(services.store, services.keyring).create("test-admin", Role.ADMIN, "test")
+    app = create_app(services, dev_env.client)
+    try:
+        async with (
+            build_worker(dev_env.client, services),
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://keyrotor.test"
+            ) as http,
+        ):
+            yield Stack(services, http, dev_env.client, admin_key, data_dir)
+    finally:
+        services.close()
+
+
 @pytest.fixture(scope="module")
 async def stack(
     dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
-    settings = Settings(
-        data_dir=data_dir,
-        # the stack's store: SQLite in the data dir unless a database URL is given
-        database_url=os.environ.get("KEYROTOR_TEST_STACK_DATABASE_URL", ""),
-        master_key=SecretStr(TEST_MASTER_KEY),
-        task_queue=f"e2e-{uuid.uuid4().hex[:8]}",
-    )
-    services = build_services(settings)
-    admin_key = AdminKeys(services.store, services.keyring).create("test-admin", Role.ADMIN, "test")
-    app = create_app(services, dev_env.client)
-    transport = httpx.ASGITransport(app=app)
-    async with (
-        build_worker(dev_env.client, services),
-        httpx.AsyncClient(transport=transport, base_url="http://keyrotor.test") as http,
-    ):
-        yield Stack(services, http, dev_env.client, admin_key, data_dir)
-    services.close()
+    # the stack's store: SQLite in the data dir unless a database URL is given
+    database_url = os.environ.get("KEYROTOR_TEST_STACK_DATABASE_URL", "")
+    async with build_stack(
+        dev_env, tmp_path_factory.mktemp("stack"), database_url=database_url
+    ) as stack:
+        yield stack

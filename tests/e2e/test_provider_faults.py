@@ -16,8 +16,8 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +28,14 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
 from core import audit
-from core.credentials import AdminKeys, Role
 from core.policy import default_policy_path
 from core.providers.aws_kms import AWSKMSProvider, build_client
 from core.providers.vault_transit import transit_key_name
-from core.services import build_services
-from core.settings import Settings
 from core.store.models import AuditRecordRow, KeyVersionRow
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, build_stack
 from tests.fixtures.moto_kms import REGION, MotoServer, kms_client
 from tests.fixtures.openbao import OpenBaoServer
-from tests.fixtures.temporal import TEST_MASTER_KEY
-from worker.main import build_worker
 from workflows.types import OperatorAction
 
 API = "/api/key-management"
@@ -61,33 +55,14 @@ grace_period = "PT1H"
 SETTLE_SECONDS = 20.0
 
 
-@asynccontextmanager
-async def provider_stack(
+def provider_stack(
     dev_env: WorkflowEnvironment, data_dir: Path, **provider_settings: Any
-) -> AsyncIterator[Stack]:
-    """A worker and the API whose services are built from the given provider settings."""
+) -> AbstractAsyncContextManager[Stack]:
+    """A worker and the API whose services are built from the given provider settings, with
+    the `drill` key type besides the shipped ones."""
     policy = data_dir / "keyrotor.toml"
     policy.write_text(default_policy_path().read_text() + DRILL_TYPE)
-    settings = Settings(
-        data_dir=data_dir,
-        config=policy,
-        master_key=SecretStr(TEST_MASTER_KEY),
-        task_queue=f"faults-{uuid.uuid4().hex[:8]}",
-        **provider_settings,
-    )
-    services = build_services(settings)
-    admin_key = AdminKeys(services.store, services.keyring).create("test-admin", Role.ADMIN, "test")
-    app = create_app(services, dev_env.client)
-    try:
-        async with (
-            build_worker(dev_env.client, services),
-            httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app), base_url="http://keyrotor.test"
-            ) as http,
-        ):
-            yield Stack(services, http, dev_env.client, admin_key, data_dir)
-    finally:
-        services.close()
+    return build_stack(dev_env, data_dir, config=policy, **provider_settings)
 
 
 async def generate(stack: Stack, provider: str, key_type: str = "encryption") -> dict[str, Any]:
