@@ -86,15 +86,21 @@ def build_providers(settings: Settings, keyring: MasterKeyring) -> dict[str, Key
         from core.providers.vault_transit import VaultTransitProvider
 
         providers["vault"] = VaultTransitProvider(
-            settings.vault_addr, settings.vault_token.get_secret_value(), settings.vault_mount
+            settings.vault_addr,
+            settings.vault_token.get_secret_value(),
+            settings.vault_mount,
+            timeout=(settings.provider_connect_timeout, settings.provider_timeout),
         )
     if settings.aws_endpoint_url or settings.aws_region:
-        from core.providers.aws_kms import AWSKMSProvider  # boto3 is slow to import
+        from core.providers.aws_kms import AWSKMSProvider, build_client  # boto3: slow import
 
-        providers["aws-kms"] = AWSKMSProvider(
+        client = build_client(
             endpoint_url=settings.aws_endpoint_url or None,
             region_name=settings.aws_region or None,
+            connect_timeout=settings.provider_connect_timeout,
+            read_timeout=settings.provider_timeout,
         )
+        providers["aws-kms"] = AWSKMSProvider(client)
     if settings.azure_vault_url:
         try:
             from azure.identity import (  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -108,7 +114,10 @@ def build_providers(settings: Settings, keyring: MasterKeyring) -> dict[str, Key
         from core.providers.azure_keyvault import AzureKeyVaultProvider
 
         providers["azure-keyvault"] = AzureKeyVaultProvider(
-            settings.azure_vault_url, DefaultAzureCredential()
+            settings.azure_vault_url,
+            DefaultAzureCredential(),
+            connection_timeout=settings.provider_connect_timeout,
+            read_timeout=settings.provider_timeout,
         )
     if settings.pkcs11_module:
         if not settings.pkcs11_token_label or settings.pkcs11_pin is None:

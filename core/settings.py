@@ -51,6 +51,14 @@ class Settings(BaseSettings):
     pkcs11_token_label: str = ""
     pkcs11_pin: SecretStr | None = None
     azure_vault_url: str = ""  # credentials: azure-identity's DefaultAzureCredential
+    # Seconds a call to a remote provider (vault, aws-kms, azure-keyvault) waits for an answer
+    # (connecting waits at most 3 s of it) before it fails as unavailable and the activity
+    # retries it: one attempt must end well inside a commit's 15 s timeout.
+    provider_timeout: float = Field(default=8.0, gt=0, le=10)
+
+    @property
+    def provider_connect_timeout(self) -> float:
+        return min(3.0, self.provider_timeout)
 
     def ui_origins(self) -> list[str]:
         """`ui_origin` may list several origins, comma-separated."""

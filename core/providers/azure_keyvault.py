@@ -82,13 +82,13 @@ DESTROYED_TAG = "keyrotor-destroyed"
 DISCARDED_TAG = "keyrotor-discarded"
 _MAX_NAME_LENGTH = 127
 _ALNUM = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-# Few SDK retries and short timeouts: the calling activity has its own retry policy and
-# ProviderUnavailableError tells it to use it. Callers' kwargs override these.
+# One attempt and short timeouts: the calling activity has its own retry policy, which
+# ProviderUnavailableError tells it to use, and an attempt must end inside the commit's 15 s
+# timeout (workflows.managed.COMMIT_TIMEOUT). Callers' kwargs override these.
 _DEFAULT_CLIENT_KWARGS: dict[str, Any] = {
-    "retry_total": 1,
-    "retry_backoff_factor": 0.2,
-    "connection_timeout": 5,
-    "read_timeout": 15,
+    "retry_total": 0,
+    "connection_timeout": 3,
+    "read_timeout": 8,
 }
 _MAX_CACHED_CLIENTS = 256
 

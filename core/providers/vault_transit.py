@@ -47,7 +47,8 @@ from core.providers.base import (
 
 KEY_NAME_PREFIX = "keyrotor-"
 DEFAULT_MOUNT = "transit"
-DEFAULT_TIMEOUT_SECONDS = 10.0
+# (connect, read) seconds: an attempt must end inside the commit's 15 s timeout
+DEFAULT_TIMEOUT_SECONDS = (3.0, 8.0)
 
 # Vault caps transit HMAC keys at 512 bytes; keyrotor's HMAC accepts up to 1024.
 _MAX_HMAC_KEY_BYTES = 512
@@ -167,7 +168,7 @@ class VaultTransitProvider:
         mount: str = DEFAULT_MOUNT,
         client: hvac.Client | None = None,
         *,
-        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        timeout: float | tuple[float, float] = DEFAULT_TIMEOUT_SECONDS,
     ) -> None:
         self._url = url
         self._mount = mount.strip("/")

@@ -30,7 +30,6 @@ from temporalio.testing import WorkflowEnvironment
 
 from core import audit
 from core.policy import default_policy_path
-from core.providers.aws_kms import AWSKMSProvider, build_client
 from core.providers.vault_transit import transit_key_name
 from core.store.models import AuditRecordRow, KeyVersionRow
 from tests.e2e.conftest import Stack, build_stack
@@ -321,22 +320,10 @@ async def test_rotations_survive_a_frozen_kms(
     process = private_moto_server._process  # the fixture's own process, to freeze and thaw
     assert process is not None
     caplog.set_level(logging.WARNING, logger="temporalio.activity")
+    # A frozen endpoint answers nothing: each call waits for its read timeout (1 s here).
     async with provider_stack(
-        dev_env, tmp_path, aws_endpoint_url=endpoint, aws_region=REGION
+        dev_env, tmp_path, aws_endpoint_url=endpoint, aws_region=REGION, provider_timeout=1.0
     ) as stack:
-        # A frozen endpoint answers nothing: each call waits for its read timeout. The
-        # product's 10 s (x2 SDK attempts) would outlast the commit's 15 s timeout, so the
-        # test swaps in the same provider with 1 s timeouts through its existing `client`
-        # parameter (Settings has no timeout setting for it).
-        stack.services.providers["aws-kms"] = AWSKMSProvider(
-            build_client(
-                endpoint_url=endpoint,
-                region_name=REGION,
-                max_attempts=1,
-                connect_timeout=1.0,
-                read_timeout=1.0,
-            )
-        )
         assert (await health(stack))["components"]["provider:aws-kms"]["status"] == "up"
         manual, emergency = await generate(stack, "aws-kms"), await generate(stack, "aws-kms")
         scheduled = await generate(stack, "aws-kms", "drill")
