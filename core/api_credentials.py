@@ -227,6 +227,23 @@ _VERSION_CODES = {
 
 
 CACHE_ENTRIES = 50_000
+# One use of a credential with a usage limit, or of a handle value with a max usage: exact
+# (conditional), and group-committed with the other uses in flight (`Store.write_batched`).
+_USE_CREDENTIAL = (
+    update(CredentialRow)
+    .where(CredentialRow.id == bindparam("cid"), CredentialRow.remaining > 0)
+    .values(remaining=CredentialRow.remaining - 1)
+    .returning(CredentialRow.remaining)
+)
+_USE_HANDLE = (
+    update(CredentialVersionRow)
+    .where(
+        CredentialVersionRow.lookup_id == bindparam("lookup"),
+        CredentialVersionRow.uses < bindparam("max_usage"),
+    )
+    .values(uses=CredentialVersionRow.uses + 1)
+    .returning(CredentialVersionRow.uses)
+)
 
 
 class CredentialService:
@@ -552,16 +569,11 @@ class CredentialService:
             return self._handle_answer(
                 HandleCode.RATE_LIMITED, row, security, "burst", match, retry_after=wait
             )
-        with self._store.write() as s:
-            uses = s.execute(
-                update(CredentialVersionRow)
-                .where(
-                    CredentialVersionRow.lookup_id == row.lookup_id,
-                    CredentialVersionRow.uses < row.max_usage,
-                )
-                .values(uses=CredentialVersionRow.uses + 1)
-                .returning(CredentialVersionRow.uses)
+        uses = self._store.write_batched(
+            lambda db: db.execute(
+                _USE_HANDLE, {"lookup": row.lookup_id, "max_usage": row.max_usage}
             ).scalar_one_or_none()
+        )
         if uses is None:
             return self._handle_answer(HandleCode.USAGE_EXHAUSTED, row, security, None, match)
         return self._handle_answer(
@@ -680,13 +692,9 @@ class CredentialService:
                 return VerificationCode.RATE_LIMITED, wait, row.remaining
         if row.remaining is None:
             return VerificationCode.VALID, None, None
-        with self._store.write() as s:
-            left = s.execute(
-                update(CredentialRow)
-                .where(CredentialRow.id == row.id, CredentialRow.remaining > 0)
-                .values(remaining=CredentialRow.remaining - 1)
-                .returning(CredentialRow.remaining)
-            ).scalar_one_or_none()
+        left = self._store.write_batched(
+            lambda db: db.execute(_USE_CREDENTIAL, {"cid": row.id}).scalar_one_or_none()
+        )
         if left is None:
             return VerificationCode.USAGE_EXCEEDED, None, 0
         return VerificationCode.VALID, None, left

@@ -321,3 +321,51 @@ def test_sqlite_concurrent_writers_queue_instead_of_failing(sqlite_store: Store)
     assert errors == []
     with sqlite_store.session() as s:
         assert s.get_one(KeyRow, "k1").current_version == 120  # no lost update
+
+
+# --- group commit (Store.write_batched) -------------------------------------------------------
+
+
+def test_batched_writes_are_exact_and_share_commits(store: Store) -> None:
+    """64 threads take one use each of a budget of 40 at once: exactly 40 succeed, the budget
+    ends at 0, and the uses in flight together shared commits."""
+    from sqlalchemy import event
+
+    with store.write() as s:
+        s.execute(text("CREATE TABLE budget (id INTEGER PRIMARY KEY, remaining INTEGER)"))
+        s.execute(text("INSERT INTO budget VALUES (1, 40)"))
+    take = text(
+        "UPDATE budget SET remaining = remaining - 1 WHERE id = 1 AND remaining > 0"
+        " RETURNING remaining"
+    )
+    commits = 0
+
+    def count(_: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(store.engine, "commit", count)
+    start = threading.Barrier(64)
+    answers: list[int | None] = []
+
+    def use() -> None:
+        start.wait()
+        answers.append(store.write_batched(lambda db: db.execute(take).scalar_one_or_none()))
+
+    threads = [threading.Thread(target=use) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    event.remove(store.engine, "commit", count)
+    assert sorted(a for a in answers if a is not None) == list(range(40))  # 39, 38, ..., 0
+    assert answers.count(None) == 24
+    with store.session() as s:
+        assert s.scalar(text("SELECT remaining FROM budget")) == 0
+    assert commits < 64, commits  # a commit per use would be 64
+
+
+def test_a_failed_batched_write_raises_and_the_next_one_runs(store: Store) -> None:
+    with pytest.raises(StatementError):
+        store.write_batched(lambda db: db.execute(text("UPDATE no_such_table SET x = 1")))
+    assert store.write_batched(lambda db: db.execute(text("SELECT 7")).scalar_one()) == 7
