@@ -15,7 +15,7 @@ from temporalio.client import Client
 from api import errors
 from api.auth import body_schema
 from api.hot import HotPath, HotRoute
-from api.routes import codec, credentials, handles, health, keys
+from api.routes import audit, codec, credentials, handles, health, keys
 from api.schemas import ValidateHandleRequest, VerifyCredentialRequest
 from core.changes import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
@@ -167,4 +167,5 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.include_router(handles.router)
     app.include_router(keys.router)
     app.include_router(codec.router)
+    app.include_router(audit.router)
     return app

@@ -90,3 +90,50 @@ def build_or_exit(settings: Settings) -> Services:
     except (ConfigurationError, PolicyError, EnvelopeError) as e:
         typer.echo(f"keyrotor: {e}", err=True)
         sys.exit(2)
+
+
+audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify-export")
+def verify_export(
+    path: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="a JSON Lines or CSV export"
+    ),
+    head: str = typer.Option(
+        None,
+        help="the chain head's hash the export must end at (default: the one a JSON Lines "
+        "export names; for CSV, the X-Keyrotor-Audit-Head-Hash header of the export)",
+    ),
+) -> None:
+    """Check an export of `GET /audit/export` with no database: every hash, every link, no
+    gap, and that it ends at the head. Exit 0 if it verifies, 1 with the first problem if not."""
+    import csv
+    import json
+
+    from core.audit import EXPORT_FORMAT, verify_export
+
+    with path.open(newline="", encoding="utf-8") as f:
+        first = f.readline()
+        if first.startswith("{"):
+            header = json.loads(first)
+            if header.get("format") != EXPORT_FORMAT:
+                typer.echo(f"keyrotor: {path} is not a keyrotor audit export", err=True)
+                sys.exit(2)
+            named = header["head"]["hash"]
+            if head is not None and head != named:
+                typer.echo(f"not verified: the export names head {named}, not {head}")
+                sys.exit(1)
+            report = verify_export((json.loads(line) for line in f if line.strip()), named)
+        else:
+            f.seek(0)
+            report = verify_export(csv.DictReader(f), head)
+    if not report.ok:
+        typer.echo(f"not verified: {report.problem} ({report.checked} records verified before it)")
+        sys.exit(1)
+    anchored = "the chain's start" if report.first_seq == 1 else f"record {report.first_seq}"
+    typer.echo(
+        f"verified: {report.checked} records, {anchored} to record {report.last_seq},"
+        f" head {report.last_hash}" + ("" if head or first.startswith("{") else " (no head given)")
+    )

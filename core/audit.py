@@ -14,9 +14,10 @@ keyrotor code never updates or deletes audit records.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -200,6 +201,35 @@ def _lock_head(connection: Connection, dialect: str) -> tuple[int, str]:
     return head.seq, head.hash
 
 
+def content_matches(row: Any) -> bool:
+    """Whether `row` (anything with the record's fields as attributes) hashes to its `hash`."""
+    try:
+        if not isinstance(row.details, Mapping):
+            raise ValueError("details is not a JSON object")
+        entry = AuditEntry(
+            event_id=row.event_id,
+            at=row.at,
+            actor=row.actor,
+            action=row.action,
+            object_kind=row.object_kind,
+            object_id=row.object_id,
+            version=row.version,
+            reason=row.reason,
+            details=row.details,
+        )
+    except ValueError:
+        return False  # content no valid entry could have: it was altered
+    return bool(record_hash(row.prev_hash, entry) == row.hash)
+
+
+def content_id(record_hash_hex: str) -> str:
+    """The record's content identifier: a CIDv1 (multibase base32, codec json, multihash
+    sha2-256) of its canonical JSON, the same bytes its `hash` is the SHA-256 of."""
+    multihash = bytes([0x12, 0x20]) + bytes.fromhex(record_hash_hex)  # sha2-256, 32 bytes
+    cid = bytes([0x01, 0x80, 0x04]) + multihash  # CIDv1, json (0x0200 as a varint)
+    return "b" + base64.b32encode(cid).decode().lower().rstrip("=")
+
+
 @dataclass(frozen=True)
 class ChainReport:
     """The result of `verify_chain`.
@@ -265,24 +295,7 @@ def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
                 return broken(
                     row.seq, checked, f"record {row.seq}: prev_hash does not match {what}"
                 )
-            try:
-                if not isinstance(row.details, Mapping):
-                    raise ValueError("details is not a JSON object")
-                entry = AuditEntry(
-                    event_id=row.event_id,
-                    at=row.at,
-                    actor=row.actor,
-                    action=row.action,
-                    object_kind=row.object_kind,
-                    object_id=row.object_id,
-                    version=row.version,
-                    reason=row.reason,
-                    details=row.details,
-                )
-                content_ok = record_hash(row.prev_hash, entry) == row.hash
-            except ValueError:
-                content_ok = False  # content no valid entry could have: it was altered
-            if not content_ok:
+            if not content_matches(row):
                 return broken(
                     row.seq, checked, f"record {row.seq}: hash does not match its content"
                 )
@@ -313,3 +326,194 @@ def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
             f"record {max_seq} is past the head (record {current_head_seq})",
         )
     return ChainReport(True, checked, head_hash, None, "")
+
+
+# --- export and offline verification ----------------------------------------------------------
+
+EXPORT_FORMAT: Final = "keyrotor-audit-export"
+# Each exported record: the canonical fields its hash covers, with their canonical names and
+# forms (`at` as `_utc_iso` writes it), plus `seq`, `hash` and `cid`.
+EXPORT_FIELDS: Final = (
+    "seq",
+    "event_id",
+    "at",
+    "actor",
+    "action",
+    "object_kind",
+    "object_id",
+    "version",
+    "reason",
+    "details",
+    "prev_hash",
+    "hash",
+    "cid",
+)
+
+
+def export_record(row: Any) -> dict[str, Any]:
+    """A stored record (a row of `audit_records`) in the export form."""
+    return {
+        "seq": row.seq,
+        "event_id": row.event_id,
+        "at": _utc_iso(row.at),
+        "actor": row.actor,
+        "action": row.action,
+        "object_kind": row.object_kind,
+        "object_id": row.object_id,
+        "version": row.version,
+        "reason": row.reason,
+        "details": dict(row.details),
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+        "cid": content_id(row.hash),
+    }
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What `verify_export` found: `checked` records verified before the first problem (all
+    of them when `ok`), from `first_seq` to `last_seq`, the last one hashing to `last_hash`."""
+
+    ok: bool
+    checked: int
+    first_seq: int | None
+    last_seq: int | None
+    last_hash: str
+    problem: str
+
+
+def verify_export(records: Iterable[Mapping[str, Any]], head_hash: str | None) -> ExportReport:
+    """Check exported records with no database: consecutive `seq`, each `prev_hash` the hash of
+    the record before (the genesis hash before record 1), each hash and cid recomputed from the
+    content, and, given `head_hash`, that the last record is the chain head the export named.
+
+    An export that starts after record 1 is anchored by its first `prev_hash` only: compare
+    it with the hash of that record in an earlier export."""
+    first: int | None = None
+    last_seq: int | None = None
+    last_hash = GENESIS_HASH
+    checked = 0
+
+    def problem(text: str) -> ExportReport:
+        return ExportReport(False, checked, first, last_seq, last_hash, text)
+
+    for n, record in enumerate(records, 1):
+        try:
+            row = _ExportedRow.parse(record)
+        except (KeyError, ValueError, TypeError) as e:
+            return problem(f"record {n} of the export: unreadable ({e})")
+        if last_seq is None:
+            first = row.seq
+            if row.seq == 1 and row.prev_hash != GENESIS_HASH:
+                return problem("record 1: prev_hash is not the genesis hash")
+        elif row.seq != last_seq + 1:
+            return problem(f"record {last_seq + 1} missing (the next is {row.seq})")
+        elif row.prev_hash != last_hash:
+            return problem(f"record {row.seq}: prev_hash does not match record {last_seq}")
+        if not content_matches(row):
+            return problem(f"record {row.seq}: hash does not match its content")
+        if row.cid != content_id(row.hash):
+            return problem(f"record {row.seq}: cid does not match its hash")
+        last_seq, last_hash = row.seq, row.hash
+        checked += 1
+    if last_seq is None:
+        return problem("the export holds no records")
+    if head_hash is not None and last_hash != head_hash:
+        return problem(f"the export ends at record {last_seq}, whose hash is not the head's")
+    return ExportReport(True, checked, first, last_seq, last_hash, "")
+
+
+@dataclass(frozen=True)
+class _ExportedRow:
+    seq: int
+    event_id: str
+    at: datetime
+    actor: str
+    action: str
+    object_kind: str
+    object_id: str
+    version: int | None
+    reason: str
+    details: Any
+    prev_hash: str
+    hash: str
+    cid: str
+
+    @classmethod
+    def parse(cls, record: Mapping[str, Any]) -> _ExportedRow:
+        """From a JSON Lines object or a CSV row (all strings; details as JSON, version empty
+        for none)."""
+        at = datetime.fromisoformat(str(record["at"]).replace("Z", "+00:00"))
+        version = record["version"]
+        details = record["details"]
+        return cls(
+            seq=int(record["seq"]),
+            event_id=str(record["event_id"]),
+            at=at,
+            actor=str(record["actor"]),
+            action=str(record["action"]),
+            object_kind=str(record["object_kind"]),
+            object_id=str(record["object_id"]),
+            version=None if version in (None, "") else int(version),
+            reason=str(record["reason"]),
+            details=json.loads(details) if isinstance(details, str) else details,
+            prev_hash=str(record["prev_hash"]),
+            hash=str(record["hash"]),
+            cid=str(record["cid"]),
+        )
+
+
+# --- reading the trail --------------------------------------------------------------------------
+
+_COLUMNS: Final = tuple(_RECORDS.c[name] for name in EXPORT_FIELDS if name != "cid")
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """Which records `list_records` answers; None matches anything."""
+
+    object_kind: str | None = None
+    object_id: str | None = None
+    actor: str | None = None
+    action: str | None = None
+    since: datetime | None = None  # at >= since
+    until: datetime | None = None  # at < until
+
+
+def list_records(
+    connection: Connection, f: RecordFilter, before_seq: int | None, limit: int
+) -> list[Any]:
+    """Records matching `f`, newest first, with `seq` below `before_seq` (a page's cursor)."""
+    query = select(*_COLUMNS).order_by(_RECORDS.c.seq.desc()).limit(limit)
+    for column, value in (
+        (_RECORDS.c.object_kind, f.object_kind),
+        (_RECORDS.c.object_id, f.object_id),
+        (_RECORDS.c.actor, f.actor),
+        (_RECORDS.c.action, f.action),
+    ):
+        if value is not None:
+            query = query.where(column == value)
+    if f.since is not None:
+        query = query.where(_RECORDS.c.at >= f.since)
+    if f.until is not None:
+        query = query.where(_RECORDS.c.at < f.until)
+    if before_seq is not None:
+        query = query.where(_RECORDS.c.seq < before_seq)
+    return list(connection.execute(query).all())
+
+
+def head(connection: Connection) -> tuple[int, str]:
+    """(sequence number, hash) of the chain head; (0, the genesis hash) for an empty chain."""
+    row = connection.execute(select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID)).first()
+    return (0, GENESIS_HASH) if row is None else (row.seq, row.hash)
+
+
+def records_between(connection: Connection, after_seq: int, to_seq: int, limit: int) -> list[Any]:
+    """Records with `after_seq` < seq <= `to_seq`, oldest first, at most `limit`."""
+    query = (
+        select(*_COLUMNS)
+        .where(_RECORDS.c.seq > after_seq, _RECORDS.c.seq <= to_seq)
+        .order_by(_RECORDS.c.seq)
+        .limit(limit)
+    )
+    return list(connection.execute(query).all())

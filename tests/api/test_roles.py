@@ -86,6 +86,9 @@ EXPECTED: dict[Route, Permission | None] = {
     ("POST", f"{HANDLES}/{{family_id}}/resume"): Permission.LIFECYCLE,
     ("POST", "/codec/encode"): Permission.CODEC,
     ("POST", "/codec/decode"): Permission.CODEC,
+    ("GET", f"{API}/audit"): Permission.READ,
+    ("GET", f"{API}/audit/verify"): Permission.READ,
+    ("GET", f"{API}/audit/export"): Permission.READ,
 }
 # The codec routes check their permission in the handler, after the `keyrotor dev` UI-origin
 # bypass, so no `require` dependency declares it; the matrix still checks they enforce it.
@@ -327,6 +330,8 @@ async def test_role_on_route(env: Env, route: Route, role: Role) -> None:
             "CREDENTIAL_NOT_FOUND",
             "HANDLE_NOT_FOUND",
         ), r.text
+    elif route == ("GET", f"{API}/audit/export"):  # JSON Lines, not one JSON document
+        assert r.status_code == 200 and r.headers["x-keyrotor-audit-head-seq"].isdigit(), r.text
     else:
         assert r.status_code < 500, r.text
         # a miss in the router (a wrong dummy url) would not say anything about the role
