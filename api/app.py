@@ -14,12 +14,13 @@ from temporalio.client import Client
 
 from api import errors
 from api.auth import body_schema
-from api.hot import HotPath, HotRoute
+from api.hot import HotPath, HotRoute, body_limit
 from api.routes import audit, codec, credentials, handles, health, keys
 from api.schemas import ValidateHandleRequest, VerifyCredentialRequest
 from core.changes import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
 from core.credentials import VALUE_IN_TEXT, AdminKeys, Role
+from core.ratelimit import RateLimiter
 from core.services import Services, build_services
 from core.settings import Settings, setup_logging
 
@@ -86,9 +87,14 @@ class KeyrotorAPI(FastAPI):
     """FastAPI with the hot routes answered before its middleware stack (`api.hot`)."""
 
     hot: HotPath | None = None
+    max_body_bytes = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.hot is not None:
+            refused, receive = body_limit(self.max_body_bytes, scope, receive)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
             if await self.hot.serve(scope, receive, send):
                 return
         await super().__call__(scope, receive, send)
@@ -142,14 +148,17 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.state.client = client
     app.state.codec = EncryptionCodec(services.keyring)
     app.state.admin_keys = AdminKeys(services.store, services.keyring)
+    app.state.admin_limiter = RateLimiter()
     admin_key = services.settings.admin_key
     if admin_key is not None:
         app.state.admin_keys.ensure(admin_key.get_secret_value(), "bootstrap", Role.ADMIN)
+    settings = services.settings
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=services.settings.ui_origins(),
-        allow_methods=["POST"],
-        allow_headers=["authorization", "content-type", "x-namespace"],
+        allow_origins=settings.ui_origins() + settings.browser_origins(),
+        allow_methods=["POST", "GET", "DELETE"] if settings.browser_origins() else ["POST"],
+        allow_headers=["authorization", "content-type", "x-namespace", "idempotency-key"],
+        expose_headers=["retry-after", "x-keyrotor-audit-head-seq", "x-keyrotor-audit-head-hash"],
     )
     errors.install(app)
     hot = hot_routes()
@@ -161,7 +170,8 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
             tags=[route.tag],
             openapi_extra=body_schema(route.body) if route.body else None,
         )
-    app.hot = HotPath(app, hot, services.settings.max_request_bytes)
+    app.hot = HotPath(app, hot)
+    app.max_body_bytes = services.settings.max_request_bytes
     app.include_router(health.router)
     app.include_router(credentials.router)
     app.include_router(handles.router)

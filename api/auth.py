@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -12,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.errors import APIError
 from core.credentials import AdminKeys, AdminPrincipal, AuthenticationError, Role
+from core.ratelimit import RateLimiter
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -56,23 +59,44 @@ async def principal(request: Request) -> AdminPrincipal:
 
 def require(
     permission: Permission,
-) -> Callable[[AdminPrincipal], Coroutine[Any, Any, AdminPrincipal]]:
-    """A dependency that authenticates the caller and checks its role allows `permission`."""
+) -> Callable[[Request, AdminPrincipal], Coroutine[Any, Any, AdminPrincipal]]:
+    """A dependency that authenticates the caller, checks its role allows `permission`, and
+    holds it to the admin API's rate limit (`KEYROTOR_ADMIN_RATE_LIMIT` per admin key)."""
 
     # async: a plain function would run on a worker thread (and wait there for the GIL)
-    async def check(who: AdminPrincipal = Depends(principal)) -> AdminPrincipal:  # noqa: B008
-        if permission not in ROLE_PERMISSIONS[who.role]:
-            raise APIError(403, "FORBIDDEN", f"role {who.role} may not {permission}")
+    async def check(
+        request: Request,
+        who: AdminPrincipal = Depends(principal),  # noqa: B008
+    ) -> AdminPrincipal:
+        permit(who, permission)
+        limit = request.app.state.services.settings.admin_rate_limit
+        if limit:
+            limiter: RateLimiter = request.app.state.admin_limiter
+            wait = limiter.allow(who.key_id, limit, 60.0, time.monotonic())
+            if wait is not None:
+                raise APIError(
+                    429,
+                    "RATE_LIMITED",
+                    f"more than {limit} requests a minute with this admin key",
+                    {"Retry-After": str(max(1, math.ceil(wait)))},
+                )
         return who
 
     return check
+
+
+def permit(who: AdminPrincipal, permission: Permission) -> None:
+    if permission not in ROLE_PERMISSIONS[who.role]:
+        raise APIError(403, "FORBIDDEN", f"role {who.role} may not {permission}")
 
 
 async def hot_request(request: Request, permission: Permission, model: type[BodyT]) -> BodyT:
     """Authorize and parse a request on a hot route by hand: the same checks and the same
     error answers as the dependency path (`require` and a body model), without FastAPI's
     dependency resolution, which costs more than the verification itself."""
-    await require(permission)(await principal(request))
+    # no rate limit here: these routes serve applications, and credentials and handles carry
+    # limits of their own
+    permit(await principal(request), permission)
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as e:

@@ -21,12 +21,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
 
-from api.errors import APIError
+from api.errors import error_response
 
 log = logging.getLogger("keyrotor.api")
 
@@ -46,16 +47,11 @@ class HotRoute:
         return compile_path(self.path)[0]
 
 
-class TooLarge(Exception):
-    pass
-
-
 class HotPath:
     """Matches and serves the hot routes of `app`; `serve` answers False for any other."""
 
-    def __init__(self, app: FastAPI, routes: list[HotRoute], max_body_bytes: int) -> None:
+    def __init__(self, app: FastAPI, routes: list[HotRoute]) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
         self.exact: dict[tuple[str, str], Endpoint] = {}
         self.patterns: list[tuple[str, Pattern[str], Endpoint]] = []
         for r in routes:
@@ -81,7 +77,7 @@ class HotPath:
         endpoint, params = hit
         scope["app"] = self.app
         scope["path_params"] = params
-        request = Request(scope, self._capped(receive))
+        request = Request(scope, receive)
         try:
             response = await endpoint(request)
         except Exception as e:  # the app's own handlers shape every error
@@ -89,23 +85,7 @@ class HotPath:
         await response(scope, receive, send)
         return True
 
-    def _capped(self, receive: Receive) -> Receive:
-        """`receive` that refuses a body longer than `max_body_bytes` (413)."""
-        seen = 0
-
-        async def capped() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:
-                raise TooLarge()
-            return message
-
-        return capped
-
     async def _error(self, request: Request, e: Exception) -> Response:
-        if isinstance(e, TooLarge):
-            e = APIError(413, "REQUEST_TOO_LARGE", f"the body exceeds {self.max_body_bytes} bytes")
         handlers: dict[Any, Any] = self.app.exception_handlers
         for cls in type(e).__mro__:
             handler = handlers.get(cls)
@@ -113,3 +93,23 @@ class HotPath:
                 response: Response = await handler(request, e)
                 return response
         raise e
+
+
+def body_limit(max_bytes: int, scope: Scope, receive: Receive) -> tuple[Response | None, Receive]:
+    """(a 413 answer for a request whose Content-Length is over `max_bytes`, else None;
+    `receive` refusing a body that grows past it, as an HTTP 413 error for the handlers)."""
+    declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"0")
+    message = f"the body exceeds {max_bytes} bytes"
+    if not declared.isdigit() or int(declared) > max_bytes:
+        return error_response(413, "REQUEST_TOO_LARGE", message), receive
+    seen = 0
+
+    async def capped() -> Message:
+        nonlocal seen
+        received = await receive()
+        seen += len(received.get("body", b""))
+        if seen > max_bytes:
+            raise HTTPException(413, message)
+        return received
+
+    return None, capped

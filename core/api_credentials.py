@@ -41,6 +41,7 @@ from core.envelope import MasterKeyring, open_envelope, seal
 from core.lifecycle import LIVE_STATES, KeyStatus, VersionState, next_rotation_at
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
+from core.ratelimit import RateLimiter
 from core.store.db import Store, newest_first
 from core.store.models import (
     CredentialRow,
@@ -154,31 +155,6 @@ def _secret_context(credential_id: str, number: int) -> bytes:
     return f"keyrotor/credential/{credential_id}/v{number}".encode()
 
 
-class _RateLimiter:
-    """Fixed windows per credential, in this process (shared limits need a shared store)."""
-
-    PRUNE_AT = 100_000
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def allow(self, credential_id: str, limit: int, window: int, now: float) -> float | None:
-        """None when allowed, else the seconds until the window resets."""
-        with self._lock:
-            if len(self._windows) >= self.PRUNE_AT:  # handles add a key per value
-                self._windows = {
-                    k: (start, n) for k, (start, n) in self._windows.items() if now - start < 86400
-                }
-            start, count = self._windows.get(credential_id, (now, 0))
-            if now - start >= window:
-                start, count = now, 0
-            if count >= limit:
-                return start + window - now
-            self._windows[credential_id] = (start, count + 1)
-            return None
-
-
 _VERIFY_COLUMNS = (
     CredentialVersionRow.lookup_id,
     CredentialVersionRow.number,
@@ -253,7 +229,7 @@ class CredentialService:
         self._store = store
         self._keyring = keyring
         self._peppers = peppers
-        self._limiter = _RateLimiter()
+        self._limiter = RateLimiter()
         self._usage_lock = threading.Lock()
         # credential id -> [successes, failures, last success]
         self._usage: dict[str, list[Any]] = {}

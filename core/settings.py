@@ -35,9 +35,15 @@ class Settings(BaseSettings):
     # One log line per request (uvicorn's access log); off by default, as in Vault: the audit
     # trail records every lifecycle change, and a line per encrypt costs more than the encrypt.
     access_log: bool = False
+    # Requests a minute each admin key may make to the admin API (every route but the hot
+    # ones: use, verify, validate, livez); above it, 429 with Retry-After. 0: no limit.
+    admin_rate_limit: int = Field(default=1200, ge=0)
     # Largest request body the hot routes accept (413 above it); Vault's default is 32 MiB.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     ui_origin: str = "http://localhost:8233"
+    # Browser applications (dashboards) that may call the whole API with an admin key, CORS
+    # GET, POST and DELETE; comma-separated. The UI origins above may only POST (the codec).
+    cors_origins: str = ""
     # Lets the Temporal UI (which has no keyrotor credentials in dev) call the codec endpoint
     # from its origin without an admin key. Only `keyrotor dev` turns it on.
     codec_allow_ui_origin: bool = False
@@ -63,6 +69,10 @@ class Settings(BaseSettings):
     def ui_origins(self) -> list[str]:
         """`ui_origin` may list several origins, comma-separated."""
         return [o.strip() for o in self.ui_origin.split(",") if o.strip()]
+
+    def browser_origins(self) -> list[str]:
+        """`cors_origins`, comma-separated."""
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
 
     def resolved_database_url(self) -> str:
         if self.database_url:

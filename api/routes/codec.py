@@ -25,7 +25,7 @@ async def _authorize(request: Request) -> None:
         and client in ("127.0.0.1", "::1")
     ):
         return  # `keyrotor dev` only: the local dev UI has no way to present an admin key
-    await require(Permission.CODEC)(await principal(request))
+    await require(Permission.CODEC)(request, await principal(request))
 
 
 async def _payloads(request: Request) -> Payloads:
