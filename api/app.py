@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import uuid
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from temporalio.client import Client
 
 from api import errors
@@ -20,12 +22,14 @@ from api.schemas import ValidateHandleRequest, VerifyCredentialRequest
 from core.changes import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
 from core.credentials import VALUE_IN_TEXT, AdminKeys, Role
+from core.logs import request_id, setup_logging
 from core.ratelimit import RateLimiter
 from core.services import Services, build_services
-from core.settings import Settings, setup_logging
+from core.settings import Settings
 
 log = logging.getLogger("keyrotor.api")
 USAGE_FLUSH_INTERVAL = 1.0
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
 class RedactSecrets(logging.Filter):
@@ -90,14 +94,28 @@ class KeyrotorAPI(FastAPI):
     max_body_bytes = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.hot is not None:
+        if scope["type"] != "http" or self.hot is None:
+            await super().__call__(scope, receive, send)
+            return
+        # the caller's X-Request-Id if it is a sane one, else a new one: on every log line
+        # written while serving the request (`core.logs`) and in the answer's headers
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        rid = given if REQUEST_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid)]
+            await send(message)
+
+        token = request_id.set(rid.decode())
+        try:
             refused, receive = body_limit(self.max_body_bytes, scope, receive)
             if refused is not None:
-                await refused(scope, receive, send)
-                return
-            if await self.hot.serve(scope, receive, send):
-                return
-        await super().__call__(scope, receive, send)
+                await refused(scope, receive, send_with_id)
+            elif not await self.hot.serve(scope, receive, send_with_id):
+                await super().__call__(scope, receive, send_with_id)
+        finally:
+            request_id.reset(token)
 
 
 def from_environment() -> KeyrotorAPI:

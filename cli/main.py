@@ -9,8 +9,9 @@ from pathlib import Path
 
 import typer
 
+from core.logs import setup_logging
 from core.services import Services
-from core.settings import Settings, setup_logging
+from core.settings import Settings
 
 app = typer.Typer(help="keyrotor: key lifecycle and rotation on Temporal.", no_args_is_help=True)
 
@@ -29,7 +30,7 @@ def dev(
     """Run the embedded Temporal dev server, the worker and the API together."""
     from worker.dev import run_dev
 
-    setup_logging()
+    setup_logging(default_format="text")  # a terminal
     try:
         asyncio.run(run_dev(data_dir, api_port, temporal_port, ui_port))
     except KeyboardInterrupt:
@@ -75,6 +76,7 @@ def api(
         port=port or s.api_port,
         workers=workers or s.api_workers,
         access_log=s.access_log,
+        log_config=None,  # uvicorn's lines go to the root logger, as set up here (LOG_FORMAT)
         log_level=logging.getLogger().level,
     )
 
