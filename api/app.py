@@ -23,6 +23,7 @@ from core.changes import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
 from core.credentials import VALUE_IN_TEXT, AdminKeys, Role
 from core.logs import request_id, setup_logging
+from core.metrics import Metrics
 from core.ratelimit import RateLimiter
 from core.services import Services, build_services
 from core.settings import Settings
@@ -188,7 +189,8 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
             tags=[route.tag],
             openapi_extra=body_schema(route.body) if route.body else None,
         )
-    app.hot = HotPath(app, hot)
+    app.state.metrics = Metrics()
+    app.hot = HotPath(app, hot, app.state.metrics)
     app.max_body_bytes = services.settings.max_request_bytes
     app.include_router(health.router)
     app.include_router(credentials.router)

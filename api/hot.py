@@ -14,6 +14,7 @@ middleware, and browsers are not the callers of these routes.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from re import Pattern
@@ -28,6 +29,7 @@ from starlette.routing import compile_path
 from starlette.types import Message, Receive, Scope, Send
 
 from api.errors import error_response
+from core.metrics import Metrics
 
 log = logging.getLogger("keyrotor.api")
 
@@ -46,43 +48,54 @@ class HotRoute:
     def pattern(self) -> Pattern[str]:
         return compile_path(self.path)[0]
 
+    @property
+    def name(self) -> str:
+        """The route in metrics: `livez`, `credentials/verify`, `keys/encrypt`, ..."""
+        return (
+            self.path.removeprefix("/").removeprefix("api/key-management/").replace("{key_id}/", "")
+        )
+
 
 class HotPath:
-    """Matches and serves the hot routes of `app`; `serve` answers False for any other."""
+    """Matches and serves the hot routes of `app`; `serve` answers False for any other.
+    Counts and times what it serves in `metrics`."""
 
-    def __init__(self, app: FastAPI, routes: list[HotRoute]) -> None:
+    def __init__(self, app: FastAPI, routes: list[HotRoute], metrics: Metrics) -> None:
         self.app = app
-        self.exact: dict[tuple[str, str], Endpoint] = {}
-        self.patterns: list[tuple[str, Pattern[str], Endpoint]] = []
+        self.metrics = metrics
+        self.exact: dict[tuple[str, str], HotRoute] = {}
+        self.patterns: list[tuple[Pattern[str], HotRoute]] = []
         for r in routes:
             if "{" in r.path:
-                self.patterns.append((r.method, r.pattern, r.endpoint))
+                self.patterns.append((r.pattern, r))
             else:
-                self.exact[(r.method, r.path)] = r.endpoint
+                self.exact[(r.method, r.path)] = r
 
-    def match(self, scope: Scope) -> tuple[Endpoint, dict[str, str]] | None:
+    def match(self, scope: Scope) -> tuple[HotRoute, dict[str, str]] | None:
         method, path = scope["method"], scope["path"]
-        endpoint = self.exact.get((method, path))
-        if endpoint is not None:
-            return endpoint, {}
-        for m, pattern, endpoint in self.patterns:
-            if m == method and (found := pattern.match(path)):
-                return endpoint, found.groupdict()
+        route = self.exact.get((method, path))
+        if route is not None:
+            return route, {}
+        for pattern, route in self.patterns:
+            if route.method == method and (found := pattern.match(path)):
+                return route, found.groupdict()
         return None
 
     async def serve(self, scope: Scope, receive: Receive, send: Send) -> bool:
         hit = self.match(scope)
         if hit is None or any(name == b"origin" for name, _ in scope["headers"]):
             return False
-        endpoint, params = hit
+        started = time.perf_counter()
+        route, params = hit
         scope["app"] = self.app
         scope["path_params"] = params
         request = Request(scope, receive)
         try:
-            response = await endpoint(request)
+            response = await route.endpoint(request)
         except Exception as e:  # the app's own handlers shape every error
             response = await self._error(request, e)
         await response(scope, receive, send)
+        self.metrics.request(route.name, response.status_code, time.perf_counter() - started)
         return True
 
     async def _error(self, request: Request, e: Exception) -> Response:

@@ -157,6 +157,7 @@ async def validate_handle(request: Request) -> JSONResponse:
         svc.policies.security,
     )
     await _after_validation(request, svc, v)
+    request.app.state.metrics.result("handle", str(v.code))
     headers = None if v.retry_after is None else {"Retry-After": str(max(1, round(v.retry_after)))}
     return JSONResponse({"validation": validation_view(v)}, headers=headers)
 

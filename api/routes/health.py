@@ -6,11 +6,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import func, select, text
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import Svc, temporal
+from api.deps import Reader, Svc, temporal
 from core.services import Services
 from core.store.models import KeyRow
 
@@ -22,6 +22,14 @@ OVERDUE_AFTER = timedelta(minutes=5)
 async def livez(request: Request) -> JSONResponse:
     """The process is up."""
     return JSONResponse({"status": "ok"})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(request: Request, svc: Svc, who: Reader) -> PlainTextResponse:
+    """Prometheus metrics (text format 0.0.4); needs the `read` permission, which Prometheus
+    presents as `authorization: {credentials: <admin key>}`."""
+    body = request.app.state.metrics.render(svc.store)
+    return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @router.get("/api/key-management/health")

@@ -86,6 +86,7 @@ EXPECTED: dict[Route, Permission | None] = {
     ("POST", f"{HANDLES}/{{family_id}}/resume"): Permission.LIFECYCLE,
     ("POST", "/codec/encode"): Permission.CODEC,
     ("POST", "/codec/decode"): Permission.CODEC,
+    ("GET", "/metrics"): Permission.READ,
     ("GET", f"{API}/audit"): Permission.READ,
     ("GET", f"{API}/audit/verify"): Permission.READ,
     ("GET", f"{API}/audit/export"): Permission.READ,
@@ -330,6 +331,8 @@ async def test_role_on_route(env: Env, route: Route, role: Role) -> None:
             "CREDENTIAL_NOT_FOUND",
             "HANDLE_NOT_FOUND",
         ), r.text
+    elif route == ("GET", "/metrics"):  # Prometheus text
+        assert r.status_code == 200 and "keyrotor_audit_head_seq" in r.text, r.text
     elif route == ("GET", f"{API}/audit/export"):  # JSON Lines, not one JSON document
         assert r.status_code == 200 and r.headers["x-keyrotor-audit-head-seq"].isdigit(), r.text
     else:

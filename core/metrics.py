@@ -1,0 +1,161 @@
+"""Prometheus metrics, in the text exposition format (no client library: a few counters and
+histograms, and gauges read from the store).
+
+Two kinds:
+- from the store, the same whichever process answers and across restarts: objects by status,
+  versions by state, audit records by action (every lifecycle change, rotation, failure,
+  reveal and export is one), the audit chain's head;
+- of this API process (each series with a `pid` label): requests, latency and
+  results of the hot routes. With `keyrotor api --workers N` each scrape reaches one process:
+  sum over `pid` in queries, and expect a series to restart with its process.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Iterable
+
+from sqlalchemy import func, select
+
+from core.store.db import Store
+from core.store.models import (
+    AuditHeadRow,
+    AuditRecordRow,
+    CredentialRow,
+    KeyRow,
+    KeyVersionRow,
+)
+
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    """This process's counters and histograms; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, int], int] = defaultdict(int)
+        # route -> (bucket counts, count, sum)
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self._results: dict[tuple[str, str], int] = defaultdict(int)
+
+    def request(self, route: str, status: int, seconds: float) -> None:
+        with self._lock:
+            self._requests[(route, status)] += 1
+            buckets, total = self._latency.setdefault(route, ([0] * len(BUCKETS), [0.0, 0.0]))
+            i = bisect.bisect_left(BUCKETS, seconds)
+            if i < len(BUCKETS):
+                buckets[i] += 1
+            total[0] += 1
+            total[1] += seconds
+
+    def result(self, kind: str, code: str) -> None:
+        """One verification (`credential`) or validation (`handle`) answered with `code`."""
+        with self._lock:
+            self._results[(kind, code)] += 1
+
+    def render(self, store: Store) -> str:
+        lines: list[str] = []
+        pid = os.getpid()
+        with self._lock:
+            requests = dict(self._requests)
+            latency = {r: (list(b), list(t)) for r, (b, t) in self._latency.items()}
+            results = dict(self._results)
+        _family(
+            lines,
+            "keyrotor_hot_requests_total",
+            "counter",
+            "Requests answered by this process's hot routes.",
+            (
+                (f'route="{r}",status="{s}",pid="{pid}"', n)
+                for (r, s), n in sorted(requests.items())
+            ),
+        )
+        lines += [
+            "# HELP keyrotor_hot_request_duration_seconds Time to answer a hot route.",
+            "# TYPE keyrotor_hot_request_duration_seconds histogram",
+        ]
+        for route, (buckets, (count, total)) in sorted(latency.items()):
+            labels = f'route="{route}",pid="{pid}"'
+            running = 0
+            for bound, n in zip(BUCKETS, buckets, strict=True):
+                running += n
+                lines.append(
+                    f'keyrotor_hot_request_duration_seconds_bucket{{{labels},le="{bound}"}}'
+                    f" {running}"
+                )
+            lines.append(
+                f'keyrotor_hot_request_duration_seconds_bucket{{{labels},le="+Inf"}} {int(count)}'
+            )
+            lines.append(f"keyrotor_hot_request_duration_seconds_count{{{labels}}} {int(count)}")
+            lines.append(f"keyrotor_hot_request_duration_seconds_sum{{{labels}}} {total}")
+        _family(
+            lines,
+            "keyrotor_verifications_total",
+            "counter",
+            "Credential verifications and handle validations answered, by code.",
+            ((f'kind="{k}",code="{c}",pid="{pid}"', n) for (k, c), n in sorted(results.items())),
+        )
+        _store_families(lines, store)
+        return "\n".join(lines) + "\n"
+
+
+def _family(
+    lines: list[str], name: str, kind: str, help: str, samples: Iterable[tuple[str, float]]
+) -> None:
+    lines += [f"# HELP {name} {help}", f"# TYPE {name} {kind}"]
+    lines += [
+        f"{name}{{{labels}}} {value}" if labels else f"{name} {value}" for labels, value in samples
+    ]
+
+
+def _store_families(lines: list[str], store: Store) -> None:
+    with store.engine.connect() as db:
+        keys = db.execute(select(KeyRow.status, func.count()).group_by(KeyRow.status)).all()
+        versions = db.execute(
+            select(KeyVersionRow.state, func.count()).group_by(KeyVersionRow.state)
+        ).all()
+        credentials = db.execute(
+            select(CredentialRow.kind, CredentialRow.status, func.count()).group_by(
+                CredentialRow.kind, CredentialRow.status
+            )
+        ).all()
+        actions = db.execute(
+            select(AuditRecordRow.action, func.count()).group_by(AuditRecordRow.action)
+        ).all()
+        head = db.scalar(select(AuditHeadRow.seq)) or 0
+    _family(
+        lines, "keyrotor_keys", "gauge", "Keys by status.", ((f'status="{s}"', n) for s, n in keys)
+    )
+    _family(
+        lines,
+        "keyrotor_key_versions",
+        "gauge",
+        "Key versions by state.",
+        ((f'state="{s}"', n) for s, n in versions),
+    )
+    _family(
+        lines,
+        "keyrotor_credentials",
+        "gauge",
+        "API credentials and handle families by status.",
+        ((f'kind="{k}",status="{s}"', n) for k, s, n in credentials),
+    )
+    _family(
+        lines,
+        "keyrotor_audit_records_total",
+        "counter",
+        "Audit records by action: every lifecycle change (creations, rotations, rotation "
+        "failures, revocations, expiries), reveal, admin key and export.",
+        ((f'action="{a}"', n) for a, n in actions),
+    )
+    _family(
+        lines,
+        "keyrotor_audit_head_seq",
+        "gauge",
+        "Sequence number of the audit chain's head.",
+        [("", head)],
+    )

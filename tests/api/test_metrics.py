@@ -1,0 +1,90 @@
+"""`GET /metrics`: Prometheus text with the hot routes' counts and latencies, verification
+results, and the store's objects and audit actions."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.app import create_app
+from core.credentials import AdminKeys, Role
+from core.services import Services
+from tests.fixtures.keys import commit_key
+from tests.fixtures.temporal import make_services
+
+API = "/api/key-management"
+SAMPLE = re.compile(r'^([a-z_]+)(?:\{((?:[a-z]+="[^"]*",?)*)\})? (-?[0-9.e+]+)$')
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Services]]:
+    services = make_services(tmp_path)
+    admin = AdminKeys(services.store, services.keyring).create("ops", Role.ADMIN, "t")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(services)),
+        base_url="http://keyrotor.test",
+        headers={"Authorization": f"Bearer {admin}"},
+    ) as http:
+        yield http, services
+    services.close()
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample line, checked against the exposition format, by name and labels."""
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) keyrotor_[a-z_]+ ", line), line
+            continue
+        m = SAMPLE.match(line)
+        assert m, line
+        labels = frozenset(re.findall(r'([a-z]+)="([^"]*)"', m.group(2) or ""))
+        found[(m.group(1), labels)] = float(m.group(3))
+    return found
+
+
+async def test_metrics_count_the_hot_routes_and_read_the_store(
+    api: tuple[httpx.AsyncClient, Services],
+) -> None:
+    http, services = api
+    key_id = commit_key(services)
+    for _ in range(3):
+        r = await http.post(f"{API}/keys/{key_id}/encrypt", json={"plaintext": "aGk="})
+        assert r.status_code == 200
+    await http.post(f"{API}/keys/key_nosuchkey000000000/encrypt", json={"plaintext": "aGk="})
+    r = await http.post(f"{API}/credentials/verify", json={"key": "kr_dev_nothing"})
+    assert r.json()["verification"]["code"] == "NOT_FOUND"
+
+    r = await http.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith(
+        "text/plain; version=0.0.4"
+    )
+    m = samples(r.text)
+    pid = ("pid", str(os.getpid()))
+
+    def value(name: str, **labels: str) -> float:
+        return m[(name, frozenset(labels.items()))]
+
+    assert value("keyrotor_hot_requests_total", route="keys/encrypt", status="200", pid=pid[1]) == 3
+    assert value("keyrotor_hot_requests_total", route="keys/encrypt", status="404", pid=pid[1]) == 1
+    hist = "keyrotor_hot_request_duration_seconds"
+    assert value(f"{hist}_count", route="keys/encrypt", pid=pid[1]) == 4
+    assert value(f"{hist}_bucket", route="keys/encrypt", pid=pid[1], le="+Inf") == 4
+    assert 0 < value(f"{hist}_sum", route="keys/encrypt", pid=pid[1]) < 10
+    assert (
+        value("keyrotor_verifications_total", kind="credential", code="NOT_FOUND", pid=pid[1]) == 1
+    )
+    assert value("keyrotor_keys", status="active") == 1
+    assert value("keyrotor_key_versions", state="active") == 1
+    assert value("keyrotor_audit_records_total", action="key.created") == 1
+    assert value("keyrotor_audit_records_total", action="admin_key.created") == 1
+    assert value("keyrotor_audit_head_seq") == 2
+
+    service = AdminKeys(services.store, services.keyring).create("svc", Role.SERVICE, "t")
+    r = await http.get("/metrics", headers={"Authorization": f"Bearer {service}"})
+    assert r.status_code == 403
