@@ -87,6 +87,8 @@ EXPECTED: dict[Route, Permission | None] = {
     ("POST", "/codec/encode"): Permission.CODEC,
     ("POST", "/codec/decode"): Permission.CODEC,
     ("GET", "/metrics"): Permission.READ,
+    ("GET", f"{API}/events"): Permission.READ,
+    ("GET", f"{API}/events/stream"): Permission.READ,
     ("GET", f"{API}/audit"): Permission.READ,
     ("GET", f"{API}/audit/verify"): Permission.READ,
     ("GET", f"{API}/audit/export"): Permission.READ,
@@ -241,6 +243,10 @@ class Env:
     async def call(self, route: Route, authorization: str | None) -> httpx.Response:
         method, path = route
         headers = {} if authorization is None else {"Authorization": authorization}
+        if route == ("GET", f"{API}/events/stream"):
+            # an event stream never ends (and the test transport waits for the end): a bad
+            # Last-Event-ID is refused once the caller is authorized, before the stream starts
+            headers["Last-Event-ID"] = "not an id"
         # no Origin header: the codec routes' dev bypass must never apply here
         body: dict[str, Any] | None = {} if method in ("POST", "PUT", "PATCH", "DELETE") else None
         return await self.http.request(method, url_of(path), headers=headers, json=body)
