@@ -30,6 +30,7 @@ from core.settings import Settings
 
 log = logging.getLogger("keyrotor.api")
 USAGE_FLUSH_INTERVAL = 1.0
+FAILURE_AUDIT_INTERVAL = 60.0
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 
@@ -140,6 +141,13 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
             asyncio.create_task(
                 _every(USAGE_FLUSH_INTERVAL, "write usage counts", credentials.flush_usage)
             ),
+            asyncio.create_task(
+                _every(
+                    FAILURE_AUDIT_INTERVAL,
+                    "audit failed verifications",
+                    credentials.audit_failures,
+                )
+            ),
             # lifecycle changes made through other processes reach the use path's caches
             asyncio.create_task(
                 _every(CACHE_POLL_INTERVAL, "read lifecycle changes", services.changes.poll)
@@ -151,6 +159,7 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.to_thread(credentials.flush_usage)
+            await asyncio.to_thread(credentials.audit_failures)
             if app.state.close_services:
                 services.close()
 

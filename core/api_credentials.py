@@ -14,6 +14,7 @@ import hmac
 import secrets
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -222,6 +223,34 @@ _USE_HANDLE = (
 )
 
 
+class _FailureTally:
+    """Verifications and validations answered other than VALID, by kind and code, since
+    `since`; the known objects they named (up to `MAX_OBJECTS` a kind)."""
+
+    MAX_OBJECTS = 10_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._codes: dict[tuple[str, str], int] = {}
+        self._objects: dict[str, set[str]] = {}
+        self.since = datetime.now(UTC)
+
+    def add(self, kind: str, code: str, object_id: str | None) -> None:
+        with self._lock:
+            self._codes[(kind, str(code))] = self._codes.get((kind, str(code)), 0) + 1
+            named = self._objects.setdefault(kind, set())
+            if object_id is not None and len(named) < self.MAX_OBJECTS:
+                named.add(object_id)
+
+    def take(
+        self, now: datetime
+    ) -> tuple[datetime, dict[tuple[str, str], int], dict[str, set[str]]]:
+        with self._lock:
+            taken = self.since, self._codes, self._objects
+            self._codes, self._objects, self.since = {}, {}, now
+        return taken
+
+
 class CredentialService:
     """The store side of API credentials: one per process, shared by activities and the API."""
 
@@ -237,6 +266,7 @@ class CredentialService:
         self._dummy_hash = secrets.token_bytes(32)
         # verification rows by lookup id, kept fresh by the API's `core.changes.ChangeFeed`
         self.rows = RowCache(CACHE_ENTRIES)
+        self._failures = _FailureTally()
         # one statement object, executed with a parameter: SQLAlchemy then reuses its compiled
         # form and result map as they are (a new `.where()` per call costs ~1 ms to adapt)
         self._verify_query = (
@@ -422,6 +452,15 @@ class CredentialService:
     def verify(
         self, presented: str, required_scopes: Sequence[str] = (), *, writes: bool = True
     ) -> Verification:
+        """`_verify`, counting an answer other than VALID for the audit trail's aggregate."""
+        v = self._verify(presented, required_scopes, writes=writes)
+        if v.code != VerificationCode.VALID:
+            self._failures.add("credential", v.code, v.credential_id)
+        return v
+
+    def _verify(
+        self, presented: str, required_scopes: Sequence[str], *, writes: bool
+    ) -> Verification:
         """Check a presented API credential. Costs one indexed read and one HMAC whether or
         not the lookup id exists, so timing does not tell a wrong secret from an unknown key.
 
@@ -508,6 +547,19 @@ class CredentialService:
     # --- handles (hot path) -------------------------------------------------------------------
 
     def validate_handle(
+        self,
+        presented: str,
+        user_id: str,
+        context: dict[str, str],
+        security: SecurityPolicies,
+    ) -> HandleValidation:
+        """`_validate_handle`, counting an answer other than VALID for the audit trail."""
+        v = self._validate_handle(presented, user_id, context, security)
+        if v.code != HandleCode.VALID:
+            self._failures.add("handle", v.code, v.handle_id)
+        return v
+
+    def _validate_handle(
         self,
         presented: str,
         user_id: str,
@@ -683,6 +735,37 @@ class CredentialService:
                 entry[2] = datetime.now(UTC)
             else:
                 entry[1] += 1
+
+    def audit_failures(self) -> int:
+        """Append one audit record per kind (credential, handle) summing the verifications and
+        validations answered other than VALID since the last call, by code, with how many
+        distinct known credentials or handle families they named; returns how many records.
+        The API calls this every minute: a flood of bad keys is one record a minute, not one
+        per request."""
+        now = datetime.now(UTC)
+        since, codes, objects = self._failures.take(now)
+        kinds = sorted({kind for kind, _ in codes})
+        if not kinds:
+            return 0
+        with self._store.write() as s:
+            for kind in kinds:
+                details: dict[str, str | int] = {
+                    code: n for (k, code), n in sorted(codes.items()) if k == kind
+                }
+                details |= {"distinct": len(objects.get(kind, ())), "since": since.isoformat()}
+                audit.append(
+                    s,
+                    audit.AuditEntry(
+                        event_id=f"{kind}.verification_failures/{uuid.uuid4()}",
+                        at=now,
+                        actor="keyrotor",
+                        action=f"{kind}.verification_failures",
+                        object_kind=kind,
+                        object_id="*",
+                        details=details,
+                    ),
+                )
+        return len(kinds)
 
     def flush_usage(self) -> int:
         """Write the buffered usage counts to the store; returns how many credentials."""

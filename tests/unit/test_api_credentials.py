@@ -33,9 +33,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 from pydantic import SecretStr
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select
 
-from core import api_credentials
+from core import api_credentials, audit
 from core import credentials as core_credentials
 from core.api_credentials import (
     CredentialService,
@@ -1303,3 +1303,40 @@ def test_the_fast_path_hands_writes_to_a_thread_before_counting_anything(
     result = svc.verify(secret)
     assert (result.code, result.remaining) == (VerificationCode.VALID, 0)
     assert svc.verify(secret).code == VerificationCode.RATE_LIMITED
+
+
+# --- failed verifications in the audit trail, in aggregate -------------------------------------
+
+
+def test_failed_verifications_are_audited_once_a_call_in_aggregate(
+    svc: CredentialService, services: Services
+) -> None:
+    good, revoked = create(svc), create(svc)
+    good_secret, revoked_secret = good.secret(1), revoked.secret(1)
+    revoked.change("revoke", now())
+    answers = [svc.verify(good_secret) for _ in range(2)]
+    answers += [svc.verify(revoked_secret) for _ in range(3)]
+    answers += [svc.verify("kr_dev_" + "x" * 40) for _ in range(4)]  # malformed: NOT_FOUND
+    answers.append(svc.verify(good_secret[:-1] + ("A" if good_secret[-1] != "A" else "B")))
+    failed: dict[str, int] = {}
+    for a in answers:
+        if a.code != VerificationCode.VALID:
+            failed[a.code] = failed.get(a.code, 0) + 1
+    assert failed["REVOKED"] == 3 and sum(failed.values()) == 8
+
+    with services.store.session() as s:
+        before = s.scalar(select(func.max(AuditRecordRow.seq)))
+    assert svc.audit_failures() == 1
+    assert svc.audit_failures() == 0  # nothing new since
+    with services.store.session() as s:
+        [record] = s.scalars(select(AuditRecordRow).where(AuditRecordRow.seq > before)).all()
+    assert (record.action, record.object_kind, record.object_id, record.actor) == (
+        "credential.verification_failures",
+        "credential",
+        "*",
+        "keyrotor",
+    )
+    assert {k: v for k, v in record.details.items() if k.isupper()} == failed
+    assert record.details["distinct"] == 1  # the revoked one; the malformed ones name none
+    with services.store.session() as s:
+        assert audit.verify_chain(s).ok
