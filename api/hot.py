@@ -13,7 +13,6 @@ middleware, and browsers are not the callers of these routes.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,8 +29,6 @@ from starlette.types import Message, Receive, Scope, Send
 
 from api.errors import error_response
 from core.metrics import Metrics
-
-log = logging.getLogger("keyrotor.api")
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
