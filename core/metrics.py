@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
+from core.lifecycle import RotationReason
 from core.store.db import Store
 from core.store.models import (
     AuditHeadRow,
@@ -28,6 +30,22 @@ from core.store.models import (
     KeyRow,
     KeyVersionRow,
 )
+
+# the audit actions of a rotation (`<kind>.<verb>`) and their result
+_ROTATION_RESULTS = {"rotated": "ok", "emergency_rotated": "ok", "rotation_failed": "failed"}
+_REASONS = frozenset(r.value for r in RotationReason)
+_FAILED_ROTATION = re.compile(r"\(rotation: ([a-z_]+)")
+
+
+def _rotation_reason(verb: str, reason: str) -> str:
+    """The RotationReason an audit record's reason text starts with ("manual: quarterly"), or
+    names after "(rotation: " for a failure; `other` if none."""
+    if verb == "rotation_failed":
+        found = _FAILED_ROTATION.search(reason)
+        reason = found.group(1) if found else ""
+    leading = reason.split(":", 1)[0].strip()
+    return leading if leading in _REASONS else "other"
+
 
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -127,6 +145,11 @@ def _store_families(lines: list[str], store: Store) -> None:
             select(AuditRecordRow.action, func.count()).group_by(AuditRecordRow.action)
         ).all()
         head = db.scalar(select(AuditHeadRow.seq)) or 0
+        rotation_records = db.execute(
+            select(AuditRecordRow.action, AuditRecordRow.reason, func.count())
+            .where(or_(*(AuditRecordRow.action.like(f"%.{verb}") for verb in _ROTATION_RESULTS)))
+            .group_by(AuditRecordRow.action, AuditRecordRow.reason)
+        ).all()
     _family(
         lines, "keyrotor_keys", "gauge", "Keys by status.", ((f'status="{s}"', n) for s, n in keys)
     )
@@ -151,6 +174,20 @@ def _store_families(lines: list[str], store: Store) -> None:
         "Audit records by action: every lifecycle change (creations, rotations, rotation "
         "failures, revocations, expiries), reveal, admin key and export.",
         ((f'action="{a}"', n) for a, n in actions),
+    )
+    rotations: dict[tuple[str, str, str], int] = defaultdict(int)
+    for action, reason, n in rotation_records:
+        kind, _, verb = action.partition(".")
+        rotations[(kind, _rotation_reason(verb, reason), _ROTATION_RESULTS[verb])] += n
+    _family(
+        lines,
+        "keyrotor_rotations_total",
+        "counter",
+        "Rotations of keys, credentials and handles by reason and result (from the audit trail).",
+        (
+            (f'kind="{k}",reason="{r}",result="{res}"', n)
+            for (k, r, res), n in sorted(rotations.items())
+        ),
     )
     _family(
         lines,

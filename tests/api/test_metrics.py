@@ -6,12 +6,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
 from api.app import create_app
+from core import audit
 from core.credentials import AdminKeys, Role
 from core.services import Services
 from tests.fixtures.keys import commit_key
@@ -88,3 +90,46 @@ async def test_metrics_count_the_hot_routes_and_read_the_store(
     service = AdminKeys(services.store, services.keyring).create("svc", Role.SERVICE, "t")
     r = await http.get("/metrics", headers={"Authorization": f"Bearer {service}"})
     assert r.status_code == 403
+
+
+async def test_rotations_are_counted_by_reason_and_result_from_the_audit_trail(
+    api: tuple[httpx.AsyncClient, Services],
+) -> None:
+    http, services = api
+    records = [
+        ("key", "rotated", "scheduled"),
+        ("key", "rotated", "scheduled"),
+        ("key", "rotated", "manual: quarterly"),
+        ("key", "emergency_rotated", "compromise: leaked in a log"),
+        ("key", "rotation_failed", "PermissionDenied: no (rotation: scheduled)"),
+        ("credential", "rotated", "manual"),
+        ("key", "rotated", "whatever an old record said"),
+    ]
+    with services.store.write() as s:
+        for n, (kind, verb, reason) in enumerate(records):
+            audit.append(
+                s,
+                audit.AuditEntry(
+                    event_id=f"metrics-test/{n}",
+                    at=datetime.now(UTC),
+                    actor="t",
+                    action=f"{kind}.{verb}",
+                    object_kind=kind,
+                    object_id=f"obj{n}",
+                    reason=reason,
+                ),
+            )
+    m = samples((await http.get("/metrics")).text)
+    rotations = {
+        tuple(sorted(labels)): v
+        for (name, labels), v in m.items()
+        if name == "keyrotor_rotations_total"
+    }
+    assert rotations == {
+        (("kind", "key"), ("reason", "scheduled"), ("result", "ok")): 2,
+        (("kind", "key"), ("reason", "manual"), ("result", "ok")): 1,
+        (("kind", "key"), ("reason", "compromise"), ("result", "ok")): 1,
+        (("kind", "key"), ("reason", "scheduled"), ("result", "failed")): 1,
+        (("kind", "credential"), ("reason", "manual"), ("result", "ok")): 1,
+        (("kind", "key"), ("reason", "other"), ("result", "ok")): 1,
+    }
