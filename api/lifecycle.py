@@ -9,7 +9,7 @@ import base64
 import binascii
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
@@ -24,7 +24,8 @@ from api.errors import APIError
 from core.changes import CACHE_STALE_AFTER
 from core.credentials import AdminPrincipal
 from core.services import Services
-from workflows.types import StatusChange
+from core.warnings import object_warnings
+from workflows.types import AcknowledgeWarning, StatusChange
 
 UPDATE_TIMEOUT = 30.0
 # How a refused or failed update answers, by the failure's type (validators raise ValueError).
@@ -38,10 +39,6 @@ UPDATE_FAILURES = {
     "ProviderOperationError": (503, "PROVIDER_UNAVAILABLE"),
     "ProviderError": (503, "PROVIDER_UNAVAILABLE"),
 }
-
-
-def iso(t: datetime | None) -> str | None:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
 def cursor_of(row: Any) -> str:
@@ -199,6 +196,30 @@ def add_status_routes(
 
         return change
 
+    async def acknowledge(
+        object_id: Annotated[str, Path(alias=param)],
+        svc: Svc,
+        who: Operator,
+        request: Request,
+        body: Annotated[schemas.AcknowledgeRequest | None, Body()] = None,
+    ) -> dict[str, Any]:
+        workflow_id = await run_in_threadpool(workflow_of, svc, object_id)
+        body = body or schemas.AcknowledgeRequest()
+        ack = AcknowledgeWarning(
+            target=body.target or "", reason=body.reason, actor=body.user_id or who.name
+        )
+        count = await run_update(request, workflow_id, "acknowledge_warnings", ack, result_type=int)
+        warnings = await run_in_threadpool(object_warnings, svc.store, object_id)
+        return {"acknowledged": count, "warnings": warnings}
+
+    router.add_api_route(
+        f"/{{{param}}}/warnings/acknowledge",
+        acknowledge,
+        methods=["POST"],
+        name=f"acknowledge_{router.tags[0] if router.tags else 'object'}_warnings",
+        description="Acknowledge the open warnings (of one `target` when given), so that the "
+        "next stage does not escalate; answers how many and the open warnings.",
+    )
     for action, method, suffix, doc in STATUS_ROUTES:
         router.add_api_route(
             f"/{{{param}}}{suffix}",

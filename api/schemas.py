@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
@@ -36,6 +36,12 @@ class RotateKeyRequest(Body):
 class ReasonRequest(Body):
     user_id: str = Field(default="", max_length=200)
     reason: str = Field(default="", max_length=1000)
+
+
+class AcknowledgeRequest(ReasonRequest):
+    target: Literal["rotation", "expiry"] | None = Field(
+        default=None, description="only this target's warnings; default: every open one"
+    )
 
 
 class EncryptRequest(Body):

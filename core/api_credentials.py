@@ -50,6 +50,7 @@ from core.store.models import (
     EventRow,
     UTCDateTime,
 )
+from core.warnings import event_data, project_warnings
 
 SALT_BYTES = 16
 _HOUR = timedelta(hours=1)
@@ -385,12 +386,18 @@ class CredentialService:
                     object_kind=spec.kind,
                     object_id=spec.credential_id,
                     at=c.at,
-                    data={
-                        f"{spec.kind}Id": spec.credential_id,
-                        "version": c.version,
-                        "status": str(lc.status),
-                    },
+                    data=event_data(
+                        {
+                            f"{spec.kind}Id": spec.credential_id,
+                            "version": c.version,
+                            "status": str(lc.status),
+                        },
+                        c,
+                    ),
                 )
+            )
+            project_warnings(
+                s.connection(), spec.kind, spec.credential_id, spec.environment, lc, c.at
             )
 
     def _new_version_row(self, spec: CredentialSpec, number: int) -> CredentialVersionRow:

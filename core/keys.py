@@ -47,6 +47,7 @@ from core.providers.base import (
 )
 from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
+from core.warnings import event_data, project_warnings
 
 log = logging.getLogger("keyrotor.keys")
 PREFIX = "kr"
@@ -476,6 +477,7 @@ class KeyService:
                     details={"status": str(lc.status)},
                 ),
             )
+            project_warnings(db, "key", spec.key_id, spec.environment, lc, c.at)
             db.execute(
                 insert(_EVENTS).values(
                     event_id=c.transition_id,
@@ -483,7 +485,9 @@ class KeyService:
                     object_kind="key",
                     object_id=spec.key_id,
                     at=c.at,
-                    data={"keyId": spec.key_id, "version": c.version, "status": str(lc.status)},
+                    data=event_data(
+                        {"keyId": spec.key_id, "version": c.version, "status": str(lc.status)}, c
+                    ),
                 )
             )
         return made

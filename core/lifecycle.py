@@ -12,8 +12,9 @@ states suspended, compromised (revoked) and expired.
 # resolve there, and cost an eval each time elsewhere (tests/unit/test_payload_types.py).
 
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from itertools import pairwise
 
 
 class VersionState(StrEnum):
@@ -56,6 +57,7 @@ class TransitionKind(StrEnum):
 
     EXPIRE_KEY = "expire_key"
     WARN = "warn"
+    WARN_EXPIRY = "warn_expiry"
     ROTATE = "rotate"
     END_GRACE = "end_grace"
     EXPIRE_VERSION = "expire_version"
@@ -70,6 +72,25 @@ TERMINAL_KEY_STATUSES = frozenset({KeyStatus.REVOKED, KeyStatus.EXPIRED})
 # active version; process (decrypt, verify) with the active version and versions in grace.
 PROTECT_STATES = frozenset({VersionState.ACTIVE})
 PROCESS_STATES = frozenset({VersionState.ACTIVE, VersionState.GRACE})
+
+
+class WarningTarget(StrEnum):
+    """What a staged warning announces: the active version's scheduled rotation, or the end
+    of the object's use (its `expiresAt`, or, when it does not rotate on schedule, its
+    version's max lifetime)."""
+
+    ROTATION = "rotation"
+    EXPIRY = "expiry"
+
+
+# A stage raised while earlier stages of the same deadline are still unacknowledged goes one
+# step up this ladder per unacknowledged stage.
+SEVERITIES = ("notice", "warning", "critical")
+
+
+def iso(t: datetime | None) -> str | None:
+    """A lifecycle time as the API and events show it (UTC, `Z`)."""
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z") if t else None
 
 
 class LifecycleError(ValueError):
@@ -89,6 +110,15 @@ class LifecyclePolicy:
     scheduled: bool = True
     # > 0: a key suspended this long without being resumed is revoked (handle families)
     suspension_timeout: int = 0
+    # Staged warnings: offsets in seconds before the deadline, longest first. Rotation
+    # warnings default to the warning threshold alone; no expiry warnings unless configured.
+    rotation_warnings: tuple[int, ...] = ()
+    expiry_warnings: tuple[int, ...] = ()
+
+    def warning_stages(self, target: WarningTarget) -> tuple[int, ...]:
+        if target == WarningTarget.ROTATION:
+            return self.rotation_warnings or (self.warning_threshold,)
+        return self.expiry_warnings
 
     def __post_init__(self) -> None:
         if self.rotation_interval <= 0:
@@ -101,6 +131,14 @@ class LifecyclePolicy:
             raise LifecycleError("grace period must be >= 0 and at most the max lifetime")
         if self.suspension_timeout < 0:
             raise LifecycleError("suspension timeout must not be negative")
+        for name, stages in (
+            ("rotation", self.rotation_warnings),
+            ("expiry", self.expiry_warnings),
+        ):
+            if any(a <= b for a, b in pairwise(stages)) or any(o <= 0 for o in stages):
+                raise LifecycleError(f"{name} warnings must be positive and longest first")
+        if self.rotation_warnings and self.rotation_warnings[0] != self.warning_threshold:
+            raise LifecycleError("the first rotation warning must be the warning threshold")
 
 
 @dataclass(frozen=True)
@@ -114,8 +152,25 @@ class VersionTimes:
     warn_at: datetime
     hard_expiry: datetime
     grace_until: datetime | None = None
-    warned: bool = False
     changed_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StagedWarning:
+    """A warning raised ahead of `deadline`: stage `stage` of `stages` (1 is the earliest).
+
+    `version` is the version it concerns (0: the key's own expiry). Acknowledging it keeps the
+    next stage of the same deadline from escalating."""
+
+    target: WarningTarget
+    deadline: datetime
+    stage: int
+    stages: int
+    raised_at: datetime
+    severity: str
+    version: int = 0
+    acknowledged_at: datetime | None = None
+    acknowledged_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,6 +188,8 @@ class KeyLifecycle:
     last_version: int = 0
     expires_at: datetime | None = None
     suspended_at: datetime | None = None
+    # the warnings raised for the current deadlines (stale ones are pruned)
+    warnings: tuple[StagedWarning, ...] = ()
 
     def active(self) -> VersionTimes | None:
         return next((v for v in self.versions if v.state == VersionState.ACTIVE), None)
@@ -163,6 +220,7 @@ class Transition:
     kind: TransitionKind
     at: datetime
     version: int = 0
+    stage: int = 0  # the warning stage (WARN, WARN_EXPIRY)
 
 
 def plan_version(number: int, created_at: datetime, policy: LifecyclePolicy) -> VersionTimes:
@@ -216,14 +274,16 @@ def next_transition(
         candidates.append(Transition(TransitionKind.EXPIRE_KEY, key.expires_at))
     for v in key.versions:
         if v.state == VersionState.ACTIVE and key.status == KeyStatus.ACTIVE and scheduled:
-            if not v.warned:
-                candidates.append(Transition(TransitionKind.WARN, v.warn_at, v.number))
             if rotation:
                 candidates.append(Transition(TransitionKind.ROTATE, v.rotate_at, v.number))
         if _in_grace(v) and v.grace_until is not None:
             candidates.append(Transition(TransitionKind.END_GRACE, v.grace_until, v.number))
         if v.state in LIVE_STATES:
             candidates.append(Transition(TransitionKind.EXPIRE_VERSION, v.hard_expiry, v.number))
+    for target in WarningTarget:
+        warning = _next_warning(key, target, now)
+        if warning is not None:
+            candidates.append(warning)
     timeout = key.policy.suspension_timeout
     if key.status == KeyStatus.SUSPENDED and timeout and key.suspended_at is not None:
         at = key.suspended_at + timedelta(seconds=timeout)
@@ -234,6 +294,107 @@ def next_transition(
         return None
     order = list(TransitionKind)
     return min(candidates, key=lambda t: (t.at, order.index(t.kind), t.version))
+
+
+_WARN_KINDS = {
+    WarningTarget.ROTATION: TransitionKind.WARN,
+    WarningTarget.EXPIRY: TransitionKind.WARN_EXPIRY,
+}
+
+
+def warning_deadline(key: KeyLifecycle, target: WarningTarget) -> tuple[datetime, int] | None:
+    """The deadline `target` warnings announce, and the version it concerns (0: the key)."""
+    if key.status in TERMINAL_KEY_STATUSES:
+        return None
+    current = key.current()
+    if target == WarningTarget.ROTATION:
+        # while suspended too: its warnings stay raised until the version rotates
+        if current is None or not key.policy.scheduled:
+            return None
+        return current.rotate_at, current.number
+    ends = [] if key.expires_at is None else [(key.expires_at, 0)]
+    if current is not None and not key.policy.scheduled:
+        ends.append((current.hard_expiry, current.number))
+    return min(ends) if ends else None
+
+
+def _next_warning(key: KeyLifecycle, target: WarningTarget, now: datetime) -> Transition | None:
+    """The next stage of `target`'s warnings. Stages that fell due before the version in use
+    was made are skipped (a credential made to expire in two days gets no "14 days left"
+    warning); of stages that fell due while none was raised (a key resumed late in its
+    version's life), only the latest is raised."""
+    found = warning_deadline(key, target)
+    if found is None:
+        return None
+    if target == WarningTarget.ROTATION and (key.status != KeyStatus.ACTIVE or not key.active()):
+        return None
+    deadline, version = found
+    raised = max(
+        (w.stage for w in key.warnings if w.target == target and w.deadline == deadline),
+        default=0,
+    )
+    current = key.current()
+    since = current.created_at if current is not None else None
+    stages = key.policy.warning_stages(target)
+    pending = [
+        (stage, deadline - timedelta(seconds=offset))
+        for stage, offset in enumerate(stages, start=1)
+        if stage > raised
+    ]
+    pending = [(stage, at) for stage, at in pending if since is None or at > since]
+    if not pending:
+        return None
+    due = [p for p in pending if p[1] <= now]
+    stage, at = due[-1] if due else pending[0]
+    return Transition(_WARN_KINDS[target], at, version, stage)
+
+
+def open_warnings(key: KeyLifecycle) -> tuple[StagedWarning, ...]:
+    """The warnings whose deadline is still ahead (a rotation or a new version ends them)."""
+    current = {t: warning_deadline(key, t) for t in WarningTarget}
+    return tuple(w for w in key.warnings if (found := current[w.target]) and found[0] == w.deadline)
+
+
+def _raise_warning(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle:
+    target = WarningTarget.ROTATION if t.kind == TransitionKind.WARN else WarningTarget.EXPIRY
+    found = warning_deadline(key, target)
+    expected = _next_warning(key, target, now)
+    due = expected is not None and (expected.stage, expected.version) == (t.stage, t.version)
+    if found is None or not due:
+        raise LifecycleError(f"{target} warning {t.stage} for version {t.version} is not due")
+    deadline, version = found
+    earlier = [w for w in open_warnings(key) if w.target == target and w.deadline == deadline]
+    unacknowledged = sum(1 for w in earlier if w.acknowledged_at is None)
+    warning = StagedWarning(
+        target=target,
+        deadline=deadline,
+        stage=t.stage,
+        stages=len(key.policy.warning_stages(target)),
+        raised_at=now,
+        severity=SEVERITIES[min(unacknowledged, len(SEVERITIES) - 1)],
+        version=version,
+    )
+    return replace(key, warnings=(*open_warnings(key), warning))
+
+
+def acknowledge(
+    key: KeyLifecycle, now: datetime, actor: str, target: WarningTarget | None = None
+) -> KeyLifecycle:
+    """Acknowledge every open warning (of `target`, when given)."""
+    pending = [
+        w
+        for w in open_warnings(key)
+        if w.acknowledged_at is None and (target is None or w.target == target)
+    ]
+    if not pending:
+        raise LifecycleError("there is no unacknowledged warning")
+    return replace(
+        key,
+        warnings=tuple(
+            replace(w, acknowledged_at=now, acknowledged_by=actor) if w in pending else w
+            for w in open_warnings(key)
+        ),
+    )
 
 
 def _in_grace(v: VersionTimes) -> bool:
@@ -255,10 +416,7 @@ def _move(v: VersionTimes, state: VersionState, now: datetime) -> VersionTimes:
 
 
 # The version states each version transition applies to (what next_transition plans them for).
-_APPLIES_TO = {
-    TransitionKind.WARN: frozenset({VersionState.ACTIVE}),
-    TransitionKind.EXPIRE_VERSION: LIVE_STATES,
-}
+_APPLIES_TO = {TransitionKind.EXPIRE_VERSION: LIVE_STATES}
 
 
 def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle:
@@ -276,6 +434,8 @@ def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle
         if key.status != KeyStatus.SUSPENDED:
             raise LifecycleError(f"a {key.status} key is not waiting to be revoked")
         return revoke(key, now)
+    if t.kind in (TransitionKind.WARN, TransitionKind.WARN_EXPIRY):
+        return _raise_warning(key, t, now)
     if t.kind == TransitionKind.EXPIRE_KEY:
         versions = tuple(
             _move(v, VersionState.EXPIRED, now) if v.state in LIVE_STATES else v
@@ -286,8 +446,6 @@ def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle
     applies = _in_grace(v) if t.kind == TransitionKind.END_GRACE else v.state in _APPLIES_TO[t.kind]
     if not applies:
         raise LifecycleError(f"{t.kind} does not apply to version {v.number}, which is {v.state}")
-    if t.kind == TransitionKind.WARN:
-        return _set_version(key, replace(v, warned=True))
     if t.kind == TransitionKind.END_GRACE:
         return _set_version(key, _move(v, VersionState.RETIRED, now))
     return _set_version(key, _move(v, VersionState.EXPIRED, now))
@@ -387,8 +545,10 @@ def resume(key: KeyLifecycle, now: datetime) -> KeyLifecycle:
 
 
 def prune(key: KeyLifecycle) -> KeyLifecycle:
-    """Drop versions in final states (they are committed to the store already)."""
-    return replace(key, versions=tuple(v for v in key.versions if v.state in LIVE_STATES))
+    """Drop versions in final states (they are committed to the store already) and warnings
+    whose deadline has passed or changed."""
+    live = replace(key, versions=tuple(v for v in key.versions if v.state in LIVE_STATES))
+    return replace(live, warnings=open_warnings(live))
 
 
 def next_rotation_at(key: KeyLifecycle) -> datetime | None:

@@ -8,7 +8,7 @@
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from core.lifecycle import KeyLifecycle
+from core.lifecycle import KeyLifecycle, StagedWarning
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,8 @@ class KeyTransitionCommit:
     reason: str = ""
     version: int | None = None
     new_version: int | None = None
+    # the warning this transition raised, for its event
+    warning: StagedWarning | None = None
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,5 @@ class CredentialTransitionCommit:
     reason: str = ""
     version: int | None = None
     new_version: int | None = None
+    # the warning this transition raised, for its event
+    warning: StagedWarning | None = None

@@ -11,9 +11,10 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -140,6 +141,21 @@ def _whole_seconds(d: timedelta) -> int:
 
 
 @dataclass(frozen=True)
+class WarningStages:
+    """Staged warnings: how long before a rotation and before an expiry each stage is raised,
+    longest first (`rotation` empty: the warning threshold alone)."""
+
+    rotation: tuple[timedelta, ...] = ()
+    expiry: tuple[timedelta, ...] = ()
+
+    def rotation_seconds(self) -> tuple[int, ...]:
+        return tuple(_whole_seconds(d) for d in self.rotation)
+
+    def expiry_seconds(self) -> tuple[int, ...]:
+        return tuple(_whole_seconds(d) for d in self.expiry)
+
+
+@dataclass(frozen=True)
 class KeyTypePolicy:
     """The policy of one key type: its algorithm and key size, and when its versions change."""
 
@@ -150,6 +166,7 @@ class KeyTypePolicy:
     warning_threshold: timedelta
     max_lifetime: timedelta
     grace_period: timedelta
+    warnings: WarningStages = field(default_factory=WarningStages)
 
     def lifecycle(self) -> LifecyclePolicy:
         """The timing part, in whole seconds, as the lifecycle functions and workflows take it."""
@@ -158,6 +175,8 @@ class KeyTypePolicy:
             warning_threshold=_whole_seconds(self.warning_threshold),
             max_lifetime=_whole_seconds(self.max_lifetime),
             grace_period=_whole_seconds(self.grace_period),
+            rotation_warnings=self.warnings.rotation_seconds(),
+            expiry_warnings=self.warnings.expiry_seconds(),
         )
 
 
@@ -173,6 +192,7 @@ class CredentialPolicy:
     warning_threshold: timedelta
     max_lifetime: timedelta
     grace_period: timedelta
+    warnings: WarningStages = field(default_factory=WarningStages)
 
     def lifecycle(self, *, scheduled: bool) -> LifecyclePolicy:
         return LifecyclePolicy(
@@ -181,6 +201,8 @@ class CredentialPolicy:
             max_lifetime=_whole_seconds(self.max_lifetime),
             grace_period=_whole_seconds(self.grace_period),
             scheduled=scheduled,
+            rotation_warnings=self.warnings.rotation_seconds(),
+            expiry_warnings=self.warnings.expiry_seconds(),
         )
 
 
@@ -344,6 +366,7 @@ _KEY_TYPE_FIELDS = (
     "grace_period",
 )
 _CREDENTIAL_FIELDS = _KEY_TYPE_FIELDS[2:]
+_WARNING_FIELDS = ("rotation_warnings", "expiry_warnings")
 _HANDLE_TYPE_FIELDS = (
     "algorithm",
     "handle_length",
@@ -484,10 +507,37 @@ class _Reader:
             )
         return rotation, warning, lifetime, grace
 
+    def warning_stages(
+        self, table: dict[str, Any], field: str, threshold: timedelta
+    ) -> WarningStages:
+        """`rotation_warnings` and `expiry_warnings`: lists of durations, longest first; the
+        first rotation warning is the warning threshold."""
+        found: dict[str, tuple[timedelta, ...]] = {}
+        for name in _WARNING_FIELDS:
+            where = f"{field}.{name}"
+            value = table.get(name, [])
+            if not isinstance(value, list):
+                raise self.fail(where, f"must be a list of durations, got {_type_name(value)}")
+            stages = tuple(self.duration(v, f"{where}[{i}]") for i, v in enumerate(value))
+            if any(d <= timedelta(0) for d in stages):
+                raise self.fail(where, "every stage must be longer than zero")
+            if any(a <= b for a, b in pairwise(stages)):
+                raise self.fail(where, "stages must be listed longest first, each once")
+            found[name] = stages
+        rotation = found["rotation_warnings"]
+        if rotation and rotation[0] != threshold:
+            raise self.fail(
+                f"{field}.rotation_warnings",
+                f"must start with warning_threshold {format_duration(threshold)}, "
+                f"got {format_duration(rotation[0])}",
+            )
+        return WarningStages(rotation, found["expiry_warnings"])
+
     def credentials(self, value: object) -> CredentialPolicy:
-        table = self.table(value, "credentials", _CREDENTIAL_FIELDS)
+        table = self.table(value, "credentials", _CREDENTIAL_FIELDS, _WARNING_FIELDS)
         rotation, warning, lifetime, grace = self.timing(table, "credentials")
-        policy = CredentialPolicy(rotation, warning, lifetime, grace)
+        stages = self.warning_stages(table, "credentials", warning)
+        policy = CredentialPolicy(rotation, warning, lifetime, grace, stages)
         policy.lifecycle(scheduled=True)
         return policy
 
@@ -594,7 +644,7 @@ class _Reader:
     def key_type(self, name: object, value: object) -> KeyTypePolicy:
         field = f"key_types.{name}"
         type_name = self.name(name, field)
-        table = self.table(value, field, _KEY_TYPE_FIELDS)
+        table = self.table(value, field, _KEY_TYPE_FIELDS, _WARNING_FIELDS)
         algorithm = self.algorithm(table["algorithm"], f"{field}.algorithm")
         bits = table["key_bits"]
         if isinstance(bits, bool) or not isinstance(bits, int):
@@ -612,6 +662,7 @@ class _Reader:
             warning_threshold=warning,
             max_lifetime=lifetime,
             grace_period=grace,
+            warnings=self.warning_stages(table, field, warning),
         )
         policy.lifecycle()  # the same rules, checked again where the workflows will check them
         return policy

@@ -24,9 +24,13 @@ with workflow.unsafe.imports_passed_through():
         KeyLifecycle,
         LifecycleError,
         RotationReason,
+        StagedWarning,
         TransitionKind,
+        WarningTarget,
+        acknowledge,
         apply_timed,
         compromise,
+        iso,
         may_rotate,
         next_rotation_at,
         next_transition,
@@ -40,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         SA_ALGORITHM,
         SA_NEXT_ROTATION,
         SA_STATE,
+        AcknowledgeWarning,
         OperatorAction,
         RequestOutcome,
         RotateRequest,
@@ -70,6 +75,7 @@ ALGORITHM_PATCH = "algorithm-search-attribute"
 # transition and status change.
 TIMED_ACTIONS = {
     TransitionKind.WARN: ("rotation_warning", "Expiring"),
+    TransitionKind.WARN_EXPIRY: ("expiry_warning", "Expiring"),
     TransitionKind.END_GRACE: ("version_retired", "VersionRetired"),
     TransitionKind.EXPIRE_VERSION: ("version_expired", "VersionExpired"),
     TransitionKind.EXPIRE_KEY: ("expired", "Expired"),
@@ -95,8 +101,9 @@ class ManagedLifecycleWorkflow:
     """Generates, warns, rotates with grace, retires and expires one managed object.
 
     Messages: update `rotate` (RotateRequest -> RotationResult), update `change_status`
-    (StatusChange), update `wait_created`; signals `emergency_rotate`, `revoke`, `suspend`,
-    `resume` (OperatorAction); query `describe`.
+    (StatusChange), update `acknowledge_warnings` (AcknowledgeWarning -> int), update
+    `wait_created`; signals `emergency_rotate`, `revoke`, `suspend`, `resume` (OperatorAction)
+    and `acknowledge_warning` (AcknowledgeWarning); query `describe`.
     """
 
     KIND: ClassVar[str]
@@ -192,11 +199,21 @@ class ManagedLifecycleWorkflow:
                 workflow.logger.error("scheduled rotation failed; retrying later: %s", e)
                 self._rotation_retry_at = now + FAILED_ROTATION_BACKOFF
             return
+        new = apply_timed(self._key, due, now)
+        reason = "suspended too long" if due.kind == TransitionKind.REVOKE_SUSPENDED else ""
+        warning = None
+        if due.kind in (TransitionKind.WARN, TransitionKind.WARN_EXPIRY):
+            warning = new.warnings[-1]
+            reason = (
+                f"{warning.severity}: stage {warning.stage} of {warning.stages}, "
+                f"{warning.target} at {iso(warning.deadline)}"
+            )
         await self._commit(
-            apply_timed(self._key, due, now),
+            new,
             *self._names(*TIMED_ACTIONS[due.kind]),
             version=due.version or None,
-            reason="suspended too long" if due.kind == TransitionKind.REVOKE_SUSPENDED else "",
+            reason=reason,
+            warning=warning,
         )
 
     def _rotation_allowed(self, now: datetime) -> bool:
@@ -261,6 +278,7 @@ class ManagedLifecycleWorkflow:
         new_version: int | None = None,
         actor: str = "keyrotor",
         reason: str = "",
+        warning: StagedWarning | None = None,
     ) -> None:
         """Project `new` into the store (one audited transaction), then adopt it."""
         self._seq += 1
@@ -283,6 +301,7 @@ class ManagedLifecycleWorkflow:
                 reason=reason[:MAX_COMMENT],
                 version=version,
                 new_version=new_version,
+                warning=warning,
             ),
             start_to_close_timeout=COMMIT_TIMEOUT,
             retry_policy=COMMIT_RETRY,
@@ -395,7 +414,55 @@ class ManagedLifecycleWorkflow:
             reason=reason,
         )
 
+    @workflow.update
+    async def acknowledge_warnings(self, ack: AcknowledgeWarning) -> int:
+        """Acknowledge the open warnings (of `ack.target` when given); answers how many."""
+        await workflow.wait_condition(lambda: self._created)
+        async with self._lock:
+            try:
+                return await self._acknowledge(ack, ack.actor or "api")
+            except LifecycleError as e:  # acknowledged meanwhile (a concurrent request)
+                raise ApplicationError(str(e), type="KeyStateError", non_retryable=True) from e
+
+    @acknowledge_warnings.validator
+    def _validate_acknowledge(self, ack: AcknowledgeWarning) -> None:
+        if ack.target and ack.target not in WarningTarget.__members__.values():
+            raise ValueError(f"target must be one of {', '.join(WarningTarget)}")
+        if len(ack.reason) > MAX_COMMENT:
+            raise ValueError(f"reason is longer than {MAX_COMMENT} characters")
+        acknowledge(self._key, workflow.now(), "", self._target(ack))  # raises LifecycleError
+
+    @staticmethod
+    def _target(ack: AcknowledgeWarning) -> WarningTarget | None:
+        return WarningTarget(ack.target) if ack.target else None
+
+    async def _acknowledge(self, ack: AcknowledgeWarning, actor: str) -> int:
+        before = self._key
+        new = acknowledge(before, workflow.now(), actor[:MAX_ACTOR], self._target(ack))
+        done = [w for w in new.warnings if w not in before.warnings]
+        stages = ", ".join(f"{w.target} stage {w.stage}" for w in done)
+        await self._commit(
+            new,
+            *self._names("warning_acknowledged", "WarningAcknowledged"),
+            actor=actor,
+            reason=f"{stages}: {ack.reason}" if ack.reason else stages,
+        )
+        return len(done)
+
     # --- signals (fire and forget: what cannot apply is logged and ignored) ------------------
+
+    @workflow.signal
+    async def acknowledge_warning(self, ack: AcknowledgeWarning | None = None) -> None:
+        """Acknowledge the open warnings, so that the next stage does not escalate."""
+        ack = ack or AcknowledgeWarning()
+        await workflow.wait_condition(lambda: self._created)
+        async with self._lock:
+            try:
+                await self._acknowledge(ack, ack.actor)
+            except (LifecycleError, ValueError) as e:
+                workflow.logger.warning("acknowledge_warning ignored: %s", e)
+            except COMMIT_FAILED as e:
+                workflow.logger.error("acknowledge_warning failed: %s", e)
 
     @workflow.signal
     async def emergency_rotate(self, action: OperatorAction | None = None) -> None:

@@ -160,6 +160,16 @@ class OperatorAction:
 
 
 @dataclass(frozen=True)
+class AcknowledgeWarning:
+    """Signal `acknowledge_warning` and update `acknowledge_warnings`: acknowledge the open
+    warnings, of one `target` ("rotation" or "expiry") when given."""
+
+    target: str = ""
+    reason: str = ""
+    actor: str = "operator"
+
+
+@dataclass(frozen=True)
 class StatusChange:
     """Update `change_status`: the REST path's synchronous revoke, suspend and resume."""
 

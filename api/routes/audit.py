@@ -22,9 +22,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, Svc
 from api.errors import APIError
-from api.lifecycle import iso
 from core import audit
 from core.credentials import AdminPrincipal
+from core.lifecycle import iso
 from core.services import Services
 
 router = APIRouter(prefix="/api/key-management/audit", tags=["audit"])

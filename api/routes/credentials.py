@@ -23,7 +23,6 @@ from api.deps import Operator, Reader, Svc
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
-    iso,
     paged,
     parse_cursor,
     run_update,
@@ -32,7 +31,7 @@ from api.lifecycle import (
 from core.api_credentials import Verification, WriteNeeded, new_credential_id
 from core.credentials import AdminPrincipal, Role
 from core.keys import derived_id
-from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
+from core.lifecycle import LifecycleError, RotationReason, iso, may_rotate, new_key
 from core.objects import CredentialSpec
 from core.policy import parse_duration
 from core.services import Services

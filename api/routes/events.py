@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, Svc
 from api.errors import APIError
-from api.lifecycle import iso
+from core.lifecycle import iso
 from core.store.db import Store
 from core.store.models import EventRow
 

@@ -28,7 +28,6 @@ from api.deps import Operator, Reader, Svc, temporal
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
-    iso,
     paged,
     parse_cursor,
     run_update,
@@ -36,7 +35,7 @@ from api.lifecycle import (
 )
 from core.api_credentials import HandleCode, HandleValidation, new_credential_id
 from core.credentials import Role
-from core.lifecycle import VersionState, new_key
+from core.lifecycle import VersionState, iso, new_key
 from core.objects import CredentialSpec
 from core.services import Services
 from core.store.models import CredentialRow, CredentialVersionRow

@@ -20,7 +20,6 @@ from api.deps import Operator, Reader, Svc, User
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
-    iso,
     paged,
     parse_cursor,
     run_update,
@@ -36,7 +35,7 @@ from core.keys import (
     new_key_id,
     parse_token,
 )
-from core.lifecycle import LifecycleError, RotationReason, may_rotate, new_key
+from core.lifecycle import LifecycleError, RotationReason, iso, may_rotate, new_key
 from core.objects import KeySpec
 from core.policy import PolicyError, parse_duration
 from core.services import Services

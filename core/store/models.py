@@ -255,3 +255,41 @@ class CredentialVersionRow(Base):
     __table_args__ = (
         Index("ix_credential_versions_credential_number", "credential_id", "number", unique=True),
     )
+
+
+class WarningRow(Base):
+    """A staged warning a lifecycle workflow raised (ahead of a rotation or an expiry), and
+    whether an operator acknowledged it. `closed_at`: the deadline passed or moved (the object
+    rotated), or the object ended; a closed warning is kept as history."""
+
+    __tablename__ = "warnings"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    object_kind: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[str] = mapped_column(String(64))
+    environment: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(16))
+    deadline: Mapped[datetime]
+    stage: Mapped[int] = mapped_column(Integer)
+    stages: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer)
+    severity: Mapped[str] = mapped_column(String(16))
+    raised_at: Mapped[datetime]
+    acknowledged_at: Mapped[datetime | None]
+    acknowledged_by: Mapped[str] = mapped_column(String(200), default="")
+    closed_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(
+            "ix_warnings_object_stage",
+            "object_kind",
+            "object_id",
+            "target",
+            "deadline",
+            "stage",
+            unique=True,
+        ),
+        Index("ix_warnings_closed_raised", "closed_at", "raised_at"),
+    )

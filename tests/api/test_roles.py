@@ -55,6 +55,7 @@ EXPECTED: dict[Route, Permission | None] = {
     ("DELETE", f"{KEYS}/{{key_id}}"): Permission.LIFECYCLE,
     ("POST", f"{KEYS}/{{key_id}}/suspend"): Permission.LIFECYCLE,
     ("POST", f"{KEYS}/{{key_id}}/resume"): Permission.LIFECYCLE,
+    ("POST", f"{KEYS}/{{key_id}}/warnings/acknowledge"): Permission.LIFECYCLE,
     ("POST", f"{KEYS}/{{key_id}}/encrypt"): Permission.USE,
     ("POST", f"{KEYS}/{{key_id}}/wrap"): Permission.USE,
     ("POST", f"{KEYS}/{{key_id}}/unwrap"): Permission.USE,
@@ -75,6 +76,7 @@ EXPECTED: dict[Route, Permission | None] = {
     ("DELETE", f"{CREDS}/{{credential_id}}"): Permission.LIFECYCLE,
     ("POST", f"{CREDS}/{{credential_id}}/suspend"): Permission.LIFECYCLE,
     ("POST", f"{CREDS}/{{credential_id}}/resume"): Permission.LIFECYCLE,
+    ("POST", f"{CREDS}/{{credential_id}}/warnings/acknowledge"): Permission.LIFECYCLE,
     ("POST", f"{HANDLES}/generate"): Permission.LIFECYCLE,
     ("GET", HANDLES): Permission.READ,
     ("GET", f"{HANDLES}/statistics"): Permission.READ,
@@ -84,6 +86,7 @@ EXPECTED: dict[Route, Permission | None] = {
     ("DELETE", f"{HANDLES}/{{family_id}}"): Permission.LIFECYCLE,
     ("POST", f"{HANDLES}/{{family_id}}/suspend"): Permission.LIFECYCLE,
     ("POST", f"{HANDLES}/{{family_id}}/resume"): Permission.LIFECYCLE,
+    ("POST", f"{HANDLES}/{{family_id}}/warnings/acknowledge"): Permission.LIFECYCLE,
     ("POST", "/codec/encode"): Permission.CODEC,
     ("POST", "/codec/decode"): Permission.CODEC,
     ("GET", "/metrics"): Permission.READ,
@@ -92,6 +95,7 @@ EXPECTED: dict[Route, Permission | None] = {
     ("GET", f"{API}/audit"): Permission.READ,
     ("GET", f"{API}/audit/verify"): Permission.READ,
     ("GET", f"{API}/audit/export"): Permission.READ,
+    ("GET", f"{API}/warnings"): Permission.READ,
 }
 # The codec routes check their permission in the handler, after the `keyrotor dev` UI-origin
 # bypass, so no `require` dependency declares it; the matrix still checks they enforce it.

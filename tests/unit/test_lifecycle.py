@@ -21,6 +21,7 @@ from core.lifecycle import (
     LIVE_STATES,
     PROCESS_STATES,
     PROTECT_STATES,
+    SEVERITIES,
     TERMINAL_KEY_STATUSES,
     KeyLifecycle,
     KeyStatus,
@@ -31,10 +32,12 @@ from core.lifecycle import (
     TransitionKind,
     VersionState,
     VersionTimes,
+    WarningTarget,
     apply_timed,
     new_key,
     next_rotation_at,
     next_transition,
+    open_warnings,
     plan_version,
     prune,
     resume,
@@ -108,7 +111,9 @@ def follow_schedule(
 
 def test_shipped_encryption_policy_is_the_one_used_here() -> None:
     policies = load_policies(default_policy_path())
-    assert policies.key_type("encryption").lifecycle() == ENCRYPTION
+    # its timing; the staged warnings have tests of their own (test_warnings.py)
+    shipped = policies.key_type("encryption").lifecycle()
+    assert replace(shipped, rotation_warnings=(), expiry_warnings=()) == ENCRYPTION
 
 
 def test_first_version_deadlines() -> None:
@@ -125,7 +130,6 @@ def test_first_version_deadlines() -> None:
             warn_at=day(23),
             hard_expiry=day(90),
             grace_until=None,
-            warned=False,
             changed_at=T0,
         ),
     )
@@ -164,20 +168,23 @@ def test_encryption_schedule_timeline() -> None:
 
 def test_each_step_of_the_first_rotation() -> None:
     key = new_key(ENCRYPTION, T0)
-    assert next_transition(key, T0) == Transition(K.WARN, day(23), 1)
-    key = apply_timed(key, Transition(K.WARN, day(23), 1), day(23))
-    assert key.version(1).warned
+    assert next_transition(key, T0) == Transition(K.WARN, day(23), 1, 1)
+    key = apply_timed(key, Transition(K.WARN, day(23), 1, 1), day(23))
+    assert [(w.target, w.deadline, w.stage, w.stages, w.severity) for w in key.warnings] == [
+        (WarningTarget.ROTATION, day(30), 1, 1, "notice")
+    ]
     assert key.version(1).state == S.ACTIVE
     assert key.version(1).changed_at == T0  # a warning is not a state change
     assert next_transition(key, day(23)) == Transition(K.ROTATE, day(30), 1)
     key = rotate(key, day(30), RotationReason.SCHEDULED)
     v1, v2 = key.versions
     assert (v1.state, v1.grace_until, v1.changed_at) == (S.GRACE, day(37), day(30))
-    assert (v2.number, v2.state, v2.created_at, v2.warned) == (2, S.ACTIVE, day(30), False)
+    assert (v2.number, v2.state, v2.created_at) == (2, S.ACTIVE, day(30))
+    assert open_warnings(key) == ()  # the rotation it announced happened
     assert next_transition(key, day(30)) == Transition(K.END_GRACE, day(37), 1)
     key = apply_timed(key, Transition(K.END_GRACE, day(37), 1), day(37))
     assert (key.version(1).state, key.version(1).changed_at) == (S.RETIRED, day(37))
-    assert next_transition(key, day(37)) == Transition(K.WARN, day(53), 2)
+    assert next_transition(key, day(37)) == Transition(K.WARN, day(53), 2, 1)
     assert prune(key).versions == (key.version(2),)
 
 
@@ -192,7 +199,7 @@ def test_late_wake_applies_the_backlog_in_order() -> None:
     # the new version's schedule counts from the actual rotation.
     assert (key.version(1).state, key.version(1).grace_until) == (S.RETIRED, None)
     assert key.version(2).created_at == day(100)
-    assert next_transition(key, day(100)) == Transition(K.WARN, day(123), 2)
+    assert next_transition(key, day(100)) == Transition(K.WARN, day(123), 2, 1)
 
 
 def test_rotation_after_hard_expiry_retires_the_old_version_at_once() -> None:
@@ -231,12 +238,12 @@ def test_compromise_rotation_has_no_grace(grace: int | None) -> None:
     v1 = key.version(1)
     assert (v1.state, v1.grace_until, v1.changed_at) == (S.COMPROMISED, None, day(10))
     assert key.active() == key.version(2)
-    assert next_transition(key, day(10)) == Transition(K.WARN, day(33), 2)
+    assert next_transition(key, day(10)) == Transition(K.WARN, day(33), 2, 1)
 
 
 def test_manual_rotation_before_the_warning_skips_it() -> None:
     key = rotate(new_key(ENCRYPTION, T0), day(5), RotationReason.MANUAL)
-    assert not key.version(1).warned
+    assert key.warnings == ()
     key, timeline = follow_schedule(key, day(30))
     assert timeline == [(K.END_GRACE, day(12), 1), (K.WARN, day(28), 2)]
 
@@ -356,7 +363,7 @@ def test_resume_makes_an_overdue_rotation_due_at_once() -> None:
 
 def test_resume_before_the_deadlines_keeps_the_schedule() -> None:
     key = resume(suspend(new_key(ENCRYPTION, T0), day(10)), day(20))
-    assert next_transition(key, day(20)) == Transition(K.WARN, day(23), 1)
+    assert next_transition(key, day(20)) == Transition(K.WARN, day(23), 1, 1)
 
 
 def test_resume_after_the_version_expired_rotates_now() -> None:
@@ -459,7 +466,9 @@ def test_apply_timed_refuses_what_is_not_due(kind: TransitionKind) -> None:
 def test_apply_timed_refuses_an_unknown_version() -> None:
     key = new_key(ENCRYPTION, T0)
     with pytest.raises(LifecycleError, match=r"^version 7 is not live$"):
-        apply_timed(key, Transition(K.WARN, day(23), 7), day(23))
+        apply_timed(key, Transition(K.EXPIRE_VERSION, day(23), 7), day(23))
+    with pytest.raises(LifecycleError, match=r"^rotation warning 1 for version 7 is not due$"):
+        apply_timed(key, Transition(K.WARN, day(23), 7, 1), day(23))
 
 
 @pytest.mark.parametrize("kind", [K.WARN, K.END_GRACE, K.EXPIRE_VERSION, K.EXPIRE_KEY])
@@ -478,9 +487,6 @@ def test_apply_timed_refuses_a_terminal_key(kind: TransitionKind) -> None:
 @pytest.mark.parametrize(
     ("kind", "state"),
     [
-        (K.WARN, S.GRACE),
-        (K.WARN, S.RETIRED),
-        (K.WARN, S.SUSPENDED),
         (K.END_GRACE, S.ACTIVE),
         (K.END_GRACE, S.RETIRED),
         (K.END_GRACE, S.COMPROMISED),
@@ -499,6 +505,14 @@ def test_apply_timed_refuses_a_transition_that_no_longer_applies(
         apply_timed(key, Transition(kind, day(30), 1), day(100))
     assert str(info.value) == f"{kind} does not apply to version 1, which is {state}"
     assert key == before
+
+
+@pytest.mark.parametrize("state", [S.GRACE, S.RETIRED, S.SUSPENDED])
+def test_no_rotation_warning_for_a_version_that_is_not_active(state: VersionState) -> None:
+    key = new_key(ENCRYPTION, T0)
+    key = replace(key, versions=(replace(key.version(1), state=state),))
+    with pytest.raises(LifecycleError, match=r"^rotation warning 1 for version 1 is not due$"):
+        apply_timed(key, Transition(K.WARN, day(23), 1, 1), day(23))
 
 
 def test_a_transition_applies_once() -> None:
@@ -587,7 +601,17 @@ def policies(draw: st.DrawFn) -> LifecyclePolicy:
     warning = draw(st.integers(0, rotation - 1))
     lifetime = draw(st.integers(rotation, 4 * rotation))
     grace = draw(st.integers(0, lifetime))
-    return LifecyclePolicy(rotation, warning, lifetime, grace)
+    later = draw(st.sets(st.integers(1, max(1, warning - 1)), max_size=2)) if warning > 1 else set()
+    rotation_warnings = (warning, *sorted(later, reverse=True)) if later else ()
+    expiry = tuple(sorted(draw(st.sets(st.integers(1, 4 * rotation), max_size=3)), reverse=True))
+    return LifecyclePolicy(
+        rotation,
+        warning,
+        lifetime,
+        grace,
+        rotation_warnings=rotation_warnings,
+        expiry_warnings=expiry,
+    )
 
 
 class KeyMachine(RuleBasedStateMachine):
@@ -598,7 +622,7 @@ class KeyMachine(RuleBasedStateMachine):
         super().__init__()
         self.now = T0
         self.key = new_key(ENCRYPTION, T0)
-        self.warned: set[int] = set()
+        self.warned: set[tuple[WarningTarget, datetime, int]] = set()
         # The largest `at` applied since the last message: within one wake-up (and between
         # wake-ups with no message) the applied deadlines never go back in time.
         self.high_water = T0
@@ -630,16 +654,18 @@ class KeyMachine(RuleBasedStateMachine):
             self._check_rotation(before, RotationReason.SCHEDULED, None)
             return
         self.key = apply_timed(self.key, t, self.now)
-        if t.kind == K.WARN:
-            v = self.key.version(t.version)
-            assert t.version not in self.warned, "warned twice"
-            self.warned.add(t.version)
-            assert v.warned and v.state == S.ACTIVE
-            assert (
-                t.at
-                == v.warn_at
-                == v.rotate_at - timedelta(seconds=self.key.policy.warning_threshold)
-            )
+        if t.kind in (K.WARN, K.WARN_EXPIRY):
+            w = self.key.warnings[-1]
+            assert (w.stage, w.version, w.raised_at) == (t.stage, t.version, self.now)
+            assert (w.target, w.deadline, w.stage) not in self.warned, "warned twice"
+            self.warned.add((w.target, w.deadline, w.stage))
+            offsets = self.key.policy.warning_stages(w.target)
+            assert t.at == w.deadline - timedelta(seconds=offsets[t.stage - 1])
+            assert w.severity in SEVERITIES and w.acknowledged_at is None
+            if w.target == WarningTarget.ROTATION:
+                v = self.key.version(t.version)
+                assert v.state == S.ACTIVE and w.deadline == v.rotate_at
+                assert t.stage > 1 or t.at == v.warn_at
         elif t.kind == K.END_GRACE:
             old = before.version(t.version)
             assert old.state in (S.GRACE, S.SUSPENDED) and t.at == old.grace_until
@@ -810,7 +836,7 @@ class KeyMachine(RuleBasedStateMachine):
         # A transition for a version that is already final never changes it.
         final = [v for v in self.key.versions if v.state not in LIVE_STATES]
         v = data.draw(st.sampled_from(final))
-        kind = data.draw(st.sampled_from([K.WARN, K.END_GRACE, K.EXPIRE_VERSION]))
+        kind = data.draw(st.sampled_from([K.END_GRACE, K.EXPIRE_VERSION]))
         with pytest.raises(LifecycleError, match="does not apply"):
             apply_timed(self.key, Transition(kind, self.now, v.number), self.now)
 
@@ -895,6 +921,9 @@ class KeyMachine(RuleBasedStateMachine):
             # Later, it is still "rotate now", unless something else fell due before that.
             assert later is not None and later.at <= now + timedelta(seconds=10_000)
             assert later.at > now or later.kind != K.ROTATE
+        elif t.kind in (K.WARN, K.WARN_EXPIRY):
+            # a warning stage that is due waits for no one: later, a later stage may be due
+            assert later is not None and later.at >= t.at
         else:
             assert later == t
         if key.expires_at is not None:
@@ -906,9 +935,8 @@ class KeyMachine(RuleBasedStateMachine):
                 assert t.at <= v.hard_expiry
             if v.state == S.ACTIVE:
                 assert t.at <= v.rotate_at
-                assert v.warned or t.at <= v.warn_at
-        if t.kind == K.WARN:
-            assert t.version not in self.warned
+                raised = any(w.deadline == v.rotate_at for w in key.warnings)
+                assert raised or t.at <= v.warn_at or t.kind == K.WARN
         if t.kind in (K.WARN, K.ROTATE):
             assert key.status == KeyStatus.ACTIVE
 

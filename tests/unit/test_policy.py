@@ -19,6 +19,7 @@ from core.lifecycle import LifecyclePolicy
 from core.policy import (
     KeyTypePolicy,
     PolicyError,
+    WarningStages,
     default_policy_path,
     format_duration,
     load_policies,
@@ -38,6 +39,7 @@ EXPECTED_KEY_TYPES = {
         warning_threshold=7 * DAY,
         max_lifetime=90 * DAY,
         grace_period=7 * DAY,
+        warnings=WarningStages(rotation=(7 * DAY, DAY), expiry=(30 * DAY, 7 * DAY, DAY)),
     ),
     "signing": KeyTypePolicy(
         name="signing",
@@ -47,6 +49,7 @@ EXPECTED_KEY_TYPES = {
         warning_threshold=14 * DAY,
         max_lifetime=365 * DAY,
         grace_period=14 * DAY,
+        warnings=WarningStages(rotation=(14 * DAY, 7 * DAY, DAY), expiry=(30 * DAY, 7 * DAY, DAY)),
     ),
     "session": KeyTypePolicy(
         name="session",
@@ -95,9 +98,21 @@ def test_shipped_policies_in_whole_seconds() -> None:
         warning_threshold=604_800,
         max_lifetime=7_776_000,
         grace_period=604_800,
+        rotation_warnings=(604_800, 86_400),
+        expiry_warnings=(2_592_000, 604_800, 86_400),
     )
     assert policies.key_type("signing").lifecycle() == LifecyclePolicy(
-        5_184_000, 1_209_600, 31_536_000, 1_209_600
+        5_184_000,
+        1_209_600,
+        31_536_000,
+        1_209_600,
+        rotation_warnings=(1_209_600, 604_800, 86_400),
+        expiry_warnings=(2_592_000, 604_800, 86_400),
+    )
+    credentials = policies.credentials.lifecycle(scheduled=False)
+    assert (credentials.rotation_warnings, credentials.expiry_warnings) == (
+        (),
+        (2_592_000, 604_800, 86_400),
     )
     assert policies.key_type("session").lifecycle() == LifecyclePolicy(
         86_400, 7_200, 604_800, 7_200
@@ -165,6 +180,8 @@ def _valid() -> dict[str, Any]:
                 "warning_threshold": "P7D",
                 "max_lifetime": "P90D",
                 "grace_period": "P7D",
+                "rotation_warnings": ["P7D", "P1D"],
+                "expiry_warnings": ["P30D", "P7D", "P1D"],
             },
             "api": {
                 "algorithm": "HMAC-SHA512",
@@ -296,6 +313,7 @@ def _key_type(name: str, **changes: Any) -> Mutation:
 def _times(**durations: str) -> Mutation:
     def mutate(data: dict[str, Any]) -> None:
         data["key_types"]["encryption"].update(durations)
+        data["key_types"]["encryption"].pop("rotation_warnings")  # it starts at the threshold
 
     return mutate
 
@@ -358,7 +376,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         _set("credentials.algorithm", "AES-256-GCM"),
         "credentials.algorithm",
         "unknown field; expected one of rotation_interval, warning_threshold, max_lifetime,"
-        " grace_period",
+        " grace_period, rotation_warnings, expiry_warnings",
     ),
     (
         "unknown top-level table",
@@ -494,7 +512,37 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         _set(f"{ENC}.rotaton_interval", "P30D"),
         f"{ENC}.rotaton_interval",
         "unknown field; expected one of algorithm, key_bits, rotation_interval, "
-        "warning_threshold, max_lifetime, grace_period",
+        "warning_threshold, max_lifetime, grace_period, rotation_warnings, expiry_warnings",
+    ),
+    (
+        "rotation warnings not a list",
+        _set(f"{ENC}.rotation_warnings", "P7D"),
+        f"{ENC}.rotation_warnings",
+        "must be a list of durations, got a string",
+    ),
+    (
+        "rotation warnings not starting with the threshold",
+        _set(f"{ENC}.rotation_warnings", ["P6D", "P1D"]),
+        f"{ENC}.rotation_warnings",
+        "must start with warning_threshold P7D, got P6D",
+    ),
+    (
+        "expiry warnings out of order",
+        _set(f"{ENC}.expiry_warnings", ["P1D", "P7D"]),
+        f"{ENC}.expiry_warnings",
+        "stages must be listed longest first, each once",
+    ),
+    (
+        "expiry warning of zero",
+        _set("credentials.expiry_warnings", ["P1D", "PT0S"]),
+        "credentials.expiry_warnings",
+        "every stage must be longer than zero",
+    ),
+    (
+        "expiry warning not a duration",
+        _set("credentials.expiry_warnings", ["P1D", "tomorrow"]),
+        "credentials.expiry_warnings[1]",
+        "invalid ISO 8601 duration 'tomorrow': it must start with 'P' (e.g. P30D, PT2H)",
     ),
     *[
         (f"missing {f}", _delete(f"{ENC}.{f}"), f"{ENC}.{f}", "missing")

@@ -28,6 +28,7 @@ EXPECTED_TABLES = {
     "admin_keys",
     "credentials",
     "credential_versions",
+    "warnings",
 }
 NOW = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 
@@ -113,7 +114,7 @@ def test_migrate_twice_is_a_no_op(store: Store) -> None:
     assert schema_diff(store) == []
     assert count(store, AdminKeyRow) == 1
     with store.session() as s:
-        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0002"]
+        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0003"]
 
 
 def test_concurrent_migrations_on_a_new_database_migrate_once(database_url: str) -> None:

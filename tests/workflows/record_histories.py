@@ -27,6 +27,7 @@ from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 from workflows.types import (
+    AcknowledgeWarning,
     CredentialWorkflowInput,
     KeyWorkflowInput,
     OperatorAction,
@@ -63,6 +64,34 @@ async def key_lifecycle_full(env: WorkflowEnvironment, services: Services) -> st
     await handle.query(KeyLifecycleWorkflow.describe)
     await handle.signal(KeyLifecycleWorkflow.revoke, OperatorAction("recorded"))
     assert await handle.result() == "revoked"
+    return (await handle.fetch_history()).to_json()
+
+
+async def key_staged_warnings(env: WorkflowEnvironment, services: Services) -> str:
+    """Staged rotation and expiry warnings (the shipped encryption policy has both),
+    acknowledged through the update and the signal."""
+    policy = services.policies.key_type("encryption")
+    now = await env.get_current_time()
+    spec = KeySpec("key_recordedwarnings01", "dev", "encryption", policy.algorithm, "local", 256)
+    handle = await env.client.start_workflow(
+        KeyLifecycleWorkflow.run,
+        KeyWorkflowInput(
+            spec=spec,
+            lifecycle=new_key(policy.lifecycle(), now, now + timedelta(days=45)),
+            publish_search_attributes=False,
+        ),
+        id=f"keyrotor/key/dev/{spec.key_id}",
+        task_queue="record",
+    )
+    await handle.execute_update(KeyLifecycleWorkflow.wait_created)
+    await env.sleep(timedelta(days=16))  # expiry stage 1
+    await handle.execute_update(
+        KeyLifecycleWorkflow.acknowledge_warnings, AcknowledgeWarning(reason="recorded")
+    )
+    await env.sleep(timedelta(days=23))  # rotation stages, rotation, expiry stage 2
+    await handle.signal(KeyLifecycleWorkflow.acknowledge_warning, AcknowledgeWarning("expiry"))
+    await handle.query(KeyLifecycleWorkflow.describe)
+    assert await handle.result() == "expired"
     return (await handle.fetch_history()).to_json()
 
 
@@ -140,6 +169,7 @@ async def handle_lifecycle_full(env: WorkflowEnvironment, services: Services) ->
 
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, Services], Awaitable[str]]] = {
     "key_lifecycle_full": key_lifecycle_full,
+    "key_staged_warnings": key_staged_warnings,
     "credential_lifecycle_full": credential_lifecycle_full,
     "handle_lifecycle_full": handle_lifecycle_full,
 }

@@ -143,9 +143,11 @@ async def test_without_scheduled_rotation_it_only_expires(
     assert secret is not None
     await env.sleep(timedelta(days=199))
     assert states(services, spec.credential_id) == {1: ("active", False)}
+    # warned 30, 7 and 1 days ahead of its expiry (the shipped credential policy)
     assert actions(services, spec.credential_id) == [
         "credential.created",
         "credential.secret_revealed",
+        *["credential.expiry_warning"] * 3,
     ]
     # a rotation can still be asked for
     await handle.execute_update(

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -19,14 +20,15 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from core.keys import KeyStateError
-from core.lifecycle import LifecyclePolicy, new_key
+from core.lifecycle import LifecyclePolicy, iso, new_key
 from core.objects import KeySpec
 from core.providers.base import ProviderConfigurationError
 from core.services import Services
-from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
+from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow, WarningRow
 from worker.main import build_worker
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 from workflows.types import (
+    AcknowledgeWarning,
     KeyDescription,
     KeyWorkflowInput,
     OperatorAction,
@@ -266,7 +268,96 @@ async def _wait(
 
 
 def test_policy_matches_config(services: Services) -> None:
-    assert services.policies.key_type("encryption").lifecycle() == POLICY
+    # the timing; staged warnings are tested with STAGED below
+    shipped = services.policies.key_type("encryption").lifecycle()
+    assert replace(shipped, rotation_warnings=(), expiry_warnings=()) == POLICY
+
+
+# the shipped encryption policy's warnings: rotation 7 and 1 day ahead, expiry 30, 7 and 1
+STAGED = replace(POLICY, rotation_warnings=(7 * DAY, DAY), expiry_warnings=(30 * DAY, 7 * DAY, DAY))
+
+
+def warning_rows(services: Services, key_id: str) -> list[tuple[str, int, str, str, bool]]:
+    with services.store.session() as s:
+        rows = s.scalars(
+            select(WarningRow).where(WarningRow.object_id == key_id).order_by(WarningRow.id)
+        )
+        return [
+            (r.target, r.stage, r.severity, r.acknowledged_by, r.closed_at is not None)
+            for r in rows
+        ]
+
+
+async def test_staged_warnings_escalate_until_acknowledged(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    # expires on day 45: expiry stages on days 15, 38 and 44; rotation stages on 23 and 29
+    handle, spec, t0 = await start_key(env, task_queue, timedelta(days=45), STAGED)
+    await env.sleep(timedelta(days=15, minutes=1))
+    assert warning_rows(services, spec.key_id) == [("expiry", 1, "notice", "", False)]
+    # an acknowledgement through the update answers how many it acknowledged
+    ack = AcknowledgeWarning(reason="ticket SEC-1", actor="alice")
+    assert await handle.execute_update(KeyLifecycleWorkflow.acknowledge_warnings, ack) == 1
+    with pytest.raises(WorkflowUpdateFailedError):  # nothing left to acknowledge
+        await handle.execute_update(KeyLifecycleWorkflow.acknowledge_warnings, ack)
+    await env.sleep(timedelta(days=14))  # day 29: both rotation stages, unacknowledged
+    assert warning_rows(services, spec.key_id) == [
+        ("expiry", 1, "notice", "alice", False),
+        ("rotation", 1, "notice", "", False),
+        ("rotation", 2, "warning", "", False),
+    ]
+    await env.sleep(timedelta(days=2))  # day 31: rotated, the rotation warnings are closed
+    assert [w[4] for w in warning_rows(services, spec.key_id)] == [False, True, True]
+    await env.sleep(timedelta(days=7))  # day 38: expiry stage 2 follows an acknowledged one
+    # the signal is what an operator sends from the Temporal UI
+    await handle.signal(KeyLifecycleWorkflow.acknowledge_warning, AcknowledgeWarning())
+    await env.sleep(timedelta(days=6))  # day 44: stage 3
+    assert warning_rows(services, spec.key_id)[3:] == [
+        ("expiry", 2, "notice", "operator", False),
+        ("expiry", 3, "notice", "", False),
+    ]
+    d = await handle.query(KeyLifecycleWorkflow.describe)
+    assert [(w.stage, w.acknowledged_by) for w in d.lifecycle.warnings] == [
+        (1, "alice"),
+        (2, "operator"),
+        (3, ""),
+    ]
+    await env.sleep(timedelta(days=1))  # expired: every warning is closed
+    assert await handle.result() == "expired"
+    assert all(w[4] for w in warning_rows(services, spec.key_id))
+    acts = actions(services, spec.key_id)
+    assert acts.count("key.expiry_warning") == 3 and acts.count("key.rotation_warning") == 2
+    assert acts.count("key.warning_acknowledged") == 2
+    with services.store.session() as s:
+        records = s.scalars(
+            select(AuditRecordRow)
+            .where(
+                AuditRecordRow.object_id == spec.key_id,
+                AuditRecordRow.action == "key.warning_acknowledged",
+            )
+            .order_by(AuditRecordRow.seq)
+        ).all()
+        assert [(r.actor, r.reason) for r in records] == [
+            ("alice", "expiry stage 1: ticket SEC-1"),
+            ("operator", "expiry stage 2"),
+        ]
+        events = s.scalars(
+            select(EventRow)
+            .where(EventRow.object_id == spec.key_id, EventRow.type == "keyExpiring")
+            .order_by(EventRow.id)
+        ).all()
+        assert [
+            (e.data["warning"]["target"], e.data["warning"]["stage"], e.data["warning"]["severity"])
+            for e in events
+        ] == [
+            ("expiry", 1, "notice"),
+            ("rotation", 1, "notice"),
+            ("rotation", 2, "warning"),
+            ("expiry", 2, "notice"),
+            ("expiry", 3, "notice"),
+        ]
+        deadline = t0 + timedelta(days=45)
+        assert events[0].data["warning"]["deadline"] == iso(deadline)
 
 
 async def test_emergency_rotation_reaches_a_suspended_key(
