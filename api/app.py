@@ -17,7 +17,17 @@ from temporalio.client import Client
 from api import errors
 from api.auth import body_schema
 from api.hot import HotPath, HotRoute, body_limit
-from api.routes import audit, codec, credentials, events, handles, health, keys, warnings
+from api.routes import (
+    audit,
+    codec,
+    credentials,
+    events,
+    handles,
+    health,
+    keys,
+    warnings,
+    webhooks,
+)
 from api.schemas import ValidateHandleRequest, VerifyCredentialRequest
 from core.changes import CACHE_POLL_INTERVAL
 from core.codec import EncryptionCodec
@@ -209,4 +219,5 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.include_router(audit.router)
     app.include_router(events.router)
     app.include_router(warnings.router)
+    app.include_router(webhooks.router)
     return app

@@ -44,6 +44,18 @@ class AcknowledgeRequest(ReasonRequest):
     )
 
 
+class CreateWebhookRequest(Body):
+    url: str = Field(min_length=1, max_length=2000)
+    description: str = Field(default="", max_length=500)
+    event_types: list[str] = Field(
+        default_factory=list, max_length=50, description="event types to send; empty: all"
+    )
+    min_severity: Literal["notice", "warning", "critical"] | None = Field(
+        default=None, description="warnings below it are not sent (other events are)"
+    )
+    user_id: str = Field(default="", max_length=200)
+
+
 class EncryptRequest(Body):
     plaintext: str = Field(description="base64", max_length=4 * 1024 * 1024)
     aad: str | None = Field(default=None, description="base64", max_length=65536)

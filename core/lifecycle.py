@@ -304,16 +304,16 @@ _WARN_KINDS = {
 
 def warning_deadline(key: KeyLifecycle, target: WarningTarget) -> tuple[datetime, int] | None:
     """The deadline `target` warnings announce, and the version it concerns (0: the key)."""
-    if key.status in TERMINAL_KEY_STATUSES:
-        return None
     current = key.current()
+    if key.status in TERMINAL_KEY_STATUSES or current is None:
+        return None  # nothing in use: the next version's warnings count from its creation
     if target == WarningTarget.ROTATION:
         # while suspended too: its warnings stay raised until the version rotates
-        if current is None or not key.policy.scheduled:
+        if not key.policy.scheduled:
             return None
         return current.rotate_at, current.number
     ends = [] if key.expires_at is None else [(key.expires_at, 0)]
-    if current is not None and not key.policy.scheduled:
+    if not key.policy.scheduled:
         ends.append((current.hard_expiry, current.number))
     return min(ends) if ends else None
 
@@ -334,14 +334,13 @@ def _next_warning(key: KeyLifecycle, target: WarningTarget, now: datetime) -> Tr
         default=0,
     )
     current = key.current()
-    since = current.created_at if current is not None else None
+    since = current.created_at if current else deadline  # warning_deadline found one in use
     stages = key.policy.warning_stages(target)
     pending = [
-        (stage, deadline - timedelta(seconds=offset))
+        (stage, at)
         for stage, offset in enumerate(stages, start=1)
-        if stage > raised
+        if stage > raised and (at := deadline - timedelta(seconds=offset)) > since
     ]
-    pending = [(stage, at) for stage, at in pending if since is None or at > since]
     if not pending:
         return None
     due = [p for p in pending if p[1] <= now]

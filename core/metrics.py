@@ -29,6 +29,8 @@ from core.store.models import (
     CredentialRow,
     KeyRow,
     KeyVersionRow,
+    WarningRow,
+    WebhookDeliveryRow,
 )
 
 # the audit actions of a rotation (`<kind>.<verb>`) and their result
@@ -145,6 +147,18 @@ def _store_families(lines: list[str], store: Store) -> None:
             select(AuditRecordRow.action, func.count()).group_by(AuditRecordRow.action)
         ).all()
         head = db.scalar(select(AuditHeadRow.seq)) or 0
+        deliveries = db.execute(
+            select(
+                WebhookDeliveryRow.status,
+                func.count(),
+                func.coalesce(func.sum(WebhookDeliveryRow.attempts), 0),
+            ).group_by(WebhookDeliveryRow.status)
+        ).all()
+        warnings = db.execute(
+            select(WarningRow.severity, func.count())
+            .where(WarningRow.closed_at.is_(None), WarningRow.acknowledged_at.is_(None))
+            .group_by(WarningRow.severity)
+        ).all()
         rotation_records = db.execute(
             select(AuditRecordRow.action, AuditRecordRow.reason, func.count())
             .where(or_(*(AuditRecordRow.action.like(f"%.{verb}") for verb in _ROTATION_RESULTS)))
@@ -188,6 +202,27 @@ def _store_families(lines: list[str], store: Store) -> None:
             (f'kind="{k}",reason="{r}",result="{res}"', n)
             for (k, r, res), n in sorted(rotations.items())
         ),
+    )
+    _family(
+        lines,
+        "keyrotor_webhook_deliveries",
+        "gauge",
+        "Webhook deliveries by status (pending, delivered, failed).",
+        ((f'status="{st}"', n) for st, n, _ in deliveries),
+    )
+    _family(
+        lines,
+        "keyrotor_webhook_delivery_attempts_total",
+        "counter",
+        "Attempts at webhook deliveries, by the delivery's status.",
+        ((f'status="{st}"', a) for st, _, a in deliveries),
+    )
+    _family(
+        lines,
+        "keyrotor_unacknowledged_warnings",
+        "gauge",
+        "Open warnings nobody acknowledged, by severity.",
+        ((f'severity="{sev}"', n) for sev, n in warnings),
     )
     _family(
         lines,

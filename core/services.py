@@ -14,6 +14,7 @@ from core.providers.base import KeyProvider
 from core.providers.local import LocalProvider
 from core.settings import Settings
 from core.store.db import Store
+from core.webhooks import WebhookService
 
 
 class ConfigurationError(RuntimeError):
@@ -31,6 +32,7 @@ class Services:
     providers: dict[str, KeyProvider]
     keys: KeyService
     credentials: CredentialService
+    webhooks: WebhookService
     # the API polls it to keep the use path's caches fresh (`core.changes`)
     changes: ChangeFeed = field(init=False)
 
@@ -40,6 +42,7 @@ class Services:
         self.changes = ChangeFeed(self.store, rows)
 
     def close(self) -> None:
+        self.webhooks.close()
         self.store.dispose()
 
 
@@ -71,6 +74,7 @@ def build_services(settings: Settings) -> Services:
         providers,
         KeyService(store, providers, settings.environment or None, policies.pqc),
         CredentialService(store, keyring, peppers),
+        WebhookService(store, keyring),
     )
 
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     admin_rate_limit: int = Field(default=1200, ge=0)
     # Largest request body the hot routes accept (413 above it); Vault's default is 32 MiB.
     max_request_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # Attempts at each webhook delivery before it is marked failed (1 s apart, doubling, at
+    # most 10 min: 20 attempts span about two hours); a failed delivery can be replayed.
+    webhook_max_attempts: int = Field(default=20, ge=1, le=100)
     ui_origin: str = "http://localhost:8233"
     # Browser applications (dashboards) that may call the whole API with an admin key, CORS
     # GET, POST and DELETE; comma-separated. The UI origins above may only POST (the codec).

@@ -7,16 +7,24 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
 
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities
+from activities.webhooks import WebhookActivities
 from core.codec import connect_client
 from core.services import Services
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
+from workflows.webhooks import (
+    DispatcherInput,
+    WebhookDeliveryWorkflow,
+    WebhookDispatcherWorkflow,
+    dispatcher_id,
+)
 
 ACTIVITY_THREADS = 32
 # The workflow modules themselves are passed through too, like everything they import (DESIGN
@@ -31,16 +39,43 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     """A worker for every keyrotor workflow and activity, sharing `services`."""
     keys = KeyActivities(services.keys)
     credentials = CredentialActivities(services.credentials)
+    webhooks = WebhookActivities(services.webhooks)
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
-        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow, HandleLifecycleWorkflow],
+        workflows=[
+            KeyLifecycleWorkflow,
+            CredentialLifecycleWorkflow,
+            HandleLifecycleWorkflow,
+            WebhookDispatcherWorkflow,
+            WebhookDeliveryWorkflow,
+        ],
         workflow_runner=SANDBOX,
-        activities=[keys.commit_key_transition, credentials.commit_credential_transition],
+        activities=[
+            keys.commit_key_transition,
+            credentials.commit_credential_transition,
+            webhooks.last_event_id,
+            webhooks.fan_out,
+            webhooks.deliver,
+            webhooks.fail,
+        ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Without it the SDK hashes the code of every loaded module at start-up.
         build_id=f"keyrotor-{version('keyrotor')}",
+    )
+
+
+async def start_webhook_dispatcher(client: Client, services: Services) -> None:
+    """Start the deployment's webhook dispatcher unless it runs already (every worker asks; one
+    dispatcher runs per task queue)."""
+    queue = services.settings.task_queue
+    await client.start_workflow(
+        WebhookDispatcherWorkflow.run,
+        DispatcherInput(services.settings.webhook_max_attempts),
+        id=dispatcher_id(queue),
+        task_queue=queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
 
 
@@ -49,4 +84,5 @@ async def run_worker(services: Services, stop: asyncio.Event | None = None) -> N
     s = services.settings
     client = await connect_client(s.temporal_address, s.temporal_namespace, services.keyring)
     async with build_worker(client, services):
+        await start_webhook_dispatcher(client, services)
         await (stop or asyncio.Event()).wait()

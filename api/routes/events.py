@@ -20,26 +20,14 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, Svc
 from api.errors import APIError
-from core.lifecycle import iso
 from core.store.db import Store
 from core.store.models import EventRow
+from core.webhooks import event_view
 
 router = APIRouter(prefix="/api/key-management/events", tags=["events"])
 STREAM_POLL_SECONDS = 0.5
 KEEPALIVE_SECONDS = 15.0
 BATCH = 500
-
-
-def event_view(row: Any) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "eventId": row.event_id,
-        "type": row.type,
-        "objectKind": row.object_kind,
-        "objectId": row.object_id,
-        "at": iso(row.at),
-        "data": dict(row.data),
-    }
 
 
 def _types(types: str | None) -> list[str] | None:

@@ -293,3 +293,49 @@ class WarningRow(Base):
         ),
         Index("ix_warnings_closed_raised", "closed_at", "raised_at"),
     )
+
+
+class WebhookRow(Base):
+    """A webhook subscription: events of `event_types` (all when empty) are POSTed to `url`,
+    signed with its secret, which is stored only envelope-encrypted under the master key.
+    Warnings below `min_severity` are not sent to it."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    description: Mapped[str] = mapped_column(String(500), default="")
+    event_types: Mapped[list[str]] = mapped_column(JSON, default=list)
+    min_severity: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    sealed_secret: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(16))  # active, deleted
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class WebhookDeliveryRow(Base):
+    """One event sent (or being sent) to one webhook: pending, delivered or failed."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    webhook_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("webhooks.id", ondelete="CASCADE")
+    )
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"))
+    event_type: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_webhook_event", "webhook_id", "event_id", unique=True),
+        Index("ix_webhook_deliveries_status", "status"),
+    )

@@ -16,6 +16,7 @@ from api.app import create_app
 from core import audit
 from core.credentials import AdminKeys, Role
 from core.services import Services
+from core.store.models import WarningRow, WebhookDeliveryRow
 from tests.fixtures.keys import commit_key
 from tests.fixtures.temporal import make_services
 
@@ -133,3 +134,51 @@ async def test_rotations_are_counted_by_reason_and_result_from_the_audit_trail(
         (("kind", "credential"), ("reason", "manual"), ("result", "ok")): 1,
         (("kind", "key"), ("reason", "other"), ("result", "ok")): 1,
     }
+
+
+async def test_webhook_deliveries_and_unacknowledged_warnings(
+    api: tuple[httpx.AsyncClient, Services],
+) -> None:
+    http, services = api
+    webhook, _ = services.webhooks.create("https://hooks.example/", "", [], None, "t")
+    now = datetime.now(UTC)
+    with services.store.write() as s:
+        for i, (status, attempts) in enumerate([("delivered", 1), ("delivered", 2), ("failed", 3)]):
+            s.add(
+                WebhookDeliveryRow(
+                    webhook_id=webhook["id"],
+                    event_id=i,
+                    event_type="keyRotated",
+                    status=status,
+                    attempts=attempts,
+                    last_error="",
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        for i, (severity, acknowledged) in enumerate(
+            [("notice", None), ("critical", None), ("critical", now)]
+        ):
+            s.add(
+                WarningRow(
+                    object_kind="key",
+                    object_id="key_x",
+                    environment="dev",
+                    target="rotation",
+                    deadline=now,
+                    stage=i + 1,
+                    stages=3,
+                    version=1,
+                    severity=severity,
+                    raised_at=now,
+                    acknowledged_at=acknowledged,
+                    acknowledged_by="",
+                )
+            )
+    m = samples((await http.get("/metrics")).text)
+    assert m[("keyrotor_webhook_deliveries", frozenset({("status", "delivered")}))] == 2
+    assert m[("keyrotor_webhook_deliveries", frozenset({("status", "failed")}))] == 1
+    attempts = "keyrotor_webhook_delivery_attempts_total"
+    assert m[(attempts, frozenset({("status", "delivered")}))] == 3
+    assert m[("keyrotor_unacknowledged_warnings", frozenset({("severity", "notice")}))] == 1
+    assert m[("keyrotor_unacknowledged_warnings", frozenset({("severity", "critical")}))] == 1

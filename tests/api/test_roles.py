@@ -96,6 +96,12 @@ EXPECTED: dict[Route, Permission | None] = {
     ("GET", f"{API}/audit/verify"): Permission.READ,
     ("GET", f"{API}/audit/export"): Permission.READ,
     ("GET", f"{API}/warnings"): Permission.READ,
+    ("POST", f"{API}/webhooks"): Permission.ADMIN,
+    ("GET", f"{API}/webhooks"): Permission.READ,
+    ("GET", f"{API}/webhooks/{{webhook_id}}"): Permission.READ,
+    ("DELETE", f"{API}/webhooks/{{webhook_id}}"): Permission.ADMIN,
+    ("GET", f"{API}/webhooks/{{webhook_id}}/deliveries"): Permission.READ,
+    ("POST", f"{API}/webhooks/{{webhook_id}}/deliveries/{{delivery_id}}/replay"): Permission.ADMIN,
 }
 # The codec routes check their permission in the handler, after the `keyrotor dev` UI-origin
 # bypass, so no `require` dependency declares it; the matrix still checks they enforce it.

@@ -29,6 +29,8 @@ EXPECTED_TABLES = {
     "credentials",
     "credential_versions",
     "warnings",
+    "webhooks",
+    "webhook_deliveries",
 }
 NOW = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 
@@ -114,7 +116,7 @@ def test_migrate_twice_is_a_no_op(store: Store) -> None:
     assert schema_diff(store) == []
     assert count(store, AdminKeyRow) == 1
     with store.session() as s:
-        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0003"]
+        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0004"]
 
 
 def test_concurrent_migrations_on_a_new_database_migrate_once(database_url: str) -> None:
