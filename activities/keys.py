@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -29,6 +31,12 @@ class KeyActivities:
         try:
             return self._keys.commit_transition(commit)
         except ProviderError as e:
+            if e.retryable and activity.info().attempt == 1:
+                # once per transition and outage: the first failed attempt says so
+                with contextlib.suppress(SQLAlchemyError):
+                    self._keys.record_provider_unavailable(
+                        commit.spec.provider, commit.spec.key_id, type(e).__name__
+                    )
             raise ApplicationError(
                 str(e), type=type(e).__name__, non_retryable=not e.retryable
             ) from e

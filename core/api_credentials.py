@@ -677,6 +677,16 @@ class CredentialService:
                     .values(anomaly_count=CredentialRow.anomaly_count + 1)
                     .returning(CredentialRow.anomaly_count)
                 ).scalar_one()
+                s.add(
+                    EventRow(
+                        event_id=f"handle/{row.id}/anomaly/{uuid.uuid4()}",
+                        type="handleAnomalyDetected",
+                        object_kind="handle",
+                        object_id=row.id,
+                        at=datetime.now(UTC),
+                        data={"familyId": row.id, "anomaly": anomaly, "anomalies": anomalies},
+                    )
+                )
         if code == HandleCode.NOT_FOUND:  # tell the caller nothing about the family
             return HandleValidation(
                 code, workflow_id=row.workflow_id, anomaly=anomaly, anomalies=anomalies

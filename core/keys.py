@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import secrets
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -491,6 +492,21 @@ class KeyService:
                 )
             )
         return made
+
+    def record_provider_unavailable(self, provider: str, key_id: str, error: str) -> None:
+        """Event `providerUnavailable`: a transition of `key_id` found `provider` unreachable
+        (the activity retries it). `error` is the error's class, never its text."""
+        with self._store.write() as s:
+            s.add(
+                EventRow(
+                    event_id=f"provider/{provider}/unavailable/{uuid.uuid4()}",
+                    type="providerUnavailable",
+                    object_kind="provider",
+                    object_id=provider,
+                    at=datetime.now(UTC),
+                    data={"provider": provider, "keyId": key_id, "error": error},
+                )
+            )
 
     @staticmethod
     def _algorithm_of(db: Connection, key_id: str, number: int | None) -> str | None:

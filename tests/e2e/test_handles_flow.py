@@ -204,6 +204,19 @@ async def test_anomalies_suspend_the_family_until_resumed(stack: Stack) -> None:
             return (await validate(stack, handle["id"]))["code"] == "SUSPENDED"
 
         await until(suspended)
+        r = await stack.http.get(
+            "/api/key-management/events",
+            params={"types": "handleAnomalyDetected,handleSuspended"},
+            headers=stack.auth(),
+        )
+        mine = [e for e in r.json()["events"] if e["objectId"] == handle["familyId"]]
+        assert [(e["type"], e["data"].get("anomalies")) for e in mine] == [
+            ("handleAnomalyDetected", 1),
+            ("handleAnomalyDetected", 2),
+            ("handleAnomalyDetected", 3),
+            ("handleSuspended", None),
+        ]
+        assert mine[0]["data"]["anomaly"]  # what was seen, e.g. context drift
         r = await stack.http.post(
             f"{API}/{handle['familyId']}/resume", json={"reason": "checked"}, headers=stack.auth()
         )

@@ -31,7 +31,7 @@ from temporalio.testing import WorkflowEnvironment
 from core import audit
 from core.policy import default_policy_path
 from core.providers.vault_transit import transit_key_name
-from core.store.models import AuditRecordRow, KeyVersionRow
+from core.store.models import AuditRecordRow, EventRow, KeyVersionRow
 from tests.e2e.conftest import Stack, build_stack
 from tests.fixtures.moto_kms import REGION, MotoServer, kms_client
 from tests.fixtures.openbao import OpenBaoServer
@@ -167,6 +167,15 @@ async def rotate_while_down(
     assert body["status"] == "degraded", body
     assert body["components"][f"provider:{provider}"]["status"] == "down", body
     assert body["components"]["database"]["status"] == "up", body
+    # subscribers hear of it: one providerUnavailable event per transition that met the outage
+    with stack.services.store.session() as s:
+        events = s.scalars(
+            select(EventRow).where(
+                EventRow.type == "providerUnavailable", EventRow.object_id == provider
+            )
+        ).all()
+    assert {e.data["keyId"] for e in events} >= {k["id"] for k in (manual, emergency, scheduled)}
+    assert all(e.data["error"].endswith("Error") for e in events), [e.data for e in events]
     return rest
 
 
