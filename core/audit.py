@@ -9,7 +9,12 @@ chain, and sequence numbers are dense (1, 2, 3, ...) so that a removed record sh
 Truncating the newest records *and* rewinding the head cannot be detected from inside the
 database; export `ChainReport.head_hash` elsewhere (logs, a notary) to anchor the chain.
 
-keyrotor code never updates or deletes audit records.
+keyrotor never deletes audit records, and changes one only when its retention has passed
+(`apply_retention`): an `audit.retention_applied` record is appended that counts the old
+records by environment and action and names them, and their actor, reason and details are
+erased while their hashes stay. Verification then checks a redacted record's links but not its
+content, and that the summary naming it is in the chain and names exactly the records that
+point at it: nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.store.db import WRITE_TRANSACTION_OPTION
-from core.store.models import AuditHeadRow, AuditRecordRow
+from core.store.models import AuditHeadRow, AuditRecordRow, CredentialRow, KeyRow
 
 GENESIS_HASH: Final = "0" * 64
 HEAD_ID: Final = 1
@@ -276,8 +281,10 @@ def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
         AuditRecordRow.details,
         AuditRecordRow.prev_hash,
         AuditRecordRow.hash,
+        AuditRecordRow.redacted_by,
     )
     last_seq, last_hash, checked = 0, GENESIS_HASH, 0
+    summaries = _Summaries()
     while True:
         # Plain column rows, not ORM objects: nothing accumulates in the session.
         rows = session.execute(
@@ -295,14 +302,16 @@ def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
                 return broken(
                     row.seq, checked, f"record {row.seq}: prev_hash does not match {what}"
                 )
-            if not content_matches(row):
-                return broken(
-                    row.seq, checked, f"record {row.seq}: hash does not match its content"
-                )
+            problem = summaries.check(row)
+            if problem:
+                return broken(row.seq, checked, problem)
             last_seq, last_hash = row.seq, row.hash
             checked += 1
         if len(rows) < batch_size:
             break
+    problem = summaries.unclaimed()
+    if problem:
+        return broken(last_seq, checked, problem)
 
     if last_seq != head_seq:
         return broken(
@@ -328,6 +337,151 @@ def verify_chain(session: Session, batch_size: int = 1000) -> ChainReport:
     return ChainReport(True, checked, head_hash, None, "")
 
 
+# --- retention ------------------------------------------------------------------------------
+
+RETENTION_ACTION: Final = "audit.retention_applied"
+RETENTION_BATCH: Final = 5000
+
+
+def _ranges(seqs: list[int]) -> str:
+    """1,2,3,5 -> "1-3,5"."""
+    parts: list[str] = []
+    start = prev = seqs[0]
+    for n in [*seqs[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+        if n is not None:
+            start = prev = n
+    return ",".join(parts)
+
+
+def _parse_ranges(text: object) -> list[int]:
+    if not isinstance(text, str) or not text:
+        raise ValueError("no seqs")
+    seqs: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        seqs.extend(range(int(low), int(high or low) + 1))
+    return seqs
+
+
+class _Summaries:
+    """While walking the chain in order: a redacted record's content cannot be checked, but it
+    must point at a later retention summary that names it, and each summary must name exactly
+    the records that point at it."""
+
+    def __init__(self) -> None:
+        self._pending: dict[int, list[int]] = {}
+
+    def check(self, row: Any) -> str:
+        """The problem with `row`, or ""."""
+        if row.redacted_by is not None:
+            if row.redacted_by <= row.seq:
+                return f"record {row.seq}: redacted by record {row.redacted_by}, not a later one"
+            self._pending.setdefault(row.redacted_by, []).append(row.seq)
+            return ""
+        if not content_matches(row):
+            return f"record {row.seq}: hash does not match its content"
+        claimed = self._pending.pop(row.seq, [])
+        if row.action != RETENTION_ACTION:
+            if claimed:
+                return f"records {_ranges(claimed)} name record {row.seq}, not a summary"
+            return ""
+        try:
+            named = _parse_ranges(row.details.get("seqs"))
+        except ValueError:
+            return f"record {row.seq}: a retention summary that names no records"
+        if named != claimed:
+            return (
+                f"record {row.seq}: the retention summary names records {_ranges(named)}, "
+                f"but {_ranges(claimed) if claimed else 'none'} are redacted by it"
+            )
+        return ""
+
+    def unclaimed(self, after: int | None = None) -> str:
+        """Redacted records whose summary never came (those past `after` may be beyond an
+        export's end)."""
+        missing = {s: seqs for s, seqs in self._pending.items() if after is None or s <= after}
+        if not missing:
+            return ""
+        summary, seqs = min(missing.items())
+        return f"records {_ranges(seqs)} are redacted by record {summary}, which is no summary"
+
+
+def apply_retention(
+    session: Session,
+    cutoffs: Mapping[str, datetime],
+    default_cutoff: datetime,
+    now: datetime,
+    limit: int = RETENTION_BATCH,
+) -> int:
+    """Summarise and redact up to `limit` of the oldest records that are past their retention:
+    a record of a key, credential or handle follows its environment's cutoff (`cutoffs`), any
+    other record `default_cutoff`. Appends one `audit.retention_applied` record (counts by
+    environment and action, the period, and the redacted seqs) and erases the redacted records'
+    actor, reason and details in the caller's write transaction. Returns how many it redacted;
+    call again until 0."""
+    latest = max([default_cutoff, *cutoffs.values()])
+    environment = func.coalesce(KeyRow.environment, CredentialRow.environment)
+    rows = session.execute(
+        select(
+            AuditRecordRow.seq, AuditRecordRow.at, AuditRecordRow.action, environment.label("env")
+        )
+        .outerjoin(
+            KeyRow, (AuditRecordRow.object_kind == "key") & (KeyRow.id == AuditRecordRow.object_id)
+        )
+        .outerjoin(
+            CredentialRow,
+            AuditRecordRow.object_kind.in_(("credential", "handle"))
+            & (CredentialRow.id == AuditRecordRow.object_id),
+        )
+        .where(
+            AuditRecordRow.redacted_by.is_(None),
+            AuditRecordRow.at < latest,
+            AuditRecordRow.action != RETENTION_ACTION,
+        )
+        .order_by(AuditRecordRow.seq)
+        .limit(limit)
+    ).all()
+    due = [r for r in rows if r.at < cutoffs.get(r.env, default_cutoff)]
+    if not due:
+        return 0
+    counts: dict[str, DetailValue] = {}
+    for r in due:
+        name = f"count:{r.env or '-'}:{r.action}"
+        counts[name] = int(counts.get(name) or 0) + 1
+    seqs = [r.seq for r in due]
+    summary = append(
+        session,
+        AuditEntry(
+            event_id=f"audit/retention/{seqs[0]}-{seqs[-1]}/{now.isoformat()}",
+            at=now,
+            actor="keyrotor",
+            action=RETENTION_ACTION,
+            object_kind="audit",
+            object_id="chain",
+            reason=f"{len(due)} records past their retention summarised",
+            details={
+                "seqs": _ranges(seqs),
+                "count": len(due),
+                "from": _utc_iso(min(r.at for r in due)),
+                "to": _utc_iso(max(r.at for r in due)),
+                **counts,
+            },
+        ),
+    )
+    connection = session.connection()
+    for i in range(0, len(seqs), 500):
+        connection.execute(
+            update(_RECORDS)
+            .where(_RECORDS.c.seq.in_(seqs[i : i + 500]))
+            .values(actor="", reason="", details={}, redacted_by=summary)
+        )
+    return len(due)
+
+
 # --- export and offline verification ----------------------------------------------------------
 
 EXPORT_FORMAT: Final = "keyrotor-audit-export"
@@ -347,6 +501,7 @@ EXPORT_FIELDS: Final = (
     "prev_hash",
     "hash",
     "cid",
+    "redacted_by",
 )
 
 
@@ -366,6 +521,7 @@ def export_record(row: Any) -> dict[str, Any]:
         "prev_hash": row.prev_hash,
         "hash": row.hash,
         "cid": content_id(row.hash),
+        "redacted_by": row.redacted_by,
     }
 
 
@@ -393,6 +549,7 @@ def verify_export(records: Iterable[Mapping[str, Any]], head_hash: str | None) -
     last_seq: int | None = None
     last_hash = GENESIS_HASH
     checked = 0
+    summaries = _Summaries()
 
     def problem(text: str) -> ExportReport:
         return ExportReport(False, checked, first, last_seq, last_hash, text)
@@ -410,14 +567,18 @@ def verify_export(records: Iterable[Mapping[str, Any]], head_hash: str | None) -
             return problem(f"record {last_seq + 1} missing (the next is {row.seq})")
         elif row.prev_hash != last_hash:
             return problem(f"record {row.seq}: prev_hash does not match record {last_seq}")
-        if not content_matches(row):
-            return problem(f"record {row.seq}: hash does not match its content")
+        found = summaries.check(row)
+        if found:
+            return problem(found)
         if row.cid != content_id(row.hash):
             return problem(f"record {row.seq}: cid does not match its hash")
         last_seq, last_hash = row.seq, row.hash
         checked += 1
     if last_seq is None:
         return problem("the export holds no records")
+    found = summaries.unclaimed(after=last_seq)
+    if found:
+        return problem(found)
     if head_hash is not None and last_hash != head_hash:
         return problem(f"the export ends at record {last_seq}, whose hash is not the head's")
     return ExportReport(True, checked, first, last_seq, last_hash, "")
@@ -438,6 +599,7 @@ class _ExportedRow:
     prev_hash: str
     hash: str
     cid: str
+    redacted_by: int | None
 
     @classmethod
     def parse(cls, record: Mapping[str, Any]) -> _ExportedRow:
@@ -446,6 +608,7 @@ class _ExportedRow:
         at = datetime.fromisoformat(str(record["at"]).replace("Z", "+00:00"))
         version = record["version"]
         details = record["details"]
+        redacted_by = record.get("redacted_by")  # absent from exports made before retention
         return cls(
             seq=int(record["seq"]),
             event_id=str(record["event_id"]),
@@ -460,6 +623,7 @@ class _ExportedRow:
             prev_hash=str(record["prev_hash"]),
             hash=str(record["hash"]),
             cid=str(record["cid"]),
+            redacted_by=None if redacted_by in (None, "") else int(redacted_by),
         )
 
 

@@ -304,6 +304,8 @@ class EnvironmentPolicy:
     name: str
     provider: str  # for a key whose request names none
     allow_local: bool
+    # audit records of its objects older than this are summarised (core.audit.apply_retention)
+    audit_retention: timedelta = timedelta(days=365)
 
 
 @dataclass(frozen=True)
@@ -320,6 +322,8 @@ class Policies:
     default_environment: str
     default_provider: str
     source: str
+    # the audit retention of records that belong to no environment (admin keys, webhooks)
+    audit_retention: timedelta = timedelta(days=365)
 
     def provider_for(self, environment: str, requested: str | None) -> str:
         """The provider of a new key in `environment`: the one requested, else the
@@ -388,7 +392,7 @@ _SECURITY_FIELDS = (
     "suspension_timeout",
 )
 _TOP_LEVEL_FIELDS = ("defaults", "key_types", "credentials", "handle_types", "security_policies")
-_ENVIRONMENT_FIELDS = ("provider", "allow_local")
+_ENVIRONMENT_FIELDS = ("provider", "allow_local", "audit_retention")
 _PQC_FIELDS = (
     "enabled",
     "migration_deadline",
@@ -430,16 +434,27 @@ class _Reader:
                 raise self.fail(_join(field, key), "missing")
         return value
 
-    def environment(self, name: str, value: object, default_provider: str) -> EnvironmentPolicy:
+    def environment(
+        self, name: str, value: object, default_provider: str, default_retention: timedelta
+    ) -> EnvironmentPolicy:
         field = f"environments.{name}"
         table = self.table(value, field, (), _ENVIRONMENT_FIELDS)
+        retention = default_retention
+        if "audit_retention" in table:
+            retention = self.retention(table["audit_retention"], f"{field}.audit_retention")
         provider = default_provider
         if "provider" in table:
             provider = self.name(table["provider"], f"{field}.provider")
         allow_local = name != "prod"
         if "allow_local" in table:
             allow_local = self.boolean(table["allow_local"], f"{field}.allow_local")
-        return EnvironmentPolicy(name, provider, allow_local)
+        return EnvironmentPolicy(name, provider, allow_local, retention)
+
+    def retention(self, value: object, field: str) -> timedelta:
+        d = self.duration(value, field)
+        if d <= timedelta(0):
+            raise self.fail(field, "must be longer than zero")
+        return d
 
     def string(self, value: object, field: str) -> str:
         if not isinstance(value, str):
@@ -669,7 +684,10 @@ class _Reader:
 
     def policies(self, data: dict[str, Any]) -> Policies:
         self.table(data, "", _TOP_LEVEL_FIELDS, ("environments", "pqc_policy"))
-        defaults = self.table(data["defaults"], "defaults", _DEFAULTS_FIELDS)
+        defaults = self.table(data["defaults"], "defaults", _DEFAULTS_FIELDS, ("audit_retention",))
+        retention = timedelta(days=365)
+        if "audit_retention" in defaults:
+            retention = self.retention(defaults["audit_retention"], "defaults.audit_retention")
         raw_environments = defaults["environments"]
         if not isinstance(raw_environments, list):
             raise self.fail(
@@ -701,7 +719,7 @@ class _Reader:
                     f"{env!r} is not one of defaults.environments ({', '.join(environments)})",
                 )
         environment_policies = {
-            env: self.environment(env, raw_env_tables.get(env, {}), provider)
+            env: self.environment(env, raw_env_tables.get(env, {}), provider, retention)
             for env in environments
         }
         raw_types = data["key_types"]
@@ -725,6 +743,7 @@ class _Reader:
             default_environment=environment,
             default_provider=provider,
             source=self.source,
+            audit_retention=retention,
         )
 
 

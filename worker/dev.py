@@ -28,7 +28,7 @@ from cli.main import build_or_exit
 from core.credentials import AdminKeys, Role
 from core.envelope import generate_master_key
 from core.settings import Settings
-from worker.main import build_worker, start_webhook_dispatcher
+from worker.main import build_worker, start_background_workflows
 from workflows.types import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("keyrotor.dev")
@@ -157,7 +157,7 @@ async def run_dev(data_dir: Path, api_port: int, temporal_port: int, ui_port: in
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, api.handle_exit, sig, None)
         async with build_worker(client, services):
-            await start_webhook_dispatcher(client, services)
+            await start_background_workflows(client, services)
             print(
                 f"\nkeyrotor dev is running\n"
                 f"  REST API     http://localhost:{api_port}/api/key-management  (docs: /docs)\n"

@@ -3,19 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from importlib.metadata import version
 
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.audit import AuditActivities
 from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities
 from activities.webhooks import WebhookActivities
 from core.codec import connect_client
 from core.services import Services
+from workflows.audit_retention import AuditRetentionWorkflow, retention_schedule_id
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
@@ -40,6 +53,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     keys = KeyActivities(services.keys)
     credentials = CredentialActivities(services.credentials)
     webhooks = WebhookActivities(services.webhooks)
+    auditing = AuditActivities(services.store, services.policies)
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
@@ -49,6 +63,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             HandleLifecycleWorkflow,
             WebhookDispatcherWorkflow,
             WebhookDeliveryWorkflow,
+            AuditRetentionWorkflow,
         ],
         workflow_runner=SANDBOX,
         activities=[
@@ -58,6 +73,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             webhooks.fan_out,
             webhooks.deliver,
             webhooks.fail,
+            auditing.apply_retention,
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,
@@ -66,9 +82,10 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     )
 
 
-async def start_webhook_dispatcher(client: Client, services: Services) -> None:
-    """Start the deployment's webhook dispatcher unless it runs already (every worker asks; one
-    dispatcher runs per task queue)."""
+async def start_background_workflows(client: Client, services: Services) -> None:
+    """Start what runs besides the lifecycle workflows, unless it runs already (every worker
+    asks; one of each runs per task queue): the webhook dispatcher, and the daily schedule of
+    the audit retention."""
     queue = services.settings.task_queue
     await client.start_workflow(
         WebhookDispatcherWorkflow.run,
@@ -77,6 +94,19 @@ async def start_webhook_dispatcher(client: Client, services: Services) -> None:
         task_queue=queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(
+            retention_schedule_id(queue),
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    AuditRetentionWorkflow.run,
+                    id=f"keyrotor/audit-retention/{queue}",
+                    task_queue=queue,
+                ),
+                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=1))]),
+                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+            ),
+        )
 
 
 async def run_worker(services: Services, stop: asyncio.Event | None = None) -> None:
@@ -84,5 +114,5 @@ async def run_worker(services: Services, stop: asyncio.Event | None = None) -> N
     s = services.settings
     client = await connect_client(s.temporal_address, s.temporal_namespace, services.keyring)
     async with build_worker(client, services):
-        await start_webhook_dispatcher(client, services)
+        await start_background_workflows(client, services)
         await (stop or asyncio.Event()).wait()

@@ -46,6 +46,7 @@ def record_view(row: Any) -> dict[str, Any]:
         "prevHash": row.prev_hash,
         "hash": row.hash,
         "cid": audit.content_id(row.hash),
+        "redactedBy": row.redacted_by,
     }
 
 

@@ -132,6 +132,11 @@ class AuditRecordRow(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # past its retention: the seq of the `audit.retention_applied` record that summarised it
+    # (its actor, reason and details are erased; its hash stays, so the chain still links)
+    redacted_by: Mapped[int | None] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), nullable=True
+    )
 
     __table_args__ = (Index("ix_audit_object", "object_kind", "object_id"),)
 

@@ -16,7 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.webhooks import verify_signature
 from tests.e2e.conftest import Stack, build_stack
-from worker.main import start_webhook_dispatcher
+from worker.main import start_background_workflows
+from workflows.audit_retention import retention_schedule_id
 from workflows.webhooks import delivery_workflow_id, dispatcher_id
 
 API = "/api/key-management"
@@ -62,10 +63,11 @@ async def stack(
     async with build_stack(
         dev_env, tmp_path_factory.mktemp("webhooks"), webhook_max_attempts=3
     ) as stack:
-        await start_webhook_dispatcher(stack.client, stack.services)
+        await start_background_workflows(stack.client, stack.services)
         yield stack
         queue = stack.services.settings.task_queue
         await stack.client.get_workflow_handle(dispatcher_id(queue)).terminate("test over")
+        await stack.client.get_schedule_handle(retention_schedule_id(queue)).delete()
 
 
 async def eventually(what: str, done: Callable[[], Any], timeout: float = 30.0) -> None:

@@ -81,6 +81,13 @@ def test_default_policy_path_is_the_repository_config() -> None:
     assert path.is_file()
 
 
+def test_shipped_audit_retention() -> None:
+    policies = load_policies(default_policy_path())
+    assert policies.audit_retention == 365 * DAY
+    retention = {e: p.audit_retention for e, p in policies.environment_policies.items()}
+    assert retention == {"dev": 365 * DAY, "staging": 365 * DAY, "prod": 2555 * DAY}
+
+
 def test_shipped_policies_have_the_reference_values() -> None:
     policies = load_policies(default_policy_path())
     assert dict(policies.key_types) == EXPECTED_KEY_TYPES
@@ -392,7 +399,7 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         "unknown defaults field",
         _set("defaults.enviroment", "dev"),
         "defaults.enviroment",
-        "unknown field; expected one of environments, environment, provider",
+        "unknown field; expected one of environments, environment, provider, audit_retention",
     ),
     ("missing environments", _delete("defaults.environments"), "defaults.environments", "missing"),
     ("missing environment", _delete("defaults.environment"), "defaults.environment", "missing"),
@@ -451,7 +458,19 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         "environment table with an unknown field",
         lambda d: d.update(environments={"prod": {"kms": "vault"}}),
         "environments.prod.kms",
-        "unknown field; expected one of provider, allow_local",
+        "unknown field; expected one of provider, allow_local, audit_retention",
+    ),
+    (
+        "environment audit retention of zero",
+        lambda d: d.update(environments={"dev": {"audit_retention": "P0D"}}),
+        "environments.dev.audit_retention",
+        "must be longer than zero",
+    ),
+    (
+        "default audit retention not a duration",
+        _set("defaults.audit_retention", 30),
+        "defaults.audit_retention",
+        'must be an ISO 8601 duration string such as "P30D", got an integer',
     ),
     (
         "allow_local not a boolean",
