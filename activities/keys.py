@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
@@ -42,6 +44,27 @@ class KeyActivities:
             ) from e
         except AlgorithmError as e:
             raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
+        except SQLAlchemyError as e:
+            raise store_failure(e) from None
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    key_id: str
+    number: int
+
+
+class KeyUsageActivities:
+    """What usage-aware retirement asks the store (the worker builds one instance)."""
+
+    def __init__(self, keys: KeyService) -> None:
+        self._keys = keys
+
+    @activity.defn(name="key_version_last_used")
+    def last_used(self, ref: VersionRef) -> datetime | None:
+        """When the version was last used in grace (None: never)."""
+        try:
+            return self._keys.last_used(ref.key_id, ref.number)
         except SQLAlchemyError as e:
             raise store_failure(e) from None
 

@@ -152,6 +152,9 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
                 _every(USAGE_FLUSH_INTERVAL, "write usage counts", credentials.flush_usage)
             ),
             asyncio.create_task(
+                _every(USAGE_FLUSH_INTERVAL, "write grace uses", services.keys.flush_grace_uses)
+            ),
+            asyncio.create_task(
                 _every(
                     FAILURE_AUDIT_INTERVAL,
                     "audit failed verifications",
@@ -169,6 +172,7 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.to_thread(credentials.flush_usage)
+            await asyncio.to_thread(services.keys.flush_grace_uses)
             await asyncio.to_thread(credentials.audit_failures)
             if app.state.close_services:
                 services.close()

@@ -22,7 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import audit
@@ -286,6 +286,8 @@ class KeyService:
         # The only environment whose keys this process reads and uses (None: every one); a key
         # of another environment does not exist here, so its id tells a caller nothing.
         self.environment = environment
+        # uses of grace versions since the last flush (usage-aware retirement), by version
+        self._grace_uses: dict[tuple[str, int], datetime] = {}
 
     def forget(self, key_id: str) -> None:
         """Drop a key's cached versions now (this process saw a change to it committed)."""
@@ -423,6 +425,7 @@ class KeyService:
                     "hard_expiry": v.hard_expiry,
                     "grace_until": v.grace_until,
                     "state_changed_at": v.changed_at or c.at,
+                    "held": v.held,
                 }
                 if v.number in in_store:
                     changes.append({"b_number": v.number, **deadlines})
@@ -492,6 +495,38 @@ class KeyService:
                 )
             )
         return made
+
+    def flush_grace_uses(self) -> int:
+        """Write the last use of each grace version used since the last call (the API calls
+        this about once a second); returns how many versions."""
+        uses, self._grace_uses = self._grace_uses, {}
+        if not uses:
+            return 0
+        with self._store.write() as s:
+            s.connection().execute(
+                update(_VERSIONS)
+                .where(
+                    _VERSIONS.c.key_id == bindparam("k"),
+                    _VERSIONS.c.number == bindparam("n"),
+                    or_(
+                        _VERSIONS.c.last_used_at.is_(None),
+                        _VERSIONS.c.last_used_at < bindparam("t"),
+                    ),
+                )
+                .values(last_used_at=bindparam("t")),
+                [{"k": k, "n": n, "t": t} for (k, n), t in uses.items()],
+            )
+        return len(uses)
+
+    def last_used(self, key_id: str, number: int) -> datetime | None:
+        """When version `number` was last used in grace (None: never), as last flushed."""
+        with self._store.engine.connect() as db:
+            found: datetime | None = db.scalar(
+                select(KeyVersionRow.last_used_at).where(
+                    KeyVersionRow.key_id == key_id, KeyVersionRow.number == number
+                )
+            )
+        return found
 
     def record_provider_unavailable(self, provider: str, key_id: str, error: str) -> None:
         """Event `providerUnavailable`: a transition of `key_id` found `provider` unreachable
@@ -598,12 +633,10 @@ class KeyService:
         now = datetime.now(UTC)
         if row.hard_expiry <= now:
             raise KeyStateError(f"version {row.number} of key {key_id} is past its lifetime")
-        if (
-            row.state == VersionState.GRACE
-            and row.grace_until is not None
-            and row.grace_until <= now
-        ):
-            raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
+        if row.state == VersionState.GRACE:
+            if row.grace_until is not None and row.grace_until <= now:
+                raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
+            self._grace_uses[(key_id, row.number)] = now  # flushed by flush_grace_uses
         return self.provider(row.provider), VersionHandle(
             key_id=key_id,
             number=row.number,

@@ -60,6 +60,7 @@ class TransitionKind(StrEnum):
     WARN_EXPIRY = "warn_expiry"
     ROTATE = "rotate"
     END_GRACE = "end_grace"
+    CHECK_USAGE = "check_usage"
     EXPIRE_VERSION = "expire_version"
     REVOKE_SUSPENDED = "revoke_suspended"
 
@@ -114,6 +115,11 @@ class LifecyclePolicy:
     # warnings default to the warning threshold alone; no expiry warnings unless configured.
     rotation_warnings: tuple[int, ...] = ()
     expiry_warnings: tuple[int, ...] = ()
+    # Usage-aware retirement (0: off): a grace version used (decrypt, verify) within this many
+    # seconds when its grace ends is held until it has gone unused that long (never past its
+    # hard expiry); with `retire_unused`, one unused that long retires before its grace ends.
+    usage_window: int = 0
+    retire_unused: bool = False
 
     def warning_stages(self, target: WarningTarget) -> tuple[int, ...]:
         if target == WarningTarget.ROTATION:
@@ -139,6 +145,8 @@ class LifecyclePolicy:
                 raise LifecycleError(f"{name} warnings must be positive and longest first")
         if self.rotation_warnings and self.rotation_warnings[0] != self.warning_threshold:
             raise LifecycleError("the first rotation warning must be the warning threshold")
+        if self.usage_window < 0 or (self.retire_unused and not self.usage_window):
+            raise LifecycleError("retiring unused versions needs a positive usage window")
 
 
 @dataclass(frozen=True)
@@ -153,6 +161,10 @@ class VersionTimes:
     hard_expiry: datetime
     grace_until: datetime | None = None
     changed_at: datetime | None = None
+    # usage-aware retirement: its grace was extended because it was still in use
+    held: bool = False
+    # when to look whether this grace version went unused (policy `retire_unused`)
+    usage_check_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -278,6 +290,8 @@ def next_transition(
                 candidates.append(Transition(TransitionKind.ROTATE, v.rotate_at, v.number))
         if _in_grace(v) and v.grace_until is not None:
             candidates.append(Transition(TransitionKind.END_GRACE, v.grace_until, v.number))
+        if v.state == VersionState.GRACE and v.usage_check_at is not None:
+            candidates.append(Transition(TransitionKind.CHECK_USAGE, v.usage_check_at, v.number))
         if v.state in LIVE_STATES:
             candidates.append(Transition(TransitionKind.EXPIRE_VERSION, v.hard_expiry, v.number))
     for target in WarningTarget:
@@ -415,11 +429,30 @@ def _move(v: VersionTimes, state: VersionState, now: datetime) -> VersionTimes:
 
 
 # The version states each version transition applies to (what next_transition plans them for).
-_APPLIES_TO = {TransitionKind.EXPIRE_VERSION: LIVE_STATES}
+_APPLIES_TO = {
+    TransitionKind.EXPIRE_VERSION: LIVE_STATES,
+    TransitionKind.CHECK_USAGE: frozenset({VersionState.GRACE}),
+}
 
 
-def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle:
-    """Apply a due transition other than ROTATE (rotation needs new material: use `rotate`)."""
+def needs_usage(key: KeyLifecycle, t: Transition) -> bool:
+    """Whether applying `t` needs the version's last use (`apply_timed`'s `last_used`)."""
+    return bool(key.policy.usage_window) and t.kind in (
+        TransitionKind.END_GRACE,
+        TransitionKind.CHECK_USAGE,
+    )
+
+
+def apply_timed(
+    key: KeyLifecycle, t: Transition, now: datetime, last_used: datetime | None = None
+) -> KeyLifecycle:
+    """Apply a due transition other than ROTATE (rotation needs new material: use `rotate`).
+
+    `last_used`, for END_GRACE and CHECK_USAGE under a usage window: when the version was last
+    used (decrypt, verify) in grace, None if never. A grace version used within the window when
+    its grace ends is held (its grace extended to the window after that use, never past its
+    hard expiry); at CHECK_USAGE, one unused for the whole window retires early, else the next
+    check is a window after its last use."""
     if t.kind == TransitionKind.ROTATE:
         raise LifecycleError("use rotate() for rotations")
     if t.at > now:
@@ -445,7 +478,21 @@ def apply_timed(key: KeyLifecycle, t: Transition, now: datetime) -> KeyLifecycle
     applies = _in_grace(v) if t.kind == TransitionKind.END_GRACE else v.state in _APPLIES_TO[t.kind]
     if not applies:
         raise LifecycleError(f"{t.kind} does not apply to version {v.number}, which is {v.state}")
+    window = timedelta(seconds=key.policy.usage_window)
+    recent = last_used is not None and window and now - last_used < window
+    if t.kind == TransitionKind.CHECK_USAGE:
+        if not recent:
+            return _set_version(key, _move(v, VersionState.RETIRED, now))
+        assert last_used is not None and v.grace_until is not None
+        check = last_used + window
+        return _set_version(
+            key, replace(v, usage_check_at=check if check < v.grace_until else None)
+        )
     if t.kind == TransitionKind.END_GRACE:
+        if recent and v.state == VersionState.GRACE and now < v.hard_expiry:
+            assert last_used is not None
+            until = min(last_used + window, v.hard_expiry)
+            return _set_version(key, replace(v, grace_until=until, held=True, usage_check_at=None))
         return _set_version(key, _move(v, VersionState.RETIRED, now))
     return _set_version(key, _move(v, VersionState.EXPIRED, now))
 
@@ -486,7 +533,13 @@ def rotate(
             if until <= now:
                 moved = _move(old, VersionState.RETIRED, now)
             else:
-                moved = replace(_move(old, VersionState.GRACE, now), grace_until=until)
+                policy = key.policy
+                check = now + timedelta(seconds=policy.usage_window)
+                moved = replace(
+                    _move(old, VersionState.GRACE, now),
+                    grace_until=until,
+                    usage_check_at=check if policy.retire_unused and check < until else None,
+                )
         versions = [moved if v.number == old.number else v for v in versions]
     number = key.last_version + 1
     new = plan_version(number, now, key.policy)

@@ -167,6 +167,9 @@ class KeyTypePolicy:
     max_lifetime: timedelta
     grace_period: timedelta
     warnings: WarningStages = field(default_factory=WarningStages)
+    # usage-aware retirement (zero: off); see LifecyclePolicy
+    usage_window: timedelta = timedelta(0)
+    retire_unused: bool = False
 
     def lifecycle(self) -> LifecyclePolicy:
         """The timing part, in whole seconds, as the lifecycle functions and workflows take it."""
@@ -177,6 +180,8 @@ class KeyTypePolicy:
             grace_period=_whole_seconds(self.grace_period),
             rotation_warnings=self.warnings.rotation_seconds(),
             expiry_warnings=self.warnings.expiry_seconds(),
+            usage_window=_whole_seconds(self.usage_window),
+            retire_unused=self.retire_unused,
         )
 
 
@@ -371,6 +376,7 @@ _KEY_TYPE_FIELDS = (
 )
 _CREDENTIAL_FIELDS = _KEY_TYPE_FIELDS[2:]
 _WARNING_FIELDS = ("rotation_warnings", "expiry_warnings")
+_USAGE_FIELDS = ("usage_window", "retire_unused")
 _HANDLE_TYPE_FIELDS = (
     "algorithm",
     "handle_length",
@@ -441,7 +447,7 @@ class _Reader:
         table = self.table(value, field, (), _ENVIRONMENT_FIELDS)
         retention = default_retention
         if "audit_retention" in table:
-            retention = self.retention(table["audit_retention"], f"{field}.audit_retention")
+            retention = self.positive(table["audit_retention"], f"{field}.audit_retention")
         provider = default_provider
         if "provider" in table:
             provider = self.name(table["provider"], f"{field}.provider")
@@ -450,7 +456,7 @@ class _Reader:
             allow_local = self.boolean(table["allow_local"], f"{field}.allow_local")
         return EnvironmentPolicy(name, provider, allow_local, retention)
 
-    def retention(self, value: object, field: str) -> timedelta:
+    def positive(self, value: object, field: str) -> timedelta:
         d = self.duration(value, field)
         if d <= timedelta(0):
             raise self.fail(field, "must be longer than zero")
@@ -659,7 +665,7 @@ class _Reader:
     def key_type(self, name: object, value: object) -> KeyTypePolicy:
         field = f"key_types.{name}"
         type_name = self.name(name, field)
-        table = self.table(value, field, _KEY_TYPE_FIELDS, _WARNING_FIELDS)
+        table = self.table(value, field, _KEY_TYPE_FIELDS, _WARNING_FIELDS + _USAGE_FIELDS)
         algorithm = self.algorithm(table["algorithm"], f"{field}.algorithm")
         bits = table["key_bits"]
         if isinstance(bits, bool) or not isinstance(bits, int):
@@ -678,7 +684,19 @@ class _Reader:
             max_lifetime=lifetime,
             grace_period=grace,
             warnings=self.warning_stages(table, field, warning),
+            usage_window=(
+                self.positive(table["usage_window"], f"{field}.usage_window")
+                if "usage_window" in table
+                else timedelta(0)
+            ),
+            retire_unused=(
+                self.boolean(table["retire_unused"], f"{field}.retire_unused")
+                if "retire_unused" in table
+                else False
+            ),
         )
+        if policy.retire_unused and not policy.usage_window:
+            raise self.fail(f"{field}.retire_unused", "needs a usage_window")
         policy.lifecycle()  # the same rules, checked again where the workflows will check them
         return policy
 
@@ -687,7 +705,7 @@ class _Reader:
         defaults = self.table(data["defaults"], "defaults", _DEFAULTS_FIELDS, ("audit_retention",))
         retention = timedelta(days=365)
         if "audit_retention" in defaults:
-            retention = self.retention(defaults["audit_retention"], "defaults.audit_retention")
+            retention = self.positive(defaults["audit_retention"], "defaults.audit_retention")
         raw_environments = defaults["environments"]
         if not isinstance(raw_environments, list):
             raise self.fail(

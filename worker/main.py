@@ -24,7 +24,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.audit import AuditActivities
 from activities.credentials import CredentialActivities
-from activities.keys import KeyActivities
+from activities.keys import KeyActivities, KeyUsageActivities
 from activities.webhooks import WebhookActivities
 from core.codec import connect_client
 from core.services import Services
@@ -51,6 +51,7 @@ SANDBOX = SandboxedWorkflowRunner(
 def build_worker(client: Client, services: Services, task_queue: str | None = None) -> Worker:
     """A worker for every keyrotor workflow and activity, sharing `services`."""
     keys = KeyActivities(services.keys)
+    usage = KeyUsageActivities(services.keys)
     credentials = CredentialActivities(services.credentials)
     webhooks = WebhookActivities(services.webhooks)
     auditing = AuditActivities(services.store, services.policies)
@@ -68,6 +69,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
         workflow_runner=SANDBOX,
         activities=[
             keys.commit_key_transition,
+            usage.last_used,
             credentials.commit_credential_transition,
             webhooks.last_event_id,
             webhooks.fan_out,

@@ -11,7 +11,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     # our modules, the lifecycle loop included, are shared rather than re-run for every
     # workflow (DESIGN 4): they hold no state of their own
-    from activities.keys import KeyActivities
+    from activities.keys import KeyActivities, KeyUsageActivities
     from core.lifecycle import next_transition
     from core.objects import KeyTransitionCommit
     from workflows.managed import ManagedLifecycleWorkflow
@@ -30,6 +30,7 @@ class KeyLifecycleWorkflow(ManagedLifecycleWorkflow):
     KIND = "key"
     COMMIT = KeyActivities.commit_key_transition
     COMMIT_INPUT = KeyTransitionCommit
+    LAST_USED = KeyUsageActivities.last_used
     INPUT = KeyWorkflowInput
 
     @workflow.init

@@ -19,6 +19,7 @@ from temporalio.common import RetryPolicy, SearchAttributeUpdate
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.keys import VersionRef
     from core.lifecycle import (
         TERMINAL_KEY_STATUSES,
         KeyLifecycle,
@@ -26,12 +27,14 @@ with workflow.unsafe.imports_passed_through():
         RotationReason,
         StagedWarning,
         TransitionKind,
+        VersionState,
         WarningTarget,
         acknowledge,
         apply_timed,
         compromise,
         iso,
         may_rotate,
+        needs_usage,
         next_rotation_at,
         next_transition,
         prune,
@@ -77,6 +80,7 @@ TIMED_ACTIONS = {
     TransitionKind.WARN: ("rotation_warning", "Expiring"),
     TransitionKind.WARN_EXPIRY: ("expiry_warning", "Expiring"),
     TransitionKind.END_GRACE: ("version_retired", "VersionRetired"),
+    TransitionKind.CHECK_USAGE: ("version_retired", "VersionRetired"),
     TransitionKind.EXPIRE_VERSION: ("version_expired", "VersionExpired"),
     TransitionKind.EXPIRE_KEY: ("expired", "Expired"),
     TransitionKind.REVOKE_SUSPENDED: ("revoked", "Revoked"),
@@ -111,6 +115,8 @@ class ManagedLifecycleWorkflow:
     COMMIT: ClassVar[Callable[..., Any]]
     COMMIT_INPUT: ClassVar[type]
     INPUT: ClassVar[type]
+    # the local activity answering a version's last use (keys: usage-aware retirement)
+    LAST_USED: ClassVar[Callable[..., Any] | None] = None
 
     def __init__(self, input: Any) -> None:
         self._spec = input.spec
@@ -199,8 +205,28 @@ class ManagedLifecycleWorkflow:
                 workflow.logger.error("scheduled rotation failed; retrying later: %s", e)
                 self._rotation_retry_at = now + FAILED_ROTATION_BACKOFF
             return
-        new = apply_timed(self._key, due, now)
+        last_used = None
+        ask = type(self).LAST_USED
+        if needs_usage(self._key, due) and ask is not None:
+            last_used = await workflow.execute_local_activity_method(
+                ask,
+                VersionRef(self._spec.key_id, due.version),
+                start_to_close_timeout=COMMIT_TIMEOUT,
+                retry_policy=COMMIT_RETRY,
+            )
+        new = apply_timed(self._key, due, now, last_used)
         reason = "suspended too long" if due.kind == TransitionKind.REVOKE_SUSPENDED else ""
+        action = TIMED_ACTIONS[due.kind]
+        if due.kind in (TransitionKind.END_GRACE, TransitionKind.CHECK_USAGE):
+            v = new.version(due.version)
+            if v.state == VersionState.GRACE and due.kind == TransitionKind.CHECK_USAGE:
+                self._key = new  # still in use: looked at again later, nothing to commit
+                return
+            if v.state == VersionState.GRACE:
+                action = ("version_held", "VersionHeld")
+                reason = f"in use (last {iso(last_used)}): held until {iso(v.grace_until)}"
+            elif due.kind == TransitionKind.CHECK_USAGE:
+                reason = f"unused for {self._key.policy.usage_window} s in grace: retired early"
         warning = None
         if due.kind in (TransitionKind.WARN, TransitionKind.WARN_EXPIRY):
             warning = new.warnings[-1]
@@ -210,7 +236,7 @@ class ManagedLifecycleWorkflow:
             )
         await self._commit(
             new,
-            *self._names(*TIMED_ACTIONS[due.kind]),
+            *self._names(*action),
             version=due.version or None,
             reason=reason,
             warning=warning,

@@ -84,6 +84,8 @@ def key_view(key: KeyRow, versions: list[KeyVersionRow] | None = None) -> dict[s
                 "graceUntil": iso(v.grace_until),
                 "hardExpiry": iso(v.hard_expiry),
                 "stateChangedAt": iso(v.state_changed_at),
+                "held": v.held,
+                "lastUsedAt": iso(v.last_used_at),
             }
             for v in versions
         ]

@@ -24,6 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import false
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -109,6 +110,10 @@ class KeyVersionRow(Base):
     hard_expiry: Mapped[datetime]
     grace_until: Mapped[datetime | None]
     state_changed_at: Mapped[datetime]
+    # usage-aware retirement: the last decrypt or verify while in grace (written by the API
+    # about once a second), and whether its grace was extended because of it
+    last_used_at: Mapped[datetime | None]
+    held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     __table_args__ = (Index("ix_key_versions_key_state", "key_id", "state"),)
 

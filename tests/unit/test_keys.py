@@ -70,3 +70,26 @@ def test_a_commit_parks_versions_from_a_lost_timeline(services: Services) -> Non
 def test_token_versions_are_plain_small_numbers(version: str) -> None:
     with pytest.raises(MalformedTokenError):
         parse_token(f"kr:key_a:{version}:AAAA", "key_a")
+
+
+def test_uses_of_grace_versions_are_recorded_for_usage_aware_retirement(
+    services: Services,
+) -> None:
+    t0 = datetime.now(UTC) - timedelta(hours=2)
+    key = new_key(POLICY, t0)
+    commit(services, 1, key, 1, t0)
+    old = services.keys.encrypt(SPEC.key_id, b"x", b"")
+    services.keys.decrypt(SPEC.key_id, str(old.value), b"")  # active: not a grace use
+    assert services.keys.flush_grace_uses() == 0
+    key = rotate(key, t0 + timedelta(hours=1), RotationReason.MANUAL)
+    commit(services, 2, key, 2, t0 + timedelta(hours=1))
+    before = datetime.now(UTC)
+    for _ in range(3):
+        services.keys.decrypt(SPEC.key_id, str(old.value), b"")
+    services.keys.encrypt(SPEC.key_id, b"y", b"")  # the active version: not recorded
+    assert services.keys.last_used(SPEC.key_id, 1) is None  # written by the flush
+    assert services.keys.flush_grace_uses() == 1
+    used = services.keys.last_used(SPEC.key_id, 1)
+    assert used is not None and before <= used <= datetime.now(UTC)
+    assert services.keys.last_used(SPEC.key_id, 2) is None
+    assert services.keys.flush_grace_uses() == 0

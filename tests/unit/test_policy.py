@@ -531,7 +531,20 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         _set(f"{ENC}.rotaton_interval", "P30D"),
         f"{ENC}.rotaton_interval",
         "unknown field; expected one of algorithm, key_bits, rotation_interval, "
-        "warning_threshold, max_lifetime, grace_period, rotation_warnings, expiry_warnings",
+        "warning_threshold, max_lifetime, grace_period, rotation_warnings, expiry_warnings, "
+        "usage_window, retire_unused",
+    ),
+    (
+        "retire_unused without a usage window",
+        _set(f"{ENC}.retire_unused", True),
+        f"{ENC}.retire_unused",
+        "needs a usage_window",
+    ),
+    (
+        "usage window of zero",
+        _set(f"{ENC}.usage_window", "PT0S"),
+        f"{ENC}.usage_window",
+        "must be longer than zero",
     ),
     (
         "rotation warnings not a list",

@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
@@ -446,3 +446,68 @@ async def test_failed_emergency_rotation_still_stops_the_compromised_version(
     services.providers["local"] = working
     await env.sleep(timedelta(hours=1, minutes=1))  # the next rotation attempt succeeds
     assert versions(services, spec.key_id) == {1: "retired", 2: "compromised", 3: "active"}
+
+
+USAGE_AWARE = replace(POLICY, usage_window=3600)
+
+
+def set_last_use(services: Services, key_id: str, number: int, at: datetime) -> None:
+    """What the API's flush of grace uses writes (`KeyService.flush_grace_uses`)."""
+    with services.store.write() as s:
+        s.execute(
+            update(KeyVersionRow)
+            .where(KeyVersionRow.key_id == key_id, KeyVersionRow.number == number)
+            .values(last_used_at=at)
+        )
+
+
+async def test_a_grace_version_in_use_is_held_then_retired(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    handle, spec, _ = await start_key(env, task_queue, policy=USAGE_AWARE)
+    await env.sleep(timedelta(days=37) - timedelta(minutes=10))  # rotated at 30, grace to 37
+    used = await env.get_current_time()
+    set_last_use(services, spec.key_id, 1, used)
+    await env.sleep(timedelta(minutes=20))  # grace over, but used 10 minutes before
+    with services.store.session() as s:
+        v1 = s.get(KeyVersionRow, (spec.key_id, 1))
+        assert v1 is not None and (v1.state, v1.held) == ("grace", True)
+        assert v1.grace_until is not None
+        assert abs(v1.grace_until - (used + timedelta(hours=1))) < timedelta(seconds=1)
+    d = await handle.query(KeyLifecycleWorkflow.describe)
+    assert d.lifecycle.version(1).held
+    await env.sleep(timedelta(hours=1))  # unused since: retired when the hold ends
+    assert versions(services, spec.key_id) == {1: "retired", 2: "active"}
+    acts = actions(services, spec.key_id)
+    assert acts[acts.index("key.version_held") + 1] == "key.version_retired"
+    with services.store.session() as s:
+        held = s.scalars(
+            select(AuditRecordRow).where(
+                AuditRecordRow.object_id == spec.key_id,
+                AuditRecordRow.action == "key.version_held",
+            )
+        ).one()
+        assert held.version == 1 and held.reason.startswith("in use (last ")
+
+
+async def test_an_unused_grace_version_retires_early(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    policy = replace(USAGE_AWARE, retire_unused=True)
+    _, spec, t0 = await start_key(env, task_queue, policy=policy)
+    await env.sleep(timedelta(days=30, minutes=30))
+    # used 30 minutes into its grace: kept for a window after that use
+    set_last_use(services, spec.key_id, 1, await env.get_current_time())
+    await env.sleep(timedelta(minutes=40))  # the first check, an hour into grace: in use
+    assert versions(services, spec.key_id)[1] == "grace"
+    await env.sleep(timedelta(minutes=30))  # an hour after the use: unused since
+    assert versions(services, spec.key_id) == {1: "retired", 2: "active"}
+    with services.store.session() as s:
+        retired = s.scalars(
+            select(AuditRecordRow).where(
+                AuditRecordRow.object_id == spec.key_id,
+                AuditRecordRow.action == "key.version_retired",
+            )
+        ).one()
+        assert retired.reason == "unused for 3600 s in grace: retired early"
+        assert retired.at < t0 + timedelta(days=31)  # days before its grace would have ended
