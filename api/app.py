@@ -19,6 +19,7 @@ from api.auth import body_schema
 from api.hot import HotPath, HotRoute, body_limit
 from api.routes import (
     audit,
+    bulk,
     codec,
     credentials,
     events,
@@ -224,4 +225,5 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.include_router(events.router)
     app.include_router(warnings.router)
     app.include_router(webhooks.router)
+    app.include_router(bulk.router)
     return app

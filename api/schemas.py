@@ -56,6 +56,23 @@ class CreateWebhookRequest(Body):
     user_id: str = Field(default="", max_length=200)
 
 
+class BulkFilter(Body):
+    owner: str | None = Field(default=None, max_length=200)
+    type: str | None = Field(default=None, max_length=64)
+    environment: str | None = Field(default=None, max_length=32)
+    provider: str | None = Field(default=None, max_length=32)
+    algorithm: str | None = Field(default=None, max_length=64)
+
+
+class BulkRequest(Body):
+    action: Literal["rotate", "revoke"]
+    kind: Literal["key", "credential", "handle"]
+    filter: BulkFilter
+    reason: str = Field(min_length=1, max_length=900)
+    rate_per_second: int = Field(default=10, ge=1, le=100)
+    user_id: str = Field(default="", max_length=200)
+
+
 class EncryptRequest(Body):
     plaintext: str = Field(description="base64", max_length=4 * 1024 * 1024)
     aad: str | None = Field(default=None, description="base64", max_length=65536)

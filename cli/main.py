@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -138,4 +139,124 @@ def verify_export(
     typer.echo(
         f"verified: {report.checked} records, {anchored} to record {report.last_seq},"
         f" head {report.last_hash}" + ("" if head or first.startswith("{") else " (no head given)")
+    )
+
+
+bulk_app = typer.Typer(
+    help="Bulk operations: rotate or revoke everything matching a filter.", no_args_is_help=True
+)
+app.add_typer(bulk_app, name="bulk")
+URL_OPTION = typer.Option(
+    "http://localhost:3000", envvar="KEYROTOR_API_URL", help="the keyrotor API"
+)
+KEY_OPTION = typer.Option(
+    None, help="an admin key (default: KEYROTOR_ADMIN_KEY, or keyrotor dev's .keyrotor/admin.key)"
+)
+
+
+@bulk_app.command("start")
+def bulk_start(
+    action: str = typer.Argument(..., help="rotate or revoke"),
+    kind: str = typer.Option("key", help="key, credential or handle"),
+    reason: str = typer.Option(..., help="why (audited on every object)"),
+    owner: str = typer.Option(None),
+    type_: str = typer.Option(None, "--type", help="key type (keys) or handle type (handles)"),
+    environment: str = typer.Option(None),
+    provider: str = typer.Option(None, help="keys only"),
+    algorithm: str = typer.Option(None, help="keys only"),
+    rate: int = typer.Option(10, help="objects a second"),
+    wait: bool = typer.Option(True, help="show progress until it ends"),
+    json_out: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+    url: str = URL_OPTION,
+    admin_key: str = KEY_OPTION,
+) -> None:
+    """Start a bulk operation and show its progress."""
+    from cli.client import Client
+
+    client = Client(url, admin_key)
+    filters = {
+        "owner": owner,
+        "type": type_,
+        "environment": environment,
+        "provider": provider,
+        "algorithm": algorithm,
+    }
+    body = client.call(
+        "POST",
+        "/bulk",
+        json={
+            "action": action,
+            "kind": kind,
+            "filter": {k: v for k, v in filters.items() if v is not None},
+            "reason": reason,
+            "ratePerSecond": rate,
+        },
+    )
+    operation = body["operation"]
+    if wait:
+        operation = _follow(client, operation, quiet=json_out)
+    _show(operation, json_out)
+    if operation["status"] == "running" or operation["failed"] == 0:
+        return
+    sys.exit(1)
+
+
+@bulk_app.command("status")
+def bulk_status(
+    operation_id: str,
+    wait: bool = typer.Option(False, help="show progress until it ends"),
+    json_out: bool = typer.Option(False, "--json", help="print the answer as JSON"),
+    url: str = URL_OPTION,
+    admin_key: str = KEY_OPTION,
+) -> None:
+    """Show a bulk operation (and, with --wait, follow it to its end)."""
+    from cli.client import Client
+
+    client = Client(url, admin_key)
+    operation = client.call("GET", f"/bulk/{operation_id}")["operation"]
+    if wait:
+        operation = _follow(client, operation, quiet=json_out)
+    _show(operation, json_out)
+
+
+@bulk_app.command("cancel")
+def bulk_cancel(operation_id: str, url: str = URL_OPTION, admin_key: str = KEY_OPTION) -> None:
+    """Stop a running bulk operation after the object in hand."""
+    from cli.client import Client
+
+    Client(url, admin_key).call("DELETE", f"/bulk/{operation_id}")
+    typer.echo(f"cancelling {operation_id}")
+
+
+def _follow(client: Any, operation: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=quiet,
+    ) as bar:
+        task = bar.add_task(f"{operation['action']} {operation['kind']}s", total=operation["total"])
+        while True:
+            bar.update(task, completed=operation["done"] + operation["failed"])
+            if operation["status"] != "running":
+                return operation
+            time.sleep(0.5)
+            operation = client.call("GET", f"/bulk/{operation['id']}")["operation"]
+
+
+def _show(operation: dict[str, Any], json_out: bool) -> None:
+    import json
+
+    if json_out:
+        typer.echo(json.dumps(operation, indent=2))
+        return
+    typer.echo(
+        f"{operation['id']} {operation['status']}: {operation['done']} done, "
+        f"{operation['failed']} failed of {operation['total']} ({operation['action']} "
+        f"{operation['kind']}s, filter {operation['filter']})"
     )

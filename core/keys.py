@@ -12,6 +12,7 @@ import hashlib
 import logging
 import re
 import secrets
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -288,6 +289,7 @@ class KeyService:
         self.environment = environment
         # uses of grace versions since the last flush (usage-aware retirement), by version
         self._grace_uses: dict[tuple[str, int], datetime] = {}
+        self._grace_lock = threading.Lock()
 
     def forget(self, key_id: str) -> None:
         """Drop a key's cached versions now (this process saw a change to it committed)."""
@@ -499,7 +501,8 @@ class KeyService:
     def flush_grace_uses(self) -> int:
         """Write the last use of each grace version used since the last call (the API calls
         this about once a second); returns how many versions."""
-        uses, self._grace_uses = self._grace_uses, {}
+        with self._grace_lock:
+            uses, self._grace_uses = self._grace_uses, {}
         if not uses:
             return 0
         with self._store.write() as s:
@@ -636,7 +639,8 @@ class KeyService:
         if row.state == VersionState.GRACE:
             if row.grace_until is not None and row.grace_until <= now:
                 raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
-            self._grace_uses[(key_id, row.number)] = now  # flushed by flush_grace_uses
+            with self._grace_lock:  # flushed by flush_grace_uses
+                self._grace_uses[(key_id, row.number)] = now
         return self.provider(row.provider), VersionHandle(
             key_id=key_id,
             number=row.number,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core.api_credentials import CredentialService
+from core.bulk import BulkService
 from core.changes import ChangeFeed
 from core.credentials import PepperError, PepperRing
 from core.envelope import MasterKeyring
@@ -33,6 +34,7 @@ class Services:
     keys: KeyService
     credentials: CredentialService
     webhooks: WebhookService
+    bulk: BulkService
     # the API polls it to keep the use path's caches fresh (`core.changes`)
     changes: ChangeFeed = field(init=False)
 
@@ -75,6 +77,7 @@ def build_services(settings: Settings) -> Services:
         KeyService(store, providers, settings.environment or None, policies.pqc),
         CredentialService(store, keyring, peppers),
         WebhookService(store, keyring),
+        BulkService(store),
     )
 
 

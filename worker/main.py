@@ -23,12 +23,14 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.audit import AuditActivities
+from activities.bulk import BulkActivities
 from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities, KeyUsageActivities
 from activities.webhooks import WebhookActivities
 from core.codec import connect_client
 from core.services import Services
 from workflows.audit_retention import AuditRetentionWorkflow, retention_schedule_id
+from workflows.bulk import BulkOperationWorkflow
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
@@ -55,6 +57,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     credentials = CredentialActivities(services.credentials)
     webhooks = WebhookActivities(services.webhooks)
     auditing = AuditActivities(services.store, services.policies)
+    bulk = BulkActivities(services.bulk, client)
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
@@ -65,6 +68,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             WebhookDispatcherWorkflow,
             WebhookDeliveryWorkflow,
             AuditRetentionWorkflow,
+            BulkOperationWorkflow,
         ],
         workflow_runner=SANDBOX,
         activities=[
@@ -76,6 +80,8 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             webhooks.deliver,
             webhooks.fail,
             auditing.apply_retention,
+            bulk.run_page,
+            bulk.finish,
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,

@@ -349,3 +349,40 @@ class WebhookDeliveryRow(Base):
         Index("ix_webhook_deliveries_webhook_event", "webhook_id", "event_id", unique=True),
         Index("ix_webhook_deliveries_status", "status"),
     )
+
+
+class BulkOperationRow(Base):
+    """A batch rotate or revoke of every key, credential or handle family that matched a filter
+    when it started; its progress, updated as it goes."""
+
+    __tablename__ = "bulk_operations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    action: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[str] = mapped_column(String(16))
+    filter: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reason: Mapped[str] = mapped_column(String(1000), default="")
+    rate_per_second: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))  # running, completed, cancelled
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class BulkTargetRow(Base):
+    """One object of a bulk operation: pending, done or failed (with why)."""
+
+    __tablename__ = "bulk_targets"
+
+    operation_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("bulk_operations.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    object_id: Mapped[str] = mapped_column(String(64))
+    workflow_id: Mapped[str] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str] = mapped_column(String(500), default="")

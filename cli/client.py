@@ -1,0 +1,52 @@
+"""The REST client of the `keyrotor` command's operator subcommands (`keyrotor bulk ...`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import typer
+
+API = "/api/key-management"
+
+
+def admin_key(given: str | None) -> str:
+    """--admin-key, else KEYROTOR_ADMIN_KEY, else the key `keyrotor dev` made here."""
+    key = given or os.environ.get("KEYROTOR_ADMIN_KEY")
+    dev_key = Path(".keyrotor") / "admin.key"
+    if not key and dev_key.exists():
+        key = dev_key.read_text().strip()
+    if not key:
+        typer.echo("keyrotor: give --admin-key or set KEYROTOR_ADMIN_KEY", err=True)
+        sys.exit(2)
+    return key
+
+
+class Client:
+    def __init__(self, url: str, key: str | None) -> None:
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + API,
+            headers={"Authorization": f"Bearer {admin_key(key)}"},
+            timeout=60,
+        )
+
+    def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        """The answer's JSON; exits 1 with the API's error message on a 4xx or 5xx."""
+        try:
+            r = self._http.request(method, path, **kw)
+        except httpx.HTTPError as e:
+            typer.echo(f"keyrotor: cannot reach the API: {type(e).__name__}", err=True)
+            sys.exit(1)
+        if r.status_code >= 400:
+            try:
+                error = r.json()["error"]
+                text = f"{error['code']}: {error['message']}"
+            except (ValueError, KeyError, TypeError):
+                text = f"HTTP {r.status_code}"
+            typer.echo(f"keyrotor: {text}", err=True)
+            sys.exit(1)
+        body: dict[str, Any] = r.json()
+        return body
