@@ -10,14 +10,19 @@ from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from core.bulk import BulkService
+from core.lifecycle import LifecycleError
+from core.policy import Policies, PolicyError, parse_policies
+from core.policy_versions import PolicyVersions
 from workflows.bulk import BulkPage
-from workflows.types import RotateRequest, RotationResult, StatusChange
+from workflows.types import PolicyUpdate, RotateRequest, RotationResult, StatusChange
 
 
 class BulkActivities:
-    def __init__(self, bulk: BulkService, client: Client) -> None:
+    def __init__(self, bulk: BulkService, versions: PolicyVersions, client: Client) -> None:
         self._bulk = bulk
+        self._versions = versions
         self._client = client
+        self._policies: dict[int, Policies] = {}
 
     @activity.defn(name="run_bulk_page")
     async def run_page(self, page: BulkPage) -> int:
@@ -27,8 +32,11 @@ class BulkActivities:
         details = activity.info().heartbeat_details
         after = max(op.after_seq, int(details[0]) if details else 0)
         targets = await asyncio.to_thread(self._bulk.page, op.operation_id, after, page.size)
-        for seq, _, workflow_id in targets:
-            error = await self._apply(page, seq, workflow_id)
+        for seq, object_id, workflow_id in targets:
+            if op.action == "apply_policy":
+                error = await self._apply_policy(op.policy_version, op.kind, object_id, workflow_id)
+            else:
+                error = await self._apply(page, seq, workflow_id)
             await asyncio.to_thread(self._bulk.record, op.operation_id, seq, error)
             activity.heartbeat(seq)
             await asyncio.sleep(1 / op.rate_per_second)
@@ -66,6 +74,33 @@ class BulkActivities:
             if op.action == "revoke" and "already revoked" in message:
                 return None  # revoked meanwhile, or by an attempt whose record was lost
             return message
+        except RPCError as e:
+            if e.status == RPCStatusCode.NOT_FOUND:
+                return "its workflow has ended"
+            raise ApplicationError(
+                f"Temporal: {e.status.name}", type="TemporalUnavailable"
+            ) from None
+        return None
+
+    async def _apply_policy(
+        self, version: int, kind: str, object_id: str, workflow_id: str
+    ) -> str | None:
+        """Signal the object's workflow its lifecycle policy in policy version `version`."""
+        policies = self._policies.get(version)
+        if policies is None:
+            row = await asyncio.to_thread(self._versions.get, version)
+            if row is None:
+                raise ApplicationError(f"no policy version {version}", non_retryable=True)
+            policies = parse_policies(row.text, f"policy version {version}")
+            self._policies[version] = policies
+        try:
+            policy = await asyncio.to_thread(self._bulk.lifecycle_policy, kind, object_id, policies)
+        except (PolicyError, LifecycleError) as e:
+            return f"no policy for it in version {version}: {e}"
+        try:
+            await self._client.get_workflow_handle(workflow_id).signal(
+                "policy_updated", PolicyUpdate(version, policy)
+            )
         except RPCError as e:
             if e.status == RPCStatusCode.NOT_FOUND:
                 return "its workflow has ended"

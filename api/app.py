@@ -21,6 +21,7 @@ from api.routes import (
     audit,
     bulk,
     codec,
+    config,
     credentials,
     events,
     handles,
@@ -41,6 +42,8 @@ from core.settings import Settings
 
 log = logging.getLogger("keyrotor.api")
 USAGE_FLUSH_INTERVAL = 1.0
+# how often each API process looks for a newer policy version (PUT /config from another one)
+POLICY_POLL_INTERVAL = 2.0
 FAILURE_AUDIT_INTERVAL = 60.0
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
@@ -156,6 +159,9 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
                 _every(USAGE_FLUSH_INTERVAL, "write grace uses", services.keys.flush_grace_uses)
             ),
             asyncio.create_task(
+                _every(POLICY_POLL_INTERVAL, "read the policy", services.refresh_policies)
+            ),
+            asyncio.create_task(
                 _every(
                     FAILURE_AUDIT_INTERVAL,
                     "audit failed verifications",
@@ -226,4 +232,5 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.include_router(warnings.router)
     app.include_router(webhooks.router)
     app.include_router(bulk.router)
+    app.include_router(config.router)
     return app

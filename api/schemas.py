@@ -73,6 +73,12 @@ class BulkRequest(Body):
     user_id: str = Field(default="", max_length=200)
 
 
+class PutConfigRequest(Body):
+    toml: str = Field(min_length=1, max_length=256 * 1024, description="the whole policy file")
+    reason: str = Field(min_length=1, max_length=900)
+    user_id: str = Field(default="", max_length=200)
+
+
 class EncryptRequest(Body):
     plaintext: str = Field(description="base64", max_length=4 * 1024 * 1024)
     aad: str | None = Field(default=None, description="base64", max_length=65536)

@@ -17,14 +17,17 @@ from typing import Any
 from sqlalchemy import select, update
 
 from core import audit
-from core.lifecycle import KeyStatus, iso
+from core.lifecycle import KeyStatus, LifecyclePolicy, iso
+from core.policy import Policies
 from core.store.db import Store
 from core.store.models import BulkOperationRow, BulkTargetRow, CredentialRow, KeyRow
 
+# apply_policy: send each live object's workflow its lifecycle policy of a new policy version
+# (the rollout PUT /config starts; it takes no filter)
 ACTIONS = {
-    "key": ("rotate", "revoke"),
-    "credential": ("rotate", "revoke"),
-    "handle": ("revoke",),  # a handle is rotated by its holder, who presents the current value
+    "key": ("rotate", "revoke", "apply_policy"),
+    "credential": ("rotate", "revoke", "apply_policy"),
+    "handle": ("revoke", "apply_policy"),  # a handle is rotated by its holder
 }
 # the filters each kind takes, and the column each reads
 FILTERS: dict[str, dict[str, Any]] = {
@@ -106,14 +109,16 @@ class BulkService:
         if unknown:
             allowed = ", ".join(FILTERS[kind])
             raise BulkError(f"a {kind} filter takes {allowed}; not {', '.join(sorted(unknown))}")
-        if not filters:
+        if not filters and action != "apply_policy":
             raise BulkError(
-                "give at least one filter: a bulk operation over everything is a mistake"
+                "give at least one filter (a bulk operation over everything is refused)"
             )
         if not 1 <= rate <= MAX_RATE:
             raise BulkError(f"ratePerSecond must be between 1 and {MAX_RATE}")
         table = KeyRow if kind == "key" else CredentialRow
-        live = [KeyStatus.ACTIVE] if action == "rotate" else [KeyStatus.ACTIVE, KeyStatus.SUSPENDED]
+        live = [KeyStatus.ACTIVE, KeyStatus.SUSPENDED]
+        if action == "rotate":
+            live = [KeyStatus.ACTIVE]
         query = (
             select(table.id, table.workflow_id)
             .where(table.status.in_([str(s) for s in live]))
@@ -157,6 +162,21 @@ class BulkService:
             )
             self._audit(s, row, "started", now, f"{action} {len(targets)} {kind}s: {reason}")
             return operation_view(row)
+
+    def lifecycle_policy(self, kind: str, object_id: str, policies: Policies) -> LifecyclePolicy:
+        """The lifecycle policy `policies` give the object, as its creation would have."""
+        with self._store.session() as s:
+            if kind == "key":
+                key_type = s.scalar(select(KeyRow.type).where(KeyRow.id == object_id))
+                return policies.key_type(str(key_type)).lifecycle()
+            row = s.execute(
+                select(CredentialRow.type, CredentialRow.scheduled_rotation).where(
+                    CredentialRow.id == object_id
+                )
+            ).one()
+        if kind == "handle":
+            return policies.handle_type(row.type).lifecycle(policies.security)
+        return policies.credentials.lifecycle(scheduled=row.scheduled_rotation)
 
     def abandon(self, operation_id: str) -> None:
         """Its workflow could not be started: nothing was done."""

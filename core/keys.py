@@ -279,7 +279,7 @@ class KeyService:
     ) -> None:
         self._store = store
         self._providers = providers
-        self._pqc = pqc
+        self.pqc = pqc
         self._provider_of: dict[str, str] = {}
         # the use path's version rows by (key id, number or None for the active one), kept
         # fresh by the API's `core.changes.ChangeFeed`
@@ -360,10 +360,10 @@ class KeyService:
             algorithms = {row.number: row.algorithm for row in stored}
             have_version = c.new_version in algorithms
             previous = algorithms.get(c.new_version - 1)
-            if previous is not None and self._pqc.enabled:
+            if previous is not None and self.pqc.enabled:
                 # A rotation: the PQC policy may move the key to another algorithm. Decided by
                 # the transition's own time, so a retried attempt decides the same.
-                algorithm = self._pqc.next_algorithm(
+                algorithm = self.pqc.next_algorithm(
                     previous, c.at, self.provider(spec.provider).supports
                 )
                 key_bits = spec.key_bits if algorithm == spec.algorithm else None

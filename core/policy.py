@@ -785,18 +785,27 @@ def _type_name(value: object) -> str:
 
 def load_policies(path: Path) -> Policies:
     """Read and check the policy file at `path`; raise PolicyError on the first problem."""
-    source = str(path)
+    return parse_policies(read_policy_text(path), str(path))
+
+
+def read_policy_text(path: Path) -> str:
+    """The policy file's text; PolicyError if it cannot be read as UTF-8."""
     try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise PolicyError(source, "<toml>", str(e)) from None
+        return path.read_bytes().decode()
     except UnicodeDecodeError as e:
         raise PolicyError(
-            source, "<toml>", f"not UTF-8 text: {e.reason} at byte {e.start}"
+            str(path), "<toml>", f"not UTF-8 text: {e.reason} at byte {e.start}"
         ) from None
     except OSError as e:
-        raise PolicyError(source, "<file>", e.strerror or str(e)) from None
+        raise PolicyError(str(path), "<file>", e.strerror or str(e)) from None
+
+
+def parse_policies(text: str, source: str) -> Policies:
+    """Check policy TOML `text`; PolicyError naming `source`, the field and the reason."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise PolicyError(source, "<toml>", str(e)) from None
     return _Reader(source).policies(data)
 
 

@@ -10,7 +10,8 @@ from core.changes import ChangeFeed
 from core.credentials import PepperError, PepperRing
 from core.envelope import MasterKeyring
 from core.keys import KeyService
-from core.policy import Policies, default_policy_path, load_policies
+from core.policy import Policies, default_policy_path, parse_policies, read_policy_text
+from core.policy_versions import PolicyVersions
 from core.providers.base import KeyProvider
 from core.providers.local import LocalProvider
 from core.settings import Settings
@@ -35,6 +36,9 @@ class Services:
     credentials: CredentialService
     webhooks: WebhookService
     bulk: BulkService
+    policy_versions: PolicyVersions
+    # the version of `policies` (the newest in the store when last looked)
+    policy_version: int
     # the API polls it to keep the use path's caches fresh (`core.changes`)
     changes: ChangeFeed = field(init=False)
 
@@ -42,6 +46,17 @@ class Services:
         rows = {"key": self.keys.rows}
         rows |= dict.fromkeys(("credential", "handle"), self.credentials.rows)
         self.changes = ChangeFeed(self.store, rows)
+
+    def refresh_policies(self) -> bool:
+        """Take up a newer policy version if there is one (API processes and workers call this
+        every few seconds); whether it changed."""
+        if self.policy_versions.newest_version() == self.policy_version:
+            return False
+        row = self.policy_versions.newest()
+        self.policies = parse_policies(row.text, f"policy version {row.version}")
+        self.policy_version = row.version
+        self.keys.pqc = self.policies.pqc
+        return True
 
     def close(self) -> None:
         self.webhooks.close()
@@ -53,15 +68,22 @@ def build_services(settings: Settings) -> Services:
     if settings.master_key is None:
         raise ConfigurationError("KEYROTOR_MASTER_KEY is not set")
     keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
-    policies = load_policies(settings.config or default_policy_path())
+    path = settings.config or default_policy_path()
+    text = read_policy_text(path)
+    policies = parse_policies(text, str(path))  # a bad file stops the start, whatever is stored
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.resolved_database_url())
+    store.migrate()
+    versions = PolicyVersions(store)
+    versions.sync_file(text)
+    newest = versions.newest()
+    if newest.text != text:  # PUT /config made a newer one
+        policies = parse_policies(newest.text, f"policy version {newest.version}")
     if settings.environment and settings.environment not in policies.environments:
         raise ConfigurationError(
             f"KEYROTOR_ENVIRONMENT {settings.environment!r} is not one of the policy's"
             f" environments ({', '.join(policies.environments)})"
         )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.resolved_database_url())
-    store.migrate()
     providers = build_providers(settings, keyring)
     pepper = settings.credential_pepper
     try:
@@ -78,6 +100,8 @@ def build_services(settings: Settings) -> Services:
         CredentialService(store, keyring, peppers),
         WebhookService(store, keyring),
         BulkService(store),
+        versions,
+        newest.version,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from importlib.metadata import version
@@ -42,6 +43,8 @@ from workflows.webhooks import (
 )
 
 ACTIVITY_THREADS = 32
+POLICY_POLL_INTERVAL = 2.0
+log = logging.getLogger(__name__)
 # The workflow modules themselves are passed through too, like everything they import (DESIGN
 # 4): they hold no state at module level, and the sandbox then no longer re-executes them (and
 # their `@workflow.defn` class definitions) for every workflow it starts.
@@ -57,7 +60,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     credentials = CredentialActivities(services.credentials)
     webhooks = WebhookActivities(services.webhooks)
     auditing = AuditActivities(services.store, services.policies)
-    bulk = BulkActivities(services.bulk, client)
+    bulk = BulkActivities(services.bulk, services.policy_versions, client)
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
@@ -123,4 +126,11 @@ async def run_worker(services: Services, stop: asyncio.Event | None = None) -> N
     client = await connect_client(s.temporal_address, s.temporal_namespace, services.keyring)
     async with build_worker(client, services):
         await start_background_workflows(client, services)
-        await (stop or asyncio.Event()).wait()
+        stopping = stop or asyncio.Event()
+        while not stopping.is_set():  # take up new policy versions (PUT /config)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), POLICY_POLL_INTERVAL)
+            try:
+                await asyncio.to_thread(services.refresh_policies)
+            except Exception as e:  # the store may be briefly unavailable
+                log.warning("could not read the policy: %s", type(e).__name__)

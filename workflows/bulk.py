@@ -26,6 +26,7 @@ class BulkInput:
     actor: str
     rate_per_second: int
     after_seq: int = 0
+    policy_version: int = 0  # apply_policy: the version to send
 
 
 @dataclass(frozen=True)

@@ -50,4 +50,5 @@ class CredentialLifecycleWorkflow(ManagedLifecycleWorkflow):
             lifecycle=self._key,
             next_transition=next_transition(self._key, workflow.now()),
             created=self._created,
+            policy_version=self._policy_version,
         )

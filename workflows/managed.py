@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -49,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         SA_STATE,
         AcknowledgeWarning,
         OperatorAction,
+        PolicyUpdate,
         RequestOutcome,
         RotateRequest,
         RotationResult,
@@ -128,6 +130,7 @@ class ManagedLifecycleWorkflow:
         self._lock = asyncio.Lock()
         self._wake = False
         self._rotation_retry_at = input.rotation_retry_at
+        self._policy_version = input.policy_version
 
     def _carry(self) -> Any:
         """The input of the next run (continue-as-new)."""
@@ -139,6 +142,7 @@ class ManagedLifecycleWorkflow:
             transition_seq=self._seq,
             recent_requests=tuple(self._recent[-RECENT_REQUESTS_KEPT:]),
             rotation_retry_at=self._rotation_retry_at,
+            policy_version=self._policy_version,
         )
 
     def _names(self, action: str, event: str) -> tuple[str, str]:
@@ -489,6 +493,16 @@ class ManagedLifecycleWorkflow:
                 workflow.logger.warning("acknowledge_warning ignored: %s", e)
             except COMMIT_FAILED as e:
                 workflow.logger.error("acknowledge_warning failed: %s", e)
+
+    @workflow.signal
+    async def policy_updated(self, update: PolicyUpdate) -> None:
+        """Run under policy version `update.version` from now on (newer versions only)."""
+        async with self._lock:
+            if update.version <= self._policy_version:
+                return
+            self._key = replace(self._key, policy=update.policy)
+            self._policy_version = update.version
+            self._wake = True
 
     @workflow.signal
     async def emergency_rotate(self, action: OperatorAction | None = None) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
 
-from core.lifecycle import KeyLifecycle, Transition
+from core.lifecycle import KeyLifecycle, LifecyclePolicy, Transition
 from core.objects import CredentialSpec, KeySpec
 
 KEY_WORKFLOW = "KeyLifecycleWorkflow"
@@ -113,6 +113,8 @@ class KeyWorkflowInput:
     recent_requests: tuple[RequestOutcome, ...] = ()
     # When a rotation failed for a reason retrying cannot fix: the next attempt.
     rotation_retry_at: datetime | None = None
+    # the policy version its lifecycle policy comes from (`policy_updated` moves it)
+    policy_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,8 @@ class CredentialWorkflowInput:
     transition_seq: int = 0
     recent_requests: tuple[RequestOutcome, ...] = ()
     rotation_retry_at: datetime | None = None
+    # the policy version its lifecycle policy comes from (`policy_updated` moves it)
+    policy_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,17 @@ class AcknowledgeWarning:
 
 
 @dataclass(frozen=True)
+class PolicyUpdate:
+    """Signal `policy_updated`: the object's lifecycle policy in policy version `version`
+    (sent by the rollout PUT /config starts; an older version than the one held is ignored).
+    New deadlines follow it; those already set (the current versions' rotation, grace and
+    expiry) stay."""
+
+    version: int
+    policy: LifecyclePolicy
+
+
+@dataclass(frozen=True)
 class StatusChange:
     """Update `change_status`: the REST path's synchronous revoke, suspend and resume."""
 
@@ -186,6 +201,7 @@ class KeyDescription:
     lifecycle: KeyLifecycle
     next_transition: Transition | None
     created: bool
+    policy_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,3 +212,4 @@ class CredentialDescription:
     lifecycle: KeyLifecycle
     next_transition: Transition | None
     created: bool
+    policy_version: int = 0

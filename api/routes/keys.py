@@ -163,7 +163,7 @@ async def generate_key(
     workflow_id = key_workflow_id(environment, spec.key_id)
     start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
         KEY_WORKFLOW,
-        KeyWorkflowInput(spec=spec, lifecycle=lifecycle),
+        KeyWorkflowInput(spec=spec, lifecycle=lifecycle, policy_version=svc.policy_version),
         id=workflow_id,
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

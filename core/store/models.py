@@ -386,3 +386,18 @@ class BulkTargetRow(Base):
     workflow_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str] = mapped_column(String(500), default="")
+
+
+class PolicyVersionRow(Base):
+    """One version of the policy (config/keyrotor.toml): the newest is in force. A process
+    started with a file no version holds yet adds it (`source` file); PUT /config adds one
+    (`source` api)."""
+
+    __tablename__ = "policy_versions"
+
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime]

@@ -99,6 +99,8 @@ EXPECTED: dict[Route, Permission | None] = {
     ("POST", f"{API}/webhooks"): Permission.ADMIN,
     ("GET", f"{API}/webhooks"): Permission.READ,
     ("POST", f"{API}/bulk"): Permission.ADMIN,
+    ("GET", f"{API}/config"): Permission.READ,
+    ("PUT", f"{API}/config"): Permission.ADMIN,
     ("GET", f"{API}/bulk"): Permission.READ,
     ("GET", f"{API}/bulk/{{operation_id}}"): Permission.READ,
     ("DELETE", f"{API}/bulk/{{operation_id}}"): Permission.ADMIN,
