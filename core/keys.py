@@ -47,6 +47,7 @@ from core.providers.base import (
     ProviderError,
     VersionHandle,
 )
+from core.providers.measured import MeasuredProvider
 from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
 from core.warnings import event_data, project_warnings
@@ -281,6 +282,7 @@ class KeyService:
         self._providers = providers
         self.pqc = pqc
         self._provider_of: dict[str, str] = {}
+        self._measured: dict[str, MeasuredProvider] = {}
         # the use path's version rows by (key id, number or None for the active one), kept
         # fresh by the API's `core.changes.ChangeFeed`
         self.rows = RowCache(VERSION_CACHE_ENTRIES)
@@ -319,10 +321,14 @@ class KeyService:
                 raise KeyNotFoundError(f"key {key_id} not found")
 
     def provider(self, name: str) -> KeyProvider:
-        try:
-            return self._providers[name]
-        except KeyError:
-            raise ProviderConfigurationError(f"provider {name!r} is not configured") from None
+        """The provider `name`, measured (`core.providers.measured`)."""
+        measured = self._measured.get(name)
+        if measured is None or measured.inner is not self._providers.get(name):
+            try:
+                measured = self._measured[name] = MeasuredProvider(self._providers[name])
+            except KeyError:
+                raise ProviderConfigurationError(f"provider {name!r} is not configured") from None
+        return measured
 
     # --- lifecycle (called by activities only) -------------------------------------------
 

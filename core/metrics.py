@@ -6,8 +6,9 @@ Two kinds:
   versions by state, audit records by action (every lifecycle change, rotation, failure,
   reveal and export is one), the audit chain's head;
 - of this API process (each series with a `pid` label): requests, latency and
-  results of the hot routes. With `keyrotor api --workers N` each scrape reaches one process:
-  sum over `pid` in queries, and expect a series to restart with its process.
+  results of the hot routes, and the calls it made to key providers. With `keyrotor api
+  --workers N` each scrape reaches one process: sum over `pid` in queries, and expect a series
+  to restart with its process.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Iterable
 from sqlalchemy import func, or_, select
 
 from core.lifecycle import RotationReason
+from core.providers.measured import BUCKETS as PROVIDER_BUCKETS
+from core.providers.measured import PROVIDER_STATS
 from core.store.db import Store
 from core.store.models import (
     AuditHeadRow,
@@ -94,24 +97,13 @@ class Metrics:
                 for (r, s), n in sorted(requests.items())
             ),
         )
-        lines += [
-            "# HELP keyrotor_hot_request_duration_seconds Time to answer a hot route.",
-            "# TYPE keyrotor_hot_request_duration_seconds histogram",
-        ]
-        for route, (buckets, (count, total)) in sorted(latency.items()):
-            labels = f'route="{route}",pid="{pid}"'
-            running = 0
-            for bound, n in zip(BUCKETS, buckets, strict=True):
-                running += n
-                lines.append(
-                    f'keyrotor_hot_request_duration_seconds_bucket{{{labels},le="{bound}"}}'
-                    f" {running}"
-                )
-            lines.append(
-                f'keyrotor_hot_request_duration_seconds_bucket{{{labels},le="+Inf"}} {int(count)}'
-            )
-            lines.append(f"keyrotor_hot_request_duration_seconds_count{{{labels}}} {int(count)}")
-            lines.append(f"keyrotor_hot_request_duration_seconds_sum{{{labels}}} {total}")
+        _histogram(
+            lines,
+            "keyrotor_hot_request_duration_seconds",
+            "Time to answer a hot route.",
+            BUCKETS,
+            ((f'route="{route}",pid="{pid}"', h) for route, h in sorted(latency.items())),
+        )
         _family(
             lines,
             "keyrotor_verifications_total",
@@ -119,8 +111,48 @@ class Metrics:
             "Credential verifications and handle validations answered, by code.",
             ((f'kind="{k}",code="{c}",pid="{pid}"', n) for (k, c), n in sorted(results.items())),
         )
+        calls, provider_latency = PROVIDER_STATS.snapshot()
+        _family(
+            lines,
+            "keyrotor_provider_calls_total",
+            "counter",
+            "Calls to key providers by operation and result (ok, or the error's class).",
+            (
+                (f'provider="{p}",operation="{o}",result="{r}",pid="{pid}"', n)
+                for (p, o, r), n in sorted(calls.items())
+            ),
+        )
+        _histogram(
+            lines,
+            "keyrotor_provider_call_duration_seconds",
+            "Time a key provider took to answer.",
+            PROVIDER_BUCKETS,
+            (
+                (f'provider="{p}",operation="{o}",pid="{pid}"', h)
+                for (p, o), h in sorted(provider_latency.items())
+            ),
+        )
         _store_families(lines, store)
         return "\n".join(lines) + "\n"
+
+
+def _histogram(
+    lines: list[str],
+    name: str,
+    help: str,
+    bounds: Iterable[float],
+    series: Iterable[tuple[str, tuple[list[int], list[float]]]],
+) -> None:
+    lines += [f"# HELP {name} {help}", f"# TYPE {name} histogram"]
+    bounds = list(bounds)
+    for labels, (buckets, (count, total)) in series:
+        running = 0
+        for bound, n in zip(bounds, buckets, strict=True):
+            running += n
+            lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {running}')
+        lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {int(count)}')
+        lines.append(f"{name}_count{{{labels}}} {int(count)}")
+        lines.append(f"{name}_sum{{{labels}}} {total}")
 
 
 def _family(

@@ -55,6 +55,9 @@ def test_a_retried_commit_commits_once(services: Services) -> None:
 
 
 class FailingProvider:
+    name = "local"
+    disables_older = False
+
     def __init__(self, error: Exception) -> None:
         self.error = error
 

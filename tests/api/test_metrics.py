@@ -21,7 +21,7 @@ from tests.fixtures.keys import commit_key
 from tests.fixtures.temporal import make_services
 
 API = "/api/key-management"
-SAMPLE = re.compile(r'^([a-z_]+)(?:\{((?:[a-z]+="[^"]*",?)*)\})? (-?[0-9.e+]+)$')
+SAMPLE = re.compile(r'^([a-z_]+)(?:\{((?:[a-z]+="[^"]*",?)*)\})? (-?[0-9.]+(?:e[+-][0-9]+)?)$')
 
 
 @pytest.fixture
@@ -56,9 +56,16 @@ async def test_metrics_count_the_hot_routes_and_read_the_store(
 ) -> None:
     http, services = api
     key_id = commit_key(services)
+    pid = ("pid", str(os.getpid()))
+    provider = {"provider": "local", "pid": pid[1]}
+    before = samples((await http.get("/metrics")).text)
     for _ in range(3):
         r = await http.post(f"{API}/keys/{key_id}/encrypt", json={"plaintext": "aGk="})
         assert r.status_code == 200
+    r = await http.post(
+        f"{API}/keys/{key_id}/decrypt", json={"ciphertext": r.json()["ciphertext"][:-4] + "AAAA"}
+    )
+    assert r.status_code == 400
     await http.post(f"{API}/keys/key_nosuchkey000000000/encrypt", json={"plaintext": "aGk="})
     r = await http.post(f"{API}/credentials/verify", json={"key": "kr_dev_nothing"})
     assert r.json()["verification"]["code"] == "NOT_FOUND"
@@ -68,7 +75,6 @@ async def test_metrics_count_the_hot_routes_and_read_the_store(
         "text/plain; version=0.0.4"
     )
     m = samples(r.text)
-    pid = ("pid", str(os.getpid()))
 
     def value(name: str, **labels: str) -> float:
         return m[(name, frozenset(labels.items()))]
@@ -81,6 +87,18 @@ async def test_metrics_count_the_hot_routes_and_read_the_store(
     assert 0 < value(f"{hist}_sum", route="keys/encrypt", pid=pid[1]) < 10
     assert (
         value("keyrotor_verifications_total", kind="credential", code="NOT_FOUND", pid=pid[1]) == 1
+    )
+
+    # the provider behind them (counted per process): three encrypts (the unknown key never
+    # reached it) and a decrypt that did not authenticate
+    def delta(name: str, **labels: str) -> float:
+        key = (name, frozenset({**labels, **provider}.items()))
+        return m[key] - before.get(key, 0)
+
+    assert delta("keyrotor_provider_calls_total", operation="encrypt", result="ok") == 3
+    assert delta("keyrotor_provider_call_duration_seconds_count", operation="encrypt") == 3
+    assert (
+        delta("keyrotor_provider_calls_total", operation="decrypt", result="DecryptionError") == 1
     )
     assert value("keyrotor_keys", status="active") == 1
     assert value("keyrotor_key_versions", state="active") == 1
