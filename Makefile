@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # Debian packages the tests need (installed only when running as root, e.g. on CI).
-SYSTEM_PACKAGES := softhsm2
+SYSTEM_PACKAGES := softhsm2 chromium chromium-driver
 
 .PHONY: run test install system-deps lint typecheck bench clean
 
