@@ -27,14 +27,23 @@ def admin_key(given: str | None) -> str:
 
 class Client:
     def __init__(self, url: str, key: str | None) -> None:
+        self._root = url.rstrip("/")
         self._http = httpx.Client(
-            base_url=url.rstrip("/") + API,
+            base_url=self._root + API,
             headers={"Authorization": f"Bearer {admin_key(key)}"},
             timeout=60,
         )
 
+    def text(self, path: str) -> str:
+        """A page outside the REST prefix (/metrics), as text."""
+        return self._send("GET", self._root + path).text
+
     def call(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
         """The answer's JSON; exits 1 with the API's error message on a 4xx or 5xx."""
+        body: dict[str, Any] = self._send(method, path, **kw).json()
+        return body
+
+    def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
             r = self._http.request(method, path, **kw)
         except httpx.HTTPError as e:
@@ -48,5 +57,4 @@ class Client:
                 text = f"HTTP {r.status_code}"
             typer.echo(f"keyrotor: {text}", err=True)
             sys.exit(1)
-        body: dict[str, Any] = r.json()
-        return body
+        return r

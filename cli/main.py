@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from cli import rest
 from core.logs import setup_logging
 from core.services import Services
 from core.settings import Settings
@@ -147,7 +148,7 @@ bulk_app = typer.Typer(
 )
 app.add_typer(bulk_app, name="bulk")
 URL_OPTION = typer.Option(
-    "http://localhost:3000", envvar="KEYROTOR_API_URL", help="the keyrotor API"
+    "http://localhost:3000", "--api-url", envvar="KEYROTOR_API_URL", help="the keyrotor API"
 )
 KEY_OPTION = typer.Option(
     None, help="an admin key (default: KEYROTOR_ADMIN_KEY, or keyrotor dev's .keyrotor/admin.key)"
@@ -167,13 +168,13 @@ def bulk_start(
     rate: int = typer.Option(10, help="objects a second"),
     wait: bool = typer.Option(True, help="show progress until it ends"),
     json_out: bool = typer.Option(False, "--json", help="print the answer as JSON"),
-    url: str = URL_OPTION,
+    api_url: str = URL_OPTION,
     admin_key: str = KEY_OPTION,
 ) -> None:
     """Start a bulk operation and show its progress."""
     from cli.client import Client
 
-    client = Client(url, admin_key)
+    client = Client(api_url, admin_key)
     filters = {
         "owner": owner,
         "type": type_,
@@ -206,13 +207,13 @@ def bulk_status(
     operation_id: str,
     wait: bool = typer.Option(False, help="show progress until it ends"),
     json_out: bool = typer.Option(False, "--json", help="print the answer as JSON"),
-    url: str = URL_OPTION,
+    api_url: str = URL_OPTION,
     admin_key: str = KEY_OPTION,
 ) -> None:
     """Show a bulk operation (and, with --wait, follow it to its end)."""
     from cli.client import Client
 
-    client = Client(url, admin_key)
+    client = Client(api_url, admin_key)
     operation = client.call("GET", f"/bulk/{operation_id}")["operation"]
     if wait:
         operation = _follow(client, operation, quiet=json_out)
@@ -220,11 +221,11 @@ def bulk_status(
 
 
 @bulk_app.command("cancel")
-def bulk_cancel(operation_id: str, url: str = URL_OPTION, admin_key: str = KEY_OPTION) -> None:
+def bulk_cancel(operation_id: str, api_url: str = URL_OPTION, admin_key: str = KEY_OPTION) -> None:
     """Stop a running bulk operation after the object in hand."""
     from cli.client import Client
 
-    Client(url, admin_key).call("DELETE", f"/bulk/{operation_id}")
+    Client(api_url, admin_key).call("DELETE", f"/bulk/{operation_id}")
     typer.echo(f"cancelling {operation_id}")
 
 
@@ -260,3 +261,6 @@ def _show(operation: dict[str, Any], json_out: bool) -> None:
         f"{operation['failed']} failed of {operation['total']} ({operation['action']} "
         f"{operation['kind']}s, filter {operation['filter']})"
     )
+
+
+rest.register(app, {"audit": audit_app, "bulk": bulk_app})

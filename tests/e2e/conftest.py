@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from pydantic import SecretStr
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -22,6 +26,8 @@ from core.services import Services, build_services
 from core.settings import Settings
 from tests.fixtures.temporal import TEST_MASTER_KEY
 from worker.main import build_worker
+
+KEYROTOR = Path(sys.executable).parent / "keyrotor"
 
 
 @dataclass
@@ -68,6 +74,43 @@ async def build_stack(
             yield Stack(services, http, dev_env.client, admin_key, data_dir)
     finally:
         services.close()
+
+
+@asynccontextmanager
+async def serve(stack: Stack) -> AsyncIterator[str]:
+    """The stack's API on a real port (for the CLI, which talks HTTP); yields its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = create_app(stack.services, stack.client)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def keyrotor(url: str, admin_key: str, *args: str) -> tuple[int, str, str]:
+    """Run the `keyrotor` command against `url`: (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        str(KEYROTOR),
+        *args,
+        "--api-url",
+        url,
+        "--admin-key",
+        admin_key,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import uvicorn
-
-from api.app import create_app
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, keyrotor, serve
 
 API = "/api/key-management"
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
@@ -151,58 +147,19 @@ async def test_refusals(stack: Stack) -> None:
 
 async def test_the_cli_starts_and_follows_a_bulk_operation(stack: Stack) -> None:
     keys = [await generate(stack, "team-cli") for _ in range(3)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(stack.services, stack.client), host="127.0.0.1", port=port, log_level="warning"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started:
-            break
-        await asyncio.sleep(0.02)
-    try:
-        args = ["bulk", "start", "rotate", "--owner", "team-cli", "--reason", "cli", "--rate", "50"]
-        cli = await asyncio.create_subprocess_exec(
-            str(KEYROTOR),
-            *args,
-            "--json",
-            "--url",
-            f"http://127.0.0.1:{port}",
-            "--admin-key",
-            stack.admin_key,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(cli.communicate(), 60)
-        assert cli.returncode == 0, err.decode()
+    async with serve(stack) as url:
+        code, out, err = await keyrotor(
+            url, stack.admin_key, "bulk", "start", "rotate", "--owner", "team-cli",
+            "--reason", "cli", "--rate", "50", "--json",
+        )  # fmt: skip
+        assert code == 0, err
         operation = json.loads(out)
         assert (operation["status"], operation["done"], operation["total"]) == ("completed", 3, 3)
         assert [await version(stack, k) for k in keys] == [2, 2, 2]
         # a refused request: the API's message, exit 1
-        cli = await asyncio.create_subprocess_exec(
-            str(KEYROTOR),
-            "bulk",
-            "start",
-            "rotate",
-            "--kind",
-            "handle",
-            "--owner",
-            "u",
-            "--reason",
-            "x",
-            "--url",
-            f"http://127.0.0.1:{port}",
-            "--admin-key",
-            stack.admin_key,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(cli.communicate(), 60)
-        assert cli.returncode == 1
-        assert "INVALID_REQUEST: a handle cannot be bulk-rotated" in err.decode()
-    finally:
-        server.should_exit = True
-        await task
+        code, out, err = await keyrotor(
+            url, stack.admin_key, "bulk", "start", "rotate", "--kind", "handle",
+            "--owner", "u", "--reason", "x",
+        )  # fmt: skip
+        assert code == 1
+        assert "INVALID_REQUEST: a handle cannot be bulk-rotated" in err
