@@ -612,16 +612,29 @@ def show(op: Operation, body: dict[str, Any], as_json: bool) -> None:
         if cursor:
             typer.echo(f"more: --cursor {cursor}")
         return
+
+    def rows(title: str, items: list[dict[str, Any]]) -> None:  # a list of objects: a table
+        table = Table(*items[0], title=title)
+        for item in items:
+            table.add_row(*(_cell(item, c) for c in items[0]))
+        console.print(table)
+
     for name, value in body.items():
         if isinstance(value, dict):
             table = Table("field", "value", title=name)
+            nested = {}
             for k, v in value.items():
-                table.add_row(k, json.dumps(v) if isinstance(v, dict | list) else str(v))
+                if isinstance(v, list) and v and all(isinstance(i, dict) for i in v):
+                    nested[k] = v  # e.g. a key's versions
+                else:
+                    table.add_row(k, json.dumps(v) if isinstance(v, dict | list) else str(v))
             console.print(table)
-        elif isinstance(value, list):
-            typer.echo(f"{name}: {json.dumps(value, indent=2)}")
+            for k, items in nested.items():
+                rows(f"{name} {k}", items)
+        elif isinstance(value, list) and value and all(isinstance(i, dict) for i in value):
+            rows(name, value)
         else:
-            typer.echo(f"{name}: {value}")
+            typer.echo(f"{name}: {json.dumps(value) if isinstance(value, list) else value}")
 
 
 def command(op: Operation) -> Callable[..., None]:
