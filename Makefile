@@ -31,8 +31,14 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The suite, then the suite again with every test's store on PostgreSQL (when one is reachable
+# on 127.0.0.1:5432, as on CI machines).
 test: system-deps install lint typecheck
 	$(BIN)/pytest
+	@if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then \
+	  echo "--- the suite again, on PostgreSQL (KEYROTOR_TEST_BACKEND=postgres)"; \
+	  KEYROTOR_TEST_BACKEND=postgres $(BIN)/pytest -q; \
+	else echo "--- no PostgreSQL on 127.0.0.1:5432: the PostgreSQL pass is skipped"; fi
 
 bench: install
 	$(BIN)/python bench/lifecycle.py

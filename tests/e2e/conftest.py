@@ -24,6 +24,7 @@ from api.app import create_app
 from core.credentials import AdminKeys, Role
 from core.services import Services, build_services
 from core.settings import Settings
+from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import TEST_MASTER_KEY
 from worker.main import build_worker
 
@@ -59,6 +60,7 @@ async def build_stack(
                 "master_key": SecretStr(TEST_MASTER_KEY),
                 "task_queue": f"e2e-{uuid.uuid4().hex[:8]}",
                 **settings,
+                "database_url": settings.get("database_url") or backend_database_url(),
             }
         )
     )

@@ -1,4 +1,4 @@
-"""Kill the worker (SIGKILL) in the middle of 20 concurrent rotations: after a restart every key
+"""Kill the worker (SIGKILL) in the middle of 80 concurrent rotations: after a restart every key
 has exactly one new version, one audit record for it, and no material outside a version."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 from workflows.types import KeyWorkflowInput, RotateRequest, RotationResult, key_workflow_id
 
-KEYS = 20
+KEYS = 80
 
 
 def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
