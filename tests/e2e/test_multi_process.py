@@ -26,6 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from core.credentials import AdminKeys, Role
 from core.services import Services
+from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
 from worker.main import build_worker
 
@@ -58,6 +59,7 @@ def admin_key_env(
         **os.environ,
         "KEYROTOR_TEMPORAL_ADDRESS": target(dev_env.client),
         "KEYROTOR_DATABASE_URL": os.environ.get("KEYROTOR_TEST_STACK_DATABASE_URL")
+        or backend_database_url()
         or f"sqlite:///{tmp_path / 'shared.db'}",
         "KEYROTOR_MASTER_KEY": TEST_MASTER_KEY,
         "KEYROTOR_TASK_QUEUE": f"multi-{uuid.uuid4().hex[:8]}",
