@@ -15,11 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.algorithms import AlgorithmError, DecryptionError, InvalidSignatureError
 from core.api_credentials import CredentialNotFoundError, HandleNotFoundError
+from core.bulk import BulkError, BulkNotFoundError
 from core.credentials import AuthenticationError
 from core.keys import KeyNotFoundError, KeyStateError, MalformedTokenError
 from core.lifecycle import LifecycleError
 from core.policy import PolicyError
 from core.providers.base import ProviderConfigurationError, ProviderError
+from core.webhooks import WebhookError, WebhookNotFoundError, WebhookStateError
 
 log = logging.getLogger("keyrotor.api")
 
@@ -52,6 +54,11 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (PolicyError, 400, "INVALID_POLICY"),
     (ProviderConfigurationError, 400, "PROVIDER_NOT_CONFIGURED"),
     (ProviderError, 503, "PROVIDER_UNAVAILABLE"),
+    (WebhookNotFoundError, 404, "WEBHOOK_NOT_FOUND"),
+    (WebhookStateError, 409, "WEBHOOK_STATE"),
+    (WebhookError, 400, "INVALID_REQUEST"),
+    (BulkNotFoundError, 404, "BULK_NOT_FOUND"),
+    (BulkError, 400, "INVALID_REQUEST"),
 ]
 
 SAFE_MESSAGES = {

@@ -19,12 +19,11 @@ import re
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import func, or_, select
 
 from core.lifecycle import RotationReason
-from core.providers.measured import BUCKETS as PROVIDER_BUCKETS
-from core.providers.measured import PROVIDER_STATS
 from core.store.db import Store
 from core.store.models import (
     AuditHeadRow,
@@ -55,6 +54,50 @@ def _rotation_reason(verb: str, reason: str) -> str:
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
+Histogram = tuple[list[int], list[float]]  # counts per bucket; [count, sum]
+
+
+def _observe(
+    histograms: dict[Any, Histogram], key: Any, bounds: tuple[float, ...], seconds: float
+) -> None:
+    """Count `seconds` into the histogram `key` (the caller holds its lock)."""
+    buckets, total = histograms.setdefault(key, ([0] * len(bounds), [0.0, 0.0]))
+    i = bisect.bisect_left(bounds, seconds)
+    if i < len(bounds):
+        buckets[i] += 1
+    total[0] += 1
+    total[1] += seconds
+
+
+# seconds: a local AES-GCM call takes microseconds, a KMS round trip tens of milliseconds
+PROVIDER_BUCKETS = (
+    0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class ProviderStats:
+    """Calls to key providers (`core.providers.measured`): counts by (provider, operation,
+    result) and latency histograms by (provider, operation); thread-safe. `result` is `ok` or
+    the exception's class name."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._latency: dict[tuple[str, str], Histogram] = {}
+
+    def record(self, provider: str, operation: str, result: str, seconds: float) -> None:
+        with self._lock:
+            self._calls[(provider, operation, result)] += 1
+            _observe(self._latency, (provider, operation), PROVIDER_BUCKETS, seconds)
+
+    def snapshot(self) -> tuple[dict[tuple[str, str, str], int], dict[tuple[str, str], Histogram]]:
+        with self._lock:
+            return dict(self._calls), {k: (list(b), list(t)) for k, (b, t) in self._latency.items()}
+
+
+PROVIDER_STATS = ProviderStats()
+
+
 class Metrics:
     """This process's counters and histograms; thread-safe."""
 
@@ -62,18 +105,13 @@ class Metrics:
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, int], int] = defaultdict(int)
         # route -> (bucket counts, count, sum)
-        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self._latency: dict[str, Histogram] = {}
         self._results: dict[tuple[str, str], int] = defaultdict(int)
 
     def request(self, route: str, status: int, seconds: float) -> None:
         with self._lock:
             self._requests[(route, status)] += 1
-            buckets, total = self._latency.setdefault(route, ([0] * len(BUCKETS), [0.0, 0.0]))
-            i = bisect.bisect_left(BUCKETS, seconds)
-            if i < len(BUCKETS):
-                buckets[i] += 1
-            total[0] += 1
-            total[1] += seconds
+            _observe(self._latency, route, BUCKETS, seconds)
 
     def result(self, kind: str, code: str) -> None:
         """One verification (`credential`) or validation (`handle`) answered with `code`."""

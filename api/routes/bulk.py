@@ -12,19 +12,10 @@ from temporalio.service import RPCError
 from api import schemas
 from api.deps import Admin, Reader, Svc, temporal
 from api.errors import APIError
-from core.bulk import BulkError, BulkNotFoundError, bulk_workflow_id
+from core.bulk import bulk_workflow_id
 from workflows.bulk import BulkInput, BulkOperationWorkflow
 
 router = APIRouter(prefix="/api/key-management/bulk", tags=["bulk"])
-
-
-async def _call(f: Any, *args: Any) -> Any:
-    try:
-        return await run_in_threadpool(f, *args)
-    except BulkError as e:
-        raise APIError(400, "INVALID_REQUEST", str(e)) from None
-    except BulkNotFoundError as e:
-        raise APIError(404, "BULK_NOT_FOUND", str(e)) from None
 
 
 @router.post("", status_code=202)
@@ -40,7 +31,7 @@ async def start_bulk(
             raise APIError(400, "INVALID_REQUEST", f"this API serves environment {served} only")
         filters["environment"] = served
     actor = body.user_id or who.name
-    operation = await _call(
+    operation = await run_in_threadpool(
         svc.bulk.start, body.action, body.kind, filters, body.reason, body.rate_per_second, actor
     )
     try:
@@ -68,20 +59,20 @@ async def start_bulk(
 async def list_bulk(
     svc: Svc, who: Reader, limit: int = Query(default=50, ge=1, le=500)
 ) -> dict[str, Any]:
-    return {"operations": await _call(svc.bulk.all, limit)}
+    return {"operations": await run_in_threadpool(svc.bulk.all, limit)}
 
 
 @router.get("/{operation_id}")
 async def get_bulk(operation_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
     """Progress (`done`, `failed` of `total`), and the targets that failed and why."""
-    operation, failures = await _call(svc.bulk.get, operation_id)
+    operation, failures = await run_in_threadpool(svc.bulk.get, operation_id)
     return {"operation": operation, "failures": failures}
 
 
 @router.delete("/{operation_id}")
 async def cancel_bulk(operation_id: str, svc: Svc, who: Admin, request: Request) -> dict[str, Any]:
     """Stop it after the target in hand; what was done stays done."""
-    operation, _ = await _call(svc.bulk.get, operation_id)
+    operation, _ = await run_in_threadpool(svc.bulk.get, operation_id)
     if operation["status"] == "running":
         try:
             client = await temporal(request)

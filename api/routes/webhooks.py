@@ -14,21 +14,10 @@ from temporalio.service import RPCError
 from api import schemas
 from api.deps import Admin, Reader, Svc, temporal
 from api.errors import APIError
-from core.webhooks import WebhookError, WebhookNotFoundError, WebhookService, WebhookStateError
+from core.webhooks import WebhookService
 from workflows.webhooks import DeliveryInput, WebhookDeliveryWorkflow, delivery_workflow_id
 
 router = APIRouter(prefix="/api/key-management/webhooks", tags=["webhooks"])
-
-
-async def _call(f: Any, *args: Any) -> Any:
-    try:
-        return await run_in_threadpool(f, *args)
-    except WebhookError as e:
-        raise APIError(400, "INVALID_REQUEST", str(e)) from None
-    except WebhookNotFoundError as e:
-        raise APIError(404, "WEBHOOK_NOT_FOUND", str(e)) from None
-    except WebhookStateError as e:
-        raise APIError(409, "WEBHOOK_STATE", str(e)) from None
 
 
 @router.post("", status_code=201)
@@ -36,7 +25,7 @@ async def create_webhook(
     body: schemas.CreateWebhookRequest, svc: Svc, who: Admin
 ) -> dict[str, Any]:
     """Subscribe a URL; the answer carries the signing secret, once."""
-    webhook, secret = await _call(
+    webhook, secret = await run_in_threadpool(
         svc.webhooks.create,
         body.url,
         body.description,
@@ -49,18 +38,18 @@ async def create_webhook(
 
 @router.get("")
 async def list_webhooks(svc: Svc, who: Reader) -> dict[str, Any]:
-    return {"webhooks": await _call(svc.webhooks.all)}
+    return {"webhooks": await run_in_threadpool(svc.webhooks.all)}
 
 
 @router.get("/{webhook_id}")
 async def get_webhook(webhook_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
-    return {"webhook": await _call(svc.webhooks.get, webhook_id)}
+    return {"webhook": await run_in_threadpool(svc.webhooks.get, webhook_id)}
 
 
 @router.delete("/{webhook_id}")
 async def delete_webhook(webhook_id: str, svc: Svc, who: Admin) -> dict[str, Any]:
     """Stop sending to it; its deliveries stay listed."""
-    return {"webhook": await _call(svc.webhooks.delete, webhook_id, who.name)}
+    return {"webhook": await run_in_threadpool(svc.webhooks.delete, webhook_id, who.name)}
 
 
 @router.get("/{webhook_id}/deliveries")
@@ -72,7 +61,9 @@ async def list_deliveries(
     limit: int = Query(default=100, ge=1, le=1000),
 ) -> dict[str, Any]:
     """Deliveries, newest first, with their attempts and the last answer's status."""
-    return {"deliveries": await _call(svc.webhooks.deliveries, webhook_id, status, limit)}
+    return {
+        "deliveries": await run_in_threadpool(svc.webhooks.deliveries, webhook_id, status, limit)
+    }
 
 
 @router.post("/{webhook_id}/deliveries/{delivery_id}/replay", status_code=202)
@@ -81,7 +72,7 @@ async def replay_delivery(
 ) -> dict[str, Any]:
     """Send a failed (or delivered) delivery again, with the same retries as the first time."""
     webhooks: WebhookService = svc.webhooks
-    delivery = await _call(webhooks.prepare_replay, webhook_id, delivery_id, who.name)
+    delivery = await run_in_threadpool(webhooks.prepare_replay, webhook_id, delivery_id, who.name)
     queue = svc.settings.task_queue
     try:
         client = await temporal(request)

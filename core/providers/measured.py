@@ -8,52 +8,14 @@ both are one process).
 
 from __future__ import annotations
 
-import bisect
-import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from core.metrics import PROVIDER_STATS, ProviderStats
 from core.providers.base import KeyProvider, ProviderHealth, VersionHandle, VersionMaterial
 
 T = TypeVar("T")
-Histogram = tuple[list[int], list[float]]  # counts per bucket; [count, sum]
-# seconds: a local AES-GCM call takes microseconds, a KMS round trip tens of milliseconds
-BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class ProviderStats:
-    """Counts by (provider, operation, result) and latency histograms by (provider,
-    operation); thread-safe. `result` is `ok` or the exception's class name."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.latency: dict[tuple[str, str], tuple[list[int], list[float]]] = {}
-
-    def record(self, provider: str, operation: str, result: str, seconds: float) -> None:
-        with self._lock:
-            self.calls[(provider, operation, result)] += 1
-            buckets, total = self.latency.setdefault(
-                (provider, operation), ([0] * len(BUCKETS), [0.0, 0.0])
-            )
-            i = bisect.bisect_left(BUCKETS, seconds)
-            if i < len(BUCKETS):
-                buckets[i] += 1
-            total[0] += 1
-            total[1] += seconds
-
-    def snapshot(
-        self,
-    ) -> tuple[
-        dict[tuple[str, str, str], int], dict[tuple[str, str], tuple[list[int], list[float]]]
-    ]:
-        with self._lock:
-            return dict(self.calls), {k: (list(b), list(t)) for k, (b, t) in self.latency.items()}
-
-
-PROVIDER_STATS = ProviderStats()
 
 
 class MeasuredProvider:
