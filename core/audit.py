@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
-from sqlalchemy import Connection, Table, func, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -141,12 +141,8 @@ def append(session: Session, entry: AuditEntry) -> int:
     if dialect == "sqlite" and not connection.get_execution_options().get(WRITE_TRANSACTION_OPTION):
         raise RuntimeError("audit.append on SQLite must run inside Store.write()")
 
-    existing = _seq_of(connection, entry.event_id)
-    if existing is not None:
-        return existing
-
     head_seq, head_hash = _lock_head(connection, dialect)
-    # Another transaction may have appended this event while we waited for the head lock.
+    # checked under the head lock: another transaction may have appended it while we waited
     existing = _seq_of(connection, entry.event_id)
     if existing is not None:
         return existing
@@ -185,12 +181,17 @@ def recorded_on(connection: Connection, event_id: str) -> bool:
     return _seq_of(connection, event_id) is not None
 
 
+# built once: every transition runs them, and building a statement costs more than running it
+_SEQ_OF = select(_RECORDS.c.seq).where(_RECORDS.c.event_id == bindparam("event_id"))
+_LOCKED_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
+
+
 def _seq_of(connection: Connection, event_id: str) -> int | None:
-    return connection.scalar(select(_RECORDS.c.seq).where(_RECORDS.c.event_id == event_id))
+    return connection.scalar(_SEQ_OF, {"event_id": event_id})
 
 
 def _lock_head(connection: Connection, dialect: str) -> tuple[int, str]:
-    locked = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
+    locked = _LOCKED_HEAD
     head = connection.execute(locked).one_or_none()
     if head is not None:
         return head.seq, head.hash

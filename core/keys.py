@@ -65,6 +65,17 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 _KEYS = cast(Table, KeyRow.__table__)
 _VERSIONS = cast(Table, KeyVersionRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
+# The reads of every transition's commit, built once (building a statement costs more than
+# running it on an indexed column).
+_STORED_VERSIONS = select(
+    _VERSIONS.c.number,
+    _VERSIONS.c.state,
+    _VERSIONS.c.algorithm,
+    _VERSIONS.c.provider_key_ref,
+    _VERSIONS.c.wrapped_material,
+    _VERSIONS.c.public_key,
+).where(_VERSIONS.c.key_id == bindparam("key_id"))
+_VERSION_NUMBERS = select(_VERSIONS.c.number).where(_VERSIONS.c.key_id == bindparam("key_id"))
 PROVIDER_CACHE_ENTRIES = 100_000
 VERSION_CACHE_ENTRIES = 50_000
 _USE = (
@@ -351,16 +362,7 @@ class KeyService:
         with self._store.engine.connect() as db:
             if audit.recorded_on(db, c.transition_id):
                 return self._algorithm_of(db, spec.key_id, c.new_version)
-            stored = db.execute(
-                select(
-                    _VERSIONS.c.number,
-                    _VERSIONS.c.state,
-                    _VERSIONS.c.algorithm,
-                    _VERSIONS.c.provider_key_ref,
-                    _VERSIONS.c.wrapped_material,
-                    _VERSIONS.c.public_key,
-                ).where(_VERSIONS.c.key_id == spec.key_id)
-            ).all()
+            stored = db.execute(_STORED_VERSIONS, {"key_id": spec.key_id}).all()
         self._disable_at_provider(spec.key_id, spec.provider, c.lifecycle, stored)
         if c.new_version is not None:
             algorithms = {row.number: row.algorithm for row in stored}
@@ -421,9 +423,7 @@ class KeyService:
                         | key_values
                     )
                 )
-            in_store = set(
-                db.scalars(select(_VERSIONS.c.number).where(_VERSIONS.c.key_id == spec.key_id))
-            )
+            in_store = set(db.scalars(_VERSION_NUMBERS, {"key_id": spec.key_id}))
             changes = []
             for v in lc.versions:
                 deadlines = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from core.lifecycle import KeyLifecycle, StagedWarning, iso, open_warnings
 from core.objects import CredentialTransitionCommit, KeyTransitionCommit
@@ -18,6 +18,18 @@ from core.store.db import Store
 from core.store.models import WarningRow
 
 _WARNINGS: Table = WarningRow.__table__  # type: ignore[assignment]
+# built once: every commit of every object runs it
+_OPEN_WARNINGS = select(
+    _WARNINGS.c.id,
+    _WARNINGS.c.target,
+    _WARNINGS.c.deadline,
+    _WARNINGS.c.stage,
+    _WARNINGS.c.acknowledged_at,
+).where(
+    _WARNINGS.c.object_kind == bindparam("kind"),
+    _WARNINGS.c.object_id == bindparam("object_id"),
+    _WARNINGS.c.closed_at.is_(None),
+)
 
 
 def warning_data(w: StagedWarning) -> dict[str, Any]:
@@ -48,19 +60,7 @@ def project_warnings(
     """Insert the newly raised warnings of `lc`, record acknowledgements, and close the rows
     of warnings that are no longer open (their deadline passed or moved, or the object ended)."""
     current = {(str(w.target), w.deadline, w.stage): w for w in open_warnings(lc)}
-    rows = db.execute(
-        select(
-            _WARNINGS.c.id,
-            _WARNINGS.c.target,
-            _WARNINGS.c.deadline,
-            _WARNINGS.c.stage,
-            _WARNINGS.c.acknowledged_at,
-        ).where(
-            _WARNINGS.c.object_kind == kind,
-            _WARNINGS.c.object_id == object_id,
-            _WARNINGS.c.closed_at.is_(None),
-        )
-    ).all()
+    rows = db.execute(_OPEN_WARNINGS, {"kind": kind, "object_id": object_id}).all()
     stored = {(r.target, r.deadline, r.stage): r for r in rows}
     for key, w in current.items():
         row = stored.get(key)

@@ -75,6 +75,8 @@ MAX_COMMENT = 1000
 MAX_ACTOR = 200
 # histories from before the algorithm search attribute followed migrations replay without it
 ALGORITHM_PATCH = "algorithm-search-attribute"
+# histories from before unchanged search attributes were skipped replay with their upserts
+UNCHANGED_SEARCH_ATTRIBUTES_PATCH = "skip-unchanged-search-attributes"
 
 # The audit action (`<kind>.<action>`) and event name (`<kind><Event>`) of each time-driven
 # transition and status change.
@@ -350,7 +352,12 @@ class ManagedLifecycleWorkflow:
             shown = workflow.info().typed_search_attributes.get(SA_ALGORITHM)
             if isinstance(made, str) and made != shown and workflow.patched(ALGORITHM_PATCH):
                 updates.append(SA_ALGORITHM.value_set(made))
-            workflow.upsert_search_attributes(updates)
+            # The start sets them as the first commit leaves them; an upsert that changes
+            # nothing still costs an event and a visibility write.
+            current = workflow.info().typed_search_attributes
+            unchanged = all(current.get(u.key) == u.value for u in updates)
+            if not unchanged or not workflow.patched(UNCHANGED_SEARCH_ATTRIBUTES_PATCH):
+                workflow.upsert_search_attributes(updates)
 
     # --- updates -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 from core.store.db import Store
 from core.store.models import AuditRecordRow, EventRow, WebhookRow
 from core.webhooks import (
+    DeliveryBatch,
     WebhookError,
     WebhookNotFoundError,
     WebhookService,
@@ -141,5 +142,32 @@ def test_fan_out_makes_one_delivery_per_wanted_event(sqlite_store: Store) -> Non
         assert [d["eventType"] for d in service.deliveries(pager["id"], None, 10)] == ["keyRotated"]
         assert len(service.deliveries(everything["id"], "pending", 10)) == 2
         assert service.fan_out(2, 0.0, lambda: None).deliveries == ()
+    finally:
+        service.close()
+
+
+def test_fan_out_without_subscribers_moves_past_the_events(sqlite_store: Store) -> None:
+    service = WebhookService(sqlite_store, TEST_KEYRING)
+    try:
+        now = datetime.now(UTC)
+        with sqlite_store.write() as s:
+            for i in range(3):
+                s.add(
+                    EventRow(
+                        event_id=f"e{i}",
+                        type="keyCreated",
+                        object_kind="key",
+                        object_id="k",
+                        at=now,
+                    )
+                )
+        assert service.fan_out(1, 0.0, lambda: None) == DeliveryBatch(3, ())
+        service.create("https://a.example/", "", [], None, "alice")
+        with sqlite_store.write() as s:
+            s.add(
+                EventRow(event_id="e3", type="keyRotated", object_kind="key", object_id="k", at=now)
+            )
+        batch = service.fan_out(3, 0.0, lambda: None)
+        assert batch.after == 4 and len(batch.deliveries) == 1
     finally:
         service.close()

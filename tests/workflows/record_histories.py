@@ -12,7 +12,7 @@ import asyncio
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
@@ -27,12 +27,14 @@ from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 from workflows.types import (
+    SEARCH_ATTRIBUTE_KEYS,
     AcknowledgeWarning,
     CredentialWorkflowInput,
     KeyWorkflowInput,
     OperatorAction,
     RotateRequest,
     StatusChange,
+    key_search_attributes,
 )
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -167,24 +169,75 @@ async def handle_lifecycle_full(env: WorkflowEnvironment, services: Services) ->
     return (await handle.fetch_history()).to_json()
 
 
-RECORDERS: dict[str, Callable[[WorkflowEnvironment, Services], Awaitable[str]]] = {
+async def key_with_search_attributes(env: WorkflowEnvironment, services: Services) -> str:
+    """A key started as the API starts one (search attributes set at the start), rotated and
+    suspended: recorded on the dev server, which keeps custom search attributes, so that the
+    workflow's upserts are in the history."""
+    policy = services.policies.key_type("encryption")
+    now = datetime.now(UTC)
+    spec = KeySpec("key_recordedsearchattr", "dev", "encryption", policy.algorithm, "local", 256)
+    lifecycle = new_key(policy.lifecycle(), now, now + timedelta(days=200))
+    handle = await env.client.start_workflow(
+        KeyLifecycleWorkflow.run,
+        KeyWorkflowInput(spec=spec, lifecycle=lifecycle),
+        id=f"keyrotor/key/dev/{spec.key_id}",
+        task_queue="record",
+        search_attributes=key_search_attributes(spec, "active", lifecycle.versions[0].rotate_at),
+    )
+    await handle.execute_update(KeyLifecycleWorkflow.wait_created)
+    for n in range(6):
+        await handle.execute_update(
+            KeyLifecycleWorkflow.rotate,
+            RotateRequest(grace_period_seconds=3600, request_id=f"r{n}"),
+        )
+    await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("suspend"))
+    await handle.execute_update(KeyLifecycleWorkflow.change_status, StatusChange("resume"))
+    await handle.signal(KeyLifecycleWorkflow.revoke, OperatorAction("recorded"))
+    assert await handle.result() == "revoked"
+    return (await handle.fetch_history()).to_json()
+
+
+Recorder = Callable[[WorkflowEnvironment, Services], Awaitable[str]]
+# recorded on the time-skipping test server (timers pass at once, no custom search attributes)
+RECORDERS: dict[str, Recorder] = {
     "key_lifecycle_full": key_lifecycle_full,
     "key_staged_warnings": key_staged_warnings,
     "credential_lifecycle_full": credential_lifecycle_full,
     "handle_lifecycle_full": handle_lifecycle_full,
 }
+# recorded on the dev server
+DEV_RECORDERS: dict[str, Recorder] = {"key_with_search_attributes": key_with_search_attributes}
 
 
 async def record(force: bool = False) -> None:
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=str(BIN / "temporal-test-server"),
-        data_converter=data_converter(TEST_KEYRING),
-    )
     services = make_services(Path(tempfile.mkdtemp()))
-    async with env, build_worker(env.client, services, "record"):
-        for name, recorder in RECORDERS.items():
-            path = HISTORIES / f"{name}.json"
-            if force or not path.exists():
+    for recorders, start in (
+        (
+            RECORDERS,
+            lambda: WorkflowEnvironment.start_time_skipping(
+                test_server_existing_path=str(BIN / "temporal-test-server"),
+                data_converter=data_converter(TEST_KEYRING),
+            ),
+        ),
+        (
+            DEV_RECORDERS,
+            lambda: WorkflowEnvironment.start_local(
+                dev_server_existing_path=str(BIN / "temporal"),
+                data_converter=data_converter(TEST_KEYRING),
+                search_attributes=SEARCH_ATTRIBUTE_KEYS,
+                dev_server_log_level="error",
+            ),
+        ),
+    ):
+        missing = {
+            n: r for n, r in recorders.items() if force or not (HISTORIES / f"{n}.json").exists()
+        }
+        if not missing:
+            continue
+        env = await start()
+        async with env, build_worker(env.client, services, "record"):
+            for name, recorder in missing.items():
+                path = HISTORIES / f"{name}.json"
                 path.write_text(await recorder(env, services))
                 print(f"recorded {path}")
     services.close()
