@@ -165,9 +165,7 @@ def append(session: Session, entry: AuditEntry) -> int:
         "hash": record_hash(head_hash, entry),
     }
     connection.execute(insert(_RECORDS), values)
-    connection.execute(
-        update(_HEAD).where(_HEAD.c.id == HEAD_ID).values(seq=values["seq"], hash=values["hash"])
-    )
+    connection.execute(_MOVE_HEAD, {"seq": values["seq"], "hash": values["hash"]})
     return head_seq + 1
 
 
@@ -183,6 +181,7 @@ def recorded_on(connection: Connection, event_id: str) -> bool:
 
 # built once: every transition runs them, and building a statement costs more than running it
 _SEQ_OF = select(_RECORDS.c.seq).where(_RECORDS.c.event_id == bindparam("event_id"))
+_MOVE_HEAD = update(_HEAD).where(_HEAD.c.id == HEAD_ID)
 _LOCKED_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == HEAD_ID).with_for_update()
 
 

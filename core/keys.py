@@ -76,6 +76,13 @@ _STORED_VERSIONS = select(
     _VERSIONS.c.public_key,
 ).where(_VERSIONS.c.key_id == bindparam("key_id"))
 _VERSION_NUMBERS = select(_VERSIONS.c.number).where(_VERSIONS.c.key_id == bindparam("key_id"))
+_UPDATE_KEY = update(_KEYS).where(_KEYS.c.id == bindparam("b_id"))
+_INSERT_KEY = insert(_KEYS)
+_INSERT_VERSION = insert(_VERSIONS)
+_UPDATE_VERSION = update(_VERSIONS).where(
+    _VERSIONS.c.key_id == bindparam("b_key"), _VERSIONS.c.number == bindparam("b_number")
+)
+_INSERT_EVENT = insert(_EVENTS)
 PROVIDER_CACHE_ENTRIES = 100_000
 VERSION_CACHE_ENTRIES = 50_000
 _USE = (
@@ -400,28 +407,27 @@ class KeyService:
             if audit.recorded(s, c.transition_id):
                 return self._algorithm_of(s.connection(), spec.key_id, c.new_version)
             db = s.connection()
-            updated = db.execute(
-                update(_KEYS).where(_KEYS.c.id == spec.key_id).values(key_values)
-            ).rowcount
+            # Statements with their values passed at execution, not `.values(...)`: SQLAlchemy
+            # then reuses the compiled statement instead of coercing each value into a new one.
+            updated = db.execute(_UPDATE_KEY, {"b_id": spec.key_id, **key_values}).rowcount
             if not updated:
                 db.execute(
-                    insert(_KEYS).values(
-                        {
-                            "id": spec.key_id,
-                            "environment": spec.environment,
-                            "type": spec.type,
-                            "name": spec.name,
-                            "owner": spec.owner,
-                            "algorithm": spec.algorithm,
-                            "provider": spec.provider,
-                            "workflow_id": c.transition_id.rsplit("/", 1)[0],
-                            "created_by": spec.created_by,
-                            "metadata": dict(spec.metadata),
-                            "created_at": c.at,
-                            "current_version": 0,
-                        }
-                        | key_values
-                    )
+                    _INSERT_KEY,
+                    {
+                        "id": spec.key_id,
+                        "environment": spec.environment,
+                        "type": spec.type,
+                        "name": spec.name,
+                        "owner": spec.owner,
+                        "algorithm": spec.algorithm,
+                        "provider": spec.provider,
+                        "workflow_id": c.transition_id.rsplit("/", 1)[0],
+                        "created_by": spec.created_by,
+                        "metadata": dict(spec.metadata),
+                        "created_at": c.at,
+                        "current_version": 0,
+                    }
+                    | key_values,
                 )
             in_store = set(db.scalars(_VERSION_NUMBERS, {"key_id": spec.key_id}))
             changes = []
@@ -439,29 +445,22 @@ class KeyService:
                     changes.append({"b_number": v.number, **deadlines})
                 elif material is not None and v.number == c.new_version:
                     db.execute(
-                        insert(_VERSIONS).values(
-                            key_id=spec.key_id,
-                            number=v.number,
-                            algorithm=algorithm,
-                            provider=spec.provider,
-                            provider_key_ref=material.provider_key_ref,
-                            wrapped_material=material.wrapped_material,
-                            public_key=material.public_key,
-                            created_at=v.created_at,
+                        _INSERT_VERSION,
+                        {
+                            "key_id": spec.key_id,
+                            "number": v.number,
+                            "algorithm": algorithm,
+                            "provider": spec.provider,
+                            "provider_key_ref": material.provider_key_ref,
+                            "wrapped_material": material.wrapped_material,
+                            "public_key": material.public_key,
+                            "created_at": v.created_at,
                             **deadlines,
-                        )
+                        },
                     )
                 # else: created in an earlier attempt of this same transition
             if changes:
-                db.execute(
-                    update(_VERSIONS)
-                    .where(
-                        _VERSIONS.c.key_id == spec.key_id,
-                        _VERSIONS.c.number == bindparam("b_number"),
-                    )
-                    .values({name: bindparam(name) for name in changes[0] if name != "b_number"}),
-                    changes,
-                )
+                db.execute(_UPDATE_VERSION, [{"b_key": spec.key_id, **c} for c in changes])
             # A version numbered past the workflow's last one was committed by a workflow task
             # that was lost (a crash before it completed) and replayed differently: not in use
             # until the workflow makes that version again.
@@ -491,16 +490,17 @@ class KeyService:
             )
             project_warnings(db, "key", spec.key_id, spec.environment, lc, c.at)
             db.execute(
-                insert(_EVENTS).values(
-                    event_id=c.transition_id,
-                    type=c.event,
-                    object_kind="key",
-                    object_id=spec.key_id,
-                    at=c.at,
-                    data=event_data(
+                _INSERT_EVENT,
+                {
+                    "event_id": c.transition_id,
+                    "type": c.event,
+                    "object_kind": "key",
+                    "object_id": spec.key_id,
+                    "at": c.at,
+                    "data": event_data(
                         {"keyId": spec.key_id, "version": c.version, "status": str(lc.status)}, c
                     ),
-                )
+                },
             )
         return made
 
