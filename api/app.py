@@ -37,6 +37,7 @@ from core.credentials import VALUE_IN_TEXT, AdminKeys, Role
 from core.logs import request_id, setup_logging
 from core.metrics import Metrics
 from core.ratelimit import RateLimiter
+from core.runtime import tune_gc
 from core.services import Services, build_services
 from core.settings import Settings
 
@@ -141,6 +142,7 @@ def from_environment() -> KeyrotorAPI:
     services = build_services(Settings())
     app = create_app(services)
     app.state.close_services = True
+    tune_gc()
     return app
 
 

@@ -30,9 +30,11 @@ def dev(
     data_dir: Path = typer.Option(Path(".keyrotor"), help="where dev state is kept"),
 ) -> None:
     """Run the embedded Temporal dev server, the worker and the API together."""
+    from core.runtime import tune_gc
     from worker.dev import run_dev
 
     setup_logging(default_format="text")  # a terminal
+    tune_gc()
     try:
         asyncio.run(run_dev(data_dir, api_port, temporal_port, ui_port))
     except KeyboardInterrupt:
@@ -42,10 +44,12 @@ def dev(
 @app.command()
 def worker() -> None:
     """Run a worker against KEYROTOR_TEMPORAL_ADDRESS and KEYROTOR_DATABASE_URL."""
+    from core.runtime import tune_gc
     from worker.main import run_worker
 
     setup_logging()
     services = build_or_exit(Settings())
+    tune_gc()
     try:
         asyncio.run(run_worker(services))
     except KeyboardInterrupt:

@@ -205,6 +205,7 @@ _VERSION_CODES = {
 
 
 CACHE_ENTRIES = 50_000
+FLUSH_CHUNK = 200  # usage rows bound per statement (about 1.2 ms of holding the GIL)
 # One use of a credential with a usage limit, or of a handle value with a max usage: exact
 # (conditional), and group-committed with the other uses in flight (`Store.write_batched`).
 _USE_CREDENTIAL = (
@@ -510,8 +511,7 @@ class CredentialService:
         hit, row = self.rows.get(p.lookup_id)
         if not hit:
             generation = self.rows.generation
-            with self._store.engine.connect() as conn:
-                row = conn.execute(self._verify_query, {"lookup": p.lookup_id}).first()
+            row = self._store.read_one(self._verify_query, {"lookup": p.lookup_id})
             self.rows.put(p.lookup_id, row.id if row else None, row, generation)
         pepper = self._peppers.get(row.pepper_id) if row is not None else None
         computed = secret_hash(
@@ -807,7 +807,11 @@ class CredentialService:
             )
         )
         with self._store.write() as s:
-            s.connection().execute(statement, rows)
+            for start in range(0, len(rows), FLUSH_CHUNK):
+                s.connection().execute(statement, rows[start : start + FLUSH_CHUNK])
+                # This thread holds the GIL while it binds a chunk: let the event loop in
+                # between, so a busy second's flush never stalls verification for long.
+                time.sleep(0)
         return len(usage)
 
     # --- reads -----------------------------------------------------------------------------

@@ -317,8 +317,7 @@ class AdminKeys:
 
     def _authenticate(self, presented: str) -> AdminPrincipal:
         key_id, secret = parse_admin_key(presented)
-        with self._store.engine.connect() as conn:
-            row = conn.execute(_ADMIN_KEY_BY_ID, {"id": key_id}).first()
+        row = self._store.read_one(_ADMIN_KEY_BY_ID, {"id": key_id})
         pepper = self._peppers.get(row.pepper_id) if row else None
         salt = row.salt if row else self._dummy_salt
         expected = row.secret_hash if row else b"\0" * 32

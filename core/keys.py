@@ -619,8 +619,7 @@ class KeyService:
                 else (_NUMBERED_VERSION, {"key": key_id, "number": number})
             )
             generation = self.rows.generation
-            with self._store.engine.connect() as db:
-                row = db.execute(query, params).first()
+            row = self._store.read_one(query, params)
             if row is not None:
                 self.rows.put((key_id, number), key_id, row, generation)
         if row is None or (self.environment is not None and row.environment != self.environment):

@@ -11,14 +11,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar, cast
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, text
+from sqlalchemy import Connection, Engine, Executable, Row, Select, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
@@ -27,6 +27,7 @@ MIGRATIONS_DIR: Final = Path(__file__).resolve().parent / "migrations"
 
 # Execution option that marks connections of `Store.write()`; the SQLite "begin" hook reads it.
 WRITE_TRANSACTION_OPTION: Final = "keyrotor_write_transaction"
+SINGLE_READ_OPTION: Final = "keyrotor_single_read"
 
 DEFAULT_SQLITE_BUSY_TIMEOUT_MS: Final = 5000
 
@@ -102,6 +103,7 @@ class Store:
                 max_overflow=POOL_SIZE // 2,
             )
         self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        self._single_reads = self.engine.execution_options(**{SINGLE_READ_OPTION: True})
         self._write_lock: AbstractContextManager[object] = (
             threading.Lock() if self.is_sqlite else nullcontext()
         )
@@ -120,6 +122,13 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self.safe_url!r})"
+
+    def read_one(self, statement: Executable, params: Mapping[str, Any]) -> Row[Any] | None:
+        """The first row `statement` answers, read outside a transaction: the use path's
+        lookups are one statement each, which SQLite then runs without a BEGIN and a ROLLBACK
+        around it (PostgreSQL's driver begins its own either way)."""
+        with self._single_reads.connect() as connection:
+            return connection.execute(statement, params).first()
 
     def session(self) -> Session:
         """A new session (not begun); use it as a context manager and commit yourself."""
@@ -234,7 +243,10 @@ def _sqlite_engine(url: URL, busy_timeout_ms: int) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get(WRITE_TRANSACTION_OPTION, False)
+        options = connection.get_execution_options()
+        if options.get(SINGLE_READ_OPTION, False):
+            return  # one statement is atomic on its own (`Store.read_one`)
+        immediate = options.get(WRITE_TRANSACTION_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
