@@ -364,9 +364,6 @@ def machine() -> dict[str, str]:
 async def history_size(client: Client, workflow_id: str) -> tuple[int, int]:
     """Events and encoded bytes of a workflow's history so far."""
     history = await client.get_workflow_handle(workflow_id).fetch_history()
-    if os.environ.get("BENCH_EVENTS"):
-        for e in history.events:
-            print(e.event_id, e.WhichOneof("attributes"), e.ByteSize())
     return len(history.events), sum(e.ByteSize() for e in history.events)
 
 

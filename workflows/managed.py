@@ -75,8 +75,6 @@ MAX_COMMENT = 1000
 MAX_ACTOR = 200
 # histories from before the algorithm search attribute followed migrations replay without it
 ALGORITHM_PATCH = "algorithm-search-attribute"
-# histories from before unchanged search attributes were skipped replay with their upserts
-UNCHANGED_SEARCH_ATTRIBUTES_PATCH = "skip-unchanged-search-attributes"
 
 # The audit action (`<kind>.<action>`) and event name (`<kind><Event>`) of each time-driven
 # transition and status change.
@@ -133,6 +131,7 @@ class ManagedLifecycleWorkflow:
         self._wake = False
         self._rotation_retry_at = input.rotation_retry_at
         self._policy_version = input.policy_version
+        self._skip_unchanged = input.skip_unchanged_search_attributes
 
     def _carry(self) -> Any:
         """The input of the next run (continue-as-new)."""
@@ -145,6 +144,7 @@ class ManagedLifecycleWorkflow:
             recent_requests=tuple(self._recent[-RECENT_REQUESTS_KEPT:]),
             rotation_retry_at=self._rotation_retry_at,
             policy_version=self._policy_version,
+            skip_unchanged_search_attributes=self._skip_unchanged,
         )
 
     def _names(self, action: str, event: str) -> tuple[str, str]:
@@ -353,10 +353,10 @@ class ManagedLifecycleWorkflow:
             if isinstance(made, str) and made != shown and workflow.patched(ALGORITHM_PATCH):
                 updates.append(SA_ALGORITHM.value_set(made))
             # The start sets them as the first commit leaves them; an upsert that changes
-            # nothing still costs an event and a visibility write.
+            # nothing would still cost an event and a visibility write.
             current = workflow.info().typed_search_attributes
             unchanged = all(current.get(u.key) == u.value for u in updates)
-            if not unchanged or not workflow.patched(UNCHANGED_SEARCH_ATTRIBUTES_PATCH):
+            if not (unchanged and self._skip_unchanged):
                 workflow.upsert_search_attributes(updates)
 
     # --- updates -------------------------------------------------------------------------

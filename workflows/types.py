@@ -115,6 +115,9 @@ class KeyWorkflowInput:
     rotation_retry_at: datetime | None = None
     # the policy version its lifecycle policy comes from (`policy_updated` moves it)
     policy_version: int = 0
+    # An upsert that changes no search attribute is left out. Off in the inputs of older
+    # workflows, whose histories upserted at every commit and must replay so.
+    skip_unchanged_search_attributes: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class CredentialWorkflowInput:
     rotation_retry_at: datetime | None = None
     # the policy version its lifecycle policy comes from (`policy_updated` moves it)
     policy_version: int = 0
+    skip_unchanged_search_attributes: bool = False
 
 
 @dataclass(frozen=True)

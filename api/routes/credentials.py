@@ -208,7 +208,12 @@ async def create_credential(
     )
     start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
         CREDENTIAL_WORKFLOW,
-        CredentialWorkflowInput(spec=spec, lifecycle=lifecycle, policy_version=svc.policy_version),
+        CredentialWorkflowInput(
+            spec=spec,
+            lifecycle=lifecycle,
+            policy_version=svc.policy_version,
+            skip_unchanged_search_attributes=True,
+        ),
         id=credential_workflow_id(environment, spec.credential_id),
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -196,7 +196,12 @@ async def generate_handle(
     )
     start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
         HANDLE_WORKFLOW,
-        CredentialWorkflowInput(spec=spec, lifecycle=lifecycle, policy_version=svc.policy_version),
+        CredentialWorkflowInput(
+            spec=spec,
+            lifecycle=lifecycle,
+            policy_version=svc.policy_version,
+            skip_unchanged_search_attributes=True,
+        ),
         id=credential_workflow_id(environment, spec.credential_id, "handle"),
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

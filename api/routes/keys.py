@@ -163,7 +163,12 @@ async def generate_key(
     workflow_id = key_workflow_id(environment, spec.key_id)
     start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
         KEY_WORKFLOW,
-        KeyWorkflowInput(spec=spec, lifecycle=lifecycle, policy_version=svc.policy_version),
+        KeyWorkflowInput(
+            spec=spec,
+            lifecycle=lifecycle,
+            policy_version=svc.policy_version,
+            skip_unchanged_search_attributes=True,
+        ),
         id=workflow_id,
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

@@ -124,6 +124,32 @@ async def test_continue_as_new_keeps_state_and_idempotency(stack: Stack) -> None
     assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
 
 
+async def test_search_attributes_are_upserted_only_when_they_change(stack: Stack) -> None:
+    """The start sets them as the creation commit leaves them: no upsert then; a rotation
+    moves the next rotation time: one upsert."""
+    key = await generate(stack, type="encryption")
+    handle = stack.client.get_workflow_handle(key["workflowId"])
+
+    def upserts(events: Any) -> int:
+        return sum(e.HasField("upsert_workflow_search_attributes_event_attributes") for e in events)
+
+    created = (await handle.fetch_history()).events
+    assert any(e.HasField("marker_recorded_event_attributes") for e in created)
+    assert upserts(created) == 0
+    shown = (await handle.describe()).typed_search_attributes
+    assert shown.get(SA_STATE) == "active"
+    assert shown.get(SA_NEXT_ROTATION) == datetime.fromisoformat(key["nextRotationAt"])
+    r = await stack.http.post(
+        f"{API}/keys/{key['id']}/rotate", json={"gracePeriod": "PT1H"}, headers=stack.auth()
+    )
+    assert r.status_code == 200, r.text
+    assert upserts((await handle.fetch_history()).events) == 1
+    rotated = r.json()["key"]
+    shown = (await handle.describe()).typed_search_attributes
+    assert shown.get(SA_NEXT_ROTATION) == datetime.fromisoformat(rotated["nextRotationAt"])
+    assert rotated["nextRotationAt"] != key["nextRotationAt"]
+
+
 def _payloads(message: Message) -> list[Payload]:
     """Every Payload anywhere inside a protobuf message."""
     found: list[Payload] = []

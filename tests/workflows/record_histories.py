@@ -9,6 +9,7 @@ Histories are encrypted with the tests' fixed master key (not a real secret).
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -169,17 +170,23 @@ async def handle_lifecycle_full(env: WorkflowEnvironment, services: Services) ->
     return (await handle.fetch_history()).to_json()
 
 
-async def key_with_search_attributes(env: WorkflowEnvironment, services: Services) -> str:
+async def key_with_search_attributes(
+    env: WorkflowEnvironment, services: Services, skip_unchanged: bool = False
+) -> str:
     """A key started as the API starts one (search attributes set at the start), rotated and
     suspended: recorded on the dev server, which keeps custom search attributes, so that the
-    workflow's upserts are in the history."""
+    workflow's upserts are in the history. `skip_unchanged` as the API sets it since session 6
+    (before, every commit upserted)."""
     policy = services.policies.key_type("encryption")
     now = datetime.now(UTC)
-    spec = KeySpec("key_recordedsearchattr", "dev", "encryption", policy.algorithm, "local", 256)
+    key_id = "key_recordedskipunchanged" if skip_unchanged else "key_recordedsearchattr"
+    spec = KeySpec(key_id, "dev", "encryption", policy.algorithm, "local", 256)
     lifecycle = new_key(policy.lifecycle(), now, now + timedelta(days=200))
     handle = await env.client.start_workflow(
         KeyLifecycleWorkflow.run,
-        KeyWorkflowInput(spec=spec, lifecycle=lifecycle),
+        KeyWorkflowInput(
+            spec=spec, lifecycle=lifecycle, skip_unchanged_search_attributes=skip_unchanged
+        ),
         id=f"keyrotor/key/dev/{spec.key_id}",
         task_queue="record",
         search_attributes=key_search_attributes(spec, "active", lifecycle.versions[0].rotate_at),
@@ -206,7 +213,12 @@ RECORDERS: dict[str, Recorder] = {
     "handle_lifecycle_full": handle_lifecycle_full,
 }
 # recorded on the dev server
-DEV_RECORDERS: dict[str, Recorder] = {"key_with_search_attributes": key_with_search_attributes}
+DEV_RECORDERS: dict[str, Recorder] = {
+    "key_with_search_attributes": key_with_search_attributes,
+    "key_skipping_unchanged_search_attributes": functools.partial(
+        key_with_search_attributes, skip_unchanged=True
+    ),
+}
 
 
 async def record(force: bool = False) -> None:
