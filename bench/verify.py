@@ -14,7 +14,10 @@ Run from the repository root (a benchmark: it prints, it does not assert):
   connections with pre-built requests (raw asyncio streams: the client costs little CPU).
   - throughput: C connections in a closed loop for S seconds per endpoint;
   - latency: an open loop at half of that endpoint's measured maximum, timed from each
-    request's scheduled send time (so a stall counts for every request it delays).
+    request's scheduled send time (so a stall counts for every request it delays), and as the
+    server measured it (its `keyrotor_hot_request_duration_seconds` histogram, read before and
+    after: the share answered within 5 ms). The client freezes what it built and collects no
+    garbage while it measures: its own collections would count as server latency.
 - `credentials/verify` presents a different stored credential in every request (40,000 drawn
   at random; the maximum and the half-rate phases take disjoint halves and the warm-up uses
   others, so every request is a cache miss as long as a phase sends fewer than 20,000);
