@@ -1,4 +1,5 @@
-"""Two API processes on one store: a revocation answered by one is seen by the other.
+"""Two API processes (and, in the last test, two workers) on one store: a revocation answered
+by one is seen by the other, and concurrent rotations through both are neither lost nor doubled.
 
 Each process caches the use path's rows (credentials, key versions) and reads lifecycle changes
 every 0.25 s; it stops using the cache when its last read is older than 0.75 s, and a change
@@ -24,6 +25,7 @@ import httpx
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from core import audit
 from core.credentials import AdminKeys, Role
 from core.services import Services
 from tests.fixtures.database import backend_database_url
@@ -259,3 +261,142 @@ def _cmdline(pid: int) -> bytes:
         return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return b""
+
+
+@pytest.fixture
+def two_workers(
+    two_apis: TwoAPIs, admin_key_env: tuple[dict[str, str], str]
+) -> Iterator[list[int]]:
+    """Two `keyrotor worker` processes on the APIs' task queue and store; yields their pids."""
+    env, _ = admin_key_env
+    keyrotor = Path(sys.executable).parent / "keyrotor"
+    procs = [
+        subprocess.Popen(
+            [str(keyrotor), "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            _, err = p.communicate(timeout=20)
+            assert b"Traceback" not in err, err.decode()
+
+
+async def test_two_workers_and_two_apis_under_concurrent_requests(
+    dev_env: WorkflowEnvironment, two_apis: TwoAPIs, two_workers: list[int]
+) -> None:
+    """Two workers and two API processes on one store and one Temporal server. Concurrent
+    rotations of the same keys through both APIs each make exactly one version (none lost,
+    none twice); a rotation sent to both APIs with one Idempotency-Key rotates once; and
+    credentials revoked through one API amid verifications through both answer REVOKED on
+    both once the revoke has answered, and within a second of it being asked."""
+    a, b, auth = two_apis.a, two_apis.b, two_apis.auth
+    keys_path = "/api/key-management/keys"
+    apis = (a, b)
+    key_ids = []
+    for n in range(4):
+        r = await apis[n % 2].post(f"{keys_path}/generate", json={"type": "session"}, headers=auth)
+        assert r.status_code == 201, r.text
+        key_ids.append(r.json()["key"]["id"])
+    credentials = []
+    for n in range(4):
+        r = await apis[n % 2].post(API, json={"name": f"c{n}"}, headers=auth)
+        assert r.status_code == 201, r.text
+        credentials.append((r.json()["credential"]["id"], r.json()["secret"]))
+
+    rotations = 5  # per key, through both APIs at once
+
+    async def rotate(client: httpx.AsyncClient, key_id: str, idempotency: str) -> tuple[int, int]:
+        r = await client.post(
+            f"{keys_path}/{key_id}/rotate",
+            json={"reason": "manual"},
+            headers={**auth, "Idempotency-Key": idempotency},
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["rotation"]["fromVersion"], r.json()["rotation"]["toVersion"]
+
+    verifications: list[tuple[str, str, float, str]] = []  # (api, credential, sent, code)
+    stop = asyncio.Event()
+
+    async def verify(name: str, client: httpx.AsyncClient, cid: str, secret: str) -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            r = await client.post(f"{API}/verify", json={"key": secret}, headers=auth)
+            verifications.append((name, cid, sent, r.json()["verification"]["code"]))
+
+    revoked: dict[str, tuple[float, float]] = {}  # credential -> (asked, answered)
+
+    async def revoke(client: httpx.AsyncClient, cid: str) -> None:
+        await asyncio.sleep(0.3)
+        asked = time.monotonic()
+        r = await client.request("DELETE", f"{API}/{cid}", json={"reason": "left"}, headers=auth)
+        assert r.status_code == 200 and r.json()["credential"]["status"] == "revoked", r.text
+        revoked[cid] = (asked, time.monotonic())
+
+    verifiers = [
+        asyncio.create_task(verify(name, client, cid, secret))
+        for cid, secret in credentials
+        for name, client in (("a", a), ("b", b))
+    ]
+    rotated = asyncio.gather(
+        *(
+            rotate(apis[(i + k) % 2], key_id, f"{key_id}-r{i}")
+            for k, key_id in enumerate(key_ids)
+            for i in range(rotations)
+        ),
+        # one request sent to both APIs at once: rotates once
+        rotate(a, key_ids[0], "twice"),
+        rotate(b, key_ids[0], "twice"),
+    )
+    revokes = asyncio.gather(
+        *(revoke(apis[n % 2], cid) for n, (cid, _) in enumerate(credentials[:3]))
+    )
+    results, _ = await asyncio.gather(rotated, revokes)
+    await asyncio.sleep(1.2)
+    stop.set()
+    await asyncio.gather(*verifiers)
+
+    # No update lost, none applied twice: each key made one version per distinct request.
+    per_key = [results[k * rotations : (k + 1) * rotations] for k in range(len(key_ids))]
+    twice = results[-2:]
+    assert twice[0] == twice[1]
+    for k, key_id in enumerate(key_ids):
+        made = sorted([to for _, to in per_key[k]] + ([twice[0][1]] if k == 0 else []))
+        expected = rotations + (1 if k == 0 else 0)
+        assert made == list(range(2, expected + 2)), (key_id, made)
+        key, versions = two_apis.services.keys.get(key_id)
+        assert key.current_version == expected + 1
+        assert [v.number for v in versions] == list(range(1, expected + 2))
+        with two_apis.services.store.engine.connect() as db:
+            records = audit.list_records(
+                db, audit.RecordFilter(object_id=key_id, action="key.rotated"), None, 100
+            )
+        assert len(records) == expected
+
+    # Revocations: every verification sent after a revoke answered says REVOKED, on both
+    # APIs; each API process says so within a second of the revoke being asked.
+    for cid, (asked, answered) in revoked.items():
+        seen = [(name, sent, code) for name, c, sent, code in verifications if c == cid]
+        assert {code for _, sent, code in seen if sent >= answered} == {"REVOKED"}, cid
+        assert "VALID" in {code for _, sent, code in seen if sent < asked}
+        for api in ("a", "b"):
+            first = min(sent for name, sent, code in seen if name == api and code == "REVOKED")
+            assert first - asked <= 1.0, (cid, api, first - asked)
+    kept = credentials[3][0]
+    assert {code for _, c, _, code in verifications if c == kept} == {"VALID"}
+
+    # Both workers did the work.
+    identities = set()
+    for key_id in key_ids:
+        key, _ = two_apis.services.keys.get(key_id)
+        history = await dev_env.client.get_workflow_handle(key.workflow_id).fetch_history()
+        identities |= {
+            e.workflow_task_started_event_attributes.identity
+            for e in history.events
+            if e.HasField("workflow_task_started_event_attributes")
+        }
+    assert {i.split("@")[0] for i in identities} >= {str(pid) for pid in two_workers}
