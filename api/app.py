@@ -27,6 +27,7 @@ from api.routes import (
     handles,
     health,
     keys,
+    master_key,
     warnings,
     webhooks,
 )
@@ -234,5 +235,6 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.include_router(warnings.router)
     app.include_router(webhooks.router)
     app.include_router(bulk.router)
+    app.include_router(master_key.router)
     app.include_router(config.router)
     return app

@@ -79,6 +79,12 @@ class PutConfigRequest(Body):
     user_id: str = Field(default="", max_length=200)
 
 
+class RotateMasterKeyRequest(Body):
+    reason: str = Field(min_length=1, max_length=900)
+    batch_size: int = Field(default=200, ge=1, le=10_000)
+    user_id: str = Field(default="", max_length=200)
+
+
 class EncryptRequest(Body):
     plaintext: str = Field(description="base64", max_length=4 * 1024 * 1024)
     aad: str | None = Field(default=None, description="base64", max_length=65536)

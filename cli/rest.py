@@ -549,6 +549,23 @@ OPERATIONS: tuple[Operation, ...] = (
         "operations",
         ("id", "action", "kind", "status", "done", "failed", "total", "createdAt"),
     ),
+    # the master key
+    Operation(
+        "master-key",
+        "status",
+        "GET",
+        "/master-key",
+        "The master keys (current, previous, retired), what each sealed, and the rotation.",
+    ),
+    Operation(
+        "master-key",
+        "rotate",
+        "POST",
+        "/master-key/rotate",
+        "Re-seal everything under the current master key, then retire the older ones.",
+        (),
+        (F("reason", required=True), F("batch-size", "batchSize", "int"), USER),
+    ),
     # the policy, health
     Operation(
         "config",

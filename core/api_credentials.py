@@ -153,7 +153,8 @@ def new_credential_id(prefix: str = "cred_") -> str:
     return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
 
 
-def _secret_context(credential_id: str, number: int) -> bytes:
+def secret_context(credential_id: str, number: int) -> bytes:
+    """The envelope context that binds a sealed pending secret to one credential version."""
     return f"keyrotor/credential/{credential_id}/v{number}".encode()
 
 
@@ -415,7 +416,7 @@ class CredentialService:
             pepper_id=self._peppers.current_id,
             uses=0,
             pending_secret=seal(
-                self._keyring, plaintext.encode(), _secret_context(spec.credential_id, number)
+                self._keyring, plaintext.encode(), secret_context(spec.credential_id, number)
             ),
         )
 
@@ -438,7 +439,7 @@ class CredentialService:
                 return None
             s.execute(update(CredentialVersionRow).where(*where).values(pending_secret=None))
             plaintext = open_envelope(
-                self._keyring, sealed, _secret_context(credential_id, number)
+                self._keyring, sealed, secret_context(credential_id, number)
             ).decode()
             kind = s.scalar(select(CredentialRow.kind).where(CredentialRow.id == credential_id))
             audit.append(

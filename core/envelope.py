@@ -20,7 +20,7 @@ import base64
 import binascii
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -74,6 +74,19 @@ class MasterKeyring:
                 raise EnvelopeError(f"master key {position} ({key_id}) is listed twice")
             self._keys[key_id] = bytes(key)
         self._current_id = master_key_id(keys[0])
+        # keys whose blobs were all re-sealed under a newer one: never used to open again
+        self.retired: frozenset[str] = frozenset()
+
+    def retire(self, key_ids: Iterable[str]) -> None:
+        """Refuse, from now on, to open blobs sealed under `key_ids` (the store's record of
+        retired master keys). The current key cannot be retired."""
+        retired = frozenset(key_ids)
+        if self._current_id in retired:
+            raise EnvelopeError(
+                f"the current master key {self._current_id} was retired: list its successor"
+                " first in KEYROTOR_MASTER_KEY"
+            )
+        self.retired = retired
 
     @classmethod
     def parse(cls, value: str) -> MasterKeyring:
@@ -167,6 +180,8 @@ def seal(keyring: MasterKeyring, plaintext: bytes, context: bytes) -> bytes:
 def open_envelope(keyring: MasterKeyring, blob: bytes, context: bytes) -> bytes:
     """Decrypt a blob made by `seal` for the same context; EnvelopeError on any failure."""
     key_id, pos = _parse_header(blob)
+    if key_id in keyring.retired:
+        raise EnvelopeError(f"master key {key_id} was retired: its blobs were re-sealed")
     master = keyring._key(key_id)
     aad = blob[:pos] + context
     dek_nonce = blob[pos : pos + NONCE_BYTES]

@@ -8,8 +8,9 @@ from core.api_credentials import CredentialService
 from core.bulk import BulkService
 from core.changes import ChangeFeed
 from core.credentials import PepperError, PepperRing
-from core.envelope import MasterKeyring
+from core.envelope import EnvelopeError, MasterKeyring
 from core.keys import KeyService
+from core.master_keys import MasterKeyService
 from core.policy import Policies, default_policy_path, parse_policies, read_policy_text
 from core.policy_versions import PolicyVersions
 from core.providers.base import KeyProvider
@@ -41,15 +42,19 @@ class Services:
     policy_version: int
     # the API polls it to keep the use path's caches fresh (`core.changes`)
     changes: ChangeFeed = field(init=False)
+    master_keys: MasterKeyService = field(init=False)
 
     def __post_init__(self) -> None:
         rows = {"key": self.keys.rows}
         rows |= dict.fromkeys(("credential", "handle"), self.credentials.rows)
         self.changes = ChangeFeed(self.store, rows)
+        self.master_keys = MasterKeyService(self.store, self.keyring)
 
     def refresh_policies(self) -> bool:
         """Take up a newer policy version if there is one (API processes and workers call this
-        every few seconds); whether it changed."""
+        every few seconds); whether it changed. Master keys retired meanwhile are refused from
+        now on."""
+        self.master_keys.load_retired()
         if self.policy_versions.newest_version() == self.policy_version:
             return False
         row = self.policy_versions.newest()
@@ -90,7 +95,7 @@ def build_services(settings: Settings) -> Services:
         peppers = PepperRing.from_setting(pepper.get_secret_value() if pepper else None, keyring)
     except PepperError as e:
         raise ConfigurationError(f"KEYROTOR_CREDENTIAL_PEPPER: {e}") from None
-    return Services(
+    services = Services(
         settings,
         policies,
         keyring,
@@ -103,6 +108,12 @@ def build_services(settings: Settings) -> Services:
         versions,
         newest.version,
     )
+    try:
+        services.master_keys.load_retired()
+    except EnvelopeError as e:
+        services.close()
+        raise ConfigurationError(f"KEYROTOR_MASTER_KEY: {e}") from None
+    return services
 
 
 def build_providers(settings: Settings, keyring: MasterKeyring) -> dict[str, KeyProvider]:

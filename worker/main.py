@@ -33,6 +33,7 @@ from activities.audit import AuditActivities
 from activities.bulk import BulkActivities
 from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities, KeyUsageActivities
+from activities.master_keys import MasterKeyActivities
 from activities.webhooks import WebhookActivities
 from core.codec import connect_client
 from core.services import Services
@@ -41,6 +42,7 @@ from workflows.bulk import BulkOperationWorkflow
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
+from workflows.master_key import MasterKeyRotationWorkflow
 from workflows.webhooks import (
     DispatcherInput,
     WebhookDeliveryWorkflow,
@@ -102,6 +104,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     webhooks = WebhookActivities(services.webhooks)
     auditing = AuditActivities(services.store, services.policies)
     bulk = BulkActivities(services.bulk, services.policy_versions, client)
+    master_keys = MasterKeyActivities(services.master_keys)
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
@@ -113,6 +116,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             WebhookDeliveryWorkflow,
             AuditRetentionWorkflow,
             BulkOperationWorkflow,
+            MasterKeyRotationWorkflow,
         ],
         workflow_runner=SANDBOX,
         activities=[
@@ -126,6 +130,8 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             auditing.apply_retention,
             bulk.run_page,
             bulk.finish,
+            master_keys.reseal_batch,
+            master_keys.retire_old,
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,

@@ -401,3 +401,15 @@ class PolicyVersionRow(Base):
     source: Mapped[str] = mapped_column(String(16))
     created_by: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime]
+
+
+class MasterKeyRetirementRow(Base):
+    """A master key retired once every blob it sealed was re-sealed under `successor_id`
+    (`MasterKeyRotationWorkflow`): no process opens a blob sealed under it any more."""
+
+    __tablename__ = "master_key_retirements"
+
+    key_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    successor_id: Mapped[str] = mapped_column(String(32))
+    retired_at: Mapped[datetime]
+    retired_by: Mapped[str] = mapped_column(String(200))
