@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
 
 from activities.keys import store_failure
-from core.api_credentials import CredentialService
+from core.api_credentials import CredentialService, RehashBatch
 from core.objects import CredentialTransitionCommit
+
+
+@dataclass(frozen=True)
+class RehashRequest:
+    cursor: str
+    limit: int
 
 
 class CredentialActivities:
@@ -24,5 +32,13 @@ class CredentialActivities:
         """
         try:
             self._credentials.commit_transition(commit)
+        except SQLAlchemyError as e:
+            raise store_failure(e) from None
+
+    @activity.defn(name="rehash_credential_batch")
+    def rehash_batch(self, request: RehashRequest) -> RehashBatch:
+        """Re-hash a batch of stored hashes under the current pepper (PepperRotationWorkflow)."""
+        try:
+            return self._credentials.rehash_batch(request.cursor, request.limit)
         except SQLAlchemyError as e:
             raise store_failure(e) from None

@@ -566,6 +566,22 @@ OPERATIONS: tuple[Operation, ...] = (
         (),
         (F("reason", required=True), F("batch-size", "batchSize", "int"), USER),
     ),
+    Operation(
+        "peppers",
+        "status",
+        "GET",
+        "/peppers",
+        "The credential peppers the stored hashes name, and the re-hash job.",
+    ),
+    Operation(
+        "peppers",
+        "rehash",
+        "POST",
+        "/peppers/rehash",
+        "Re-hash every stored hash not under the current pepper, without the secrets.",
+        (),
+        (F("reason", required=True), F("batch-size", "batchSize", "int"), USER),
+    ),
     # the policy, health
     Operation(
         "config",

@@ -19,15 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 
 from core import audit
 from core.changes import RowCache
 from core.credentials import (
     CREDENTIAL_PREFIX,
     HANDLE_PREFIX,
+    REHASH_SEPARATOR,
     MalformedCredentialError,
     PepperRing,
     PresentedCredential,
@@ -36,6 +37,7 @@ from core.credentials import (
     new_secret,
     parse_credential,
     parse_token,
+    rehash,
     secret_hash,
 )
 from core.envelope import MasterKeyring, open_envelope, seal
@@ -59,6 +61,25 @@ _ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 
 class CredentialNotFoundError(LookupError):
     """No such credential (by id; verification answers NOT_FOUND instead of raising)."""
+
+
+@dataclass(frozen=True)
+class RehashBatch:
+    """One batch of the forced re-hash: the cursor to go on from ("" once done), the rows it
+    looked at and the hashes it re-hashed."""
+
+    cursor: str
+    scanned: int
+    rehashed: int
+
+
+_VERSIONS_TABLE = cast(Table, CredentialVersionRow.__table__)
+# versions whose hash may still be presented (a pending one may be made active again)
+_VERIFYING = LIVE_STATES | {VersionState.PENDING}
+
+
+def _outer(pepper_id: str) -> str:
+    return pepper_id.partition(REHASH_SEPARATOR)[0]
 
 
 class WriteNeeded(Exception):
@@ -514,17 +535,18 @@ class CredentialService:
             generation = self.rows.generation
             row = self._store.read_one(self._verify_query, {"lookup": p.lookup_id})
             self.rows.put(p.lookup_id, row.id if row else None, row, generation)
-        pepper = self._peppers.get(row.pepper_id) if row is not None else None
-        computed = secret_hash(
-            pepper or self._peppers.current,
-            row.salt if row else self._dummy_salt,
-            p.secret,
-            row.hash_algorithm if row else "SHA-256",
+        computed = (
+            self._peppers.hash_under(row.pepper_id, row.salt, p.secret, row.hash_algorithm)
+            if row is not None
+            else None
         )
+        known = computed is not None
+        if computed is None:  # the same work for an unknown lookup id or pepper
+            computed = secret_hash(self._peppers.current, self._dummy_salt, p.secret, "SHA-256")
         matches = hmac.compare_digest(computed, row.secret_hash if row else self._dummy_hash)
         if row is None or row.kind != kind:
             return None, None
-        if pepper is None or not matches or row.environment != p.environment:
+        if not known or not matches or row.environment != p.environment:
             self._record(row.id, ok=False)
             return None, row
         return row, None
@@ -551,6 +573,84 @@ class CredentialService:
                     pepper_id=self._peppers.current_id,
                 )
             )
+
+    # --- pepper rotation: the forced part ------------------------------------------------------
+
+    @property
+    def current_pepper_id(self) -> str:
+        return self._peppers.current_id
+
+    def rehash_batch(self, cursor: str, limit: int) -> RehashBatch:
+        """Re-hash under the current pepper the stored hashes of up to `limit` versions after
+        `cursor` ("": from the start) whose outermost pepper is an older one; the secret is not
+        needed (`rehash`: the hash under the old pepper becomes the inner layer). Idempotent: a
+        row is only rewritten if its pepper is still the one read. Versions that can no longer
+        verify (retired, expired, destroyed) are left as they are."""
+        current = self._peppers.current_id
+        t = _VERSIONS_TABLE
+        query = (
+            select(
+                t.c.lookup_id,
+                t.c.credential_id,
+                t.c.state,
+                t.c.pepper_id,
+                t.c.secret_hash,
+                CredentialRow.hash_algorithm,
+            )
+            .join(CredentialRow, CredentialRow.id == t.c.credential_id)
+            .order_by(t.c.lookup_id)
+            .limit(limit)
+        )
+        if cursor:
+            query = query.where(t.c.lookup_id > cursor)
+        with self._store.engine.connect() as db:
+            rows = db.execute(query).all()
+        rehashed = 0
+        for row in rows:
+            if row.state not in _VERIFYING or _outer(row.pepper_id) == current:
+                continue
+            with self._store.write() as s:
+                done = s.connection().execute(
+                    update(t)
+                    .where(t.c.lookup_id == row.lookup_id, t.c.pepper_id == row.pepper_id)
+                    .values(
+                        secret_hash=rehash(
+                            self._peppers.current, row.secret_hash, row.hash_algorithm
+                        ),
+                        pepper_id=f"{current}{REHASH_SEPARATOR}{row.pepper_id}",
+                    )
+                )
+            rehashed += done.rowcount
+            self.forget(row.credential_id)
+        last = rows[-1].lookup_id if len(rows) == limit else ""
+        return RehashBatch(last, len(rows), rehashed)
+
+    def pepper_status(self) -> dict[str, Any]:
+        """Each pepper the stored hashes of versions that can still verify name: how many it
+        is the outermost pepper of, and how many more need it underneath."""
+        counts: dict[str, list[int]] = {pid: [0, 0] for pid in self._peppers.ids()}
+        t = _VERSIONS_TABLE
+        with self._store.engine.connect() as db:
+            for (pepper_id,) in db.execute(
+                select(t.c.pepper_id).where(t.c.state.in_([str(s) for s in _VERIFYING]))
+            ):
+                outer, *inner = pepper_id.split(REHASH_SEPARATOR)
+                counts.setdefault(outer, [0, 0])[0] += 1
+                for pid in inner:
+                    counts.setdefault(pid, [0, 0])[1] += 1
+        current = self._peppers.current_id
+        listed = set(self._peppers.ids())
+
+        def state(pid: str) -> str:
+            return "current" if pid == current else "previous" if pid in listed else "unknown"
+
+        return {
+            "current": current,
+            "peppers": [
+                {"id": pid, "state": state(pid), "outermost": n, "underneath": below}
+                for pid, (n, below) in counts.items()
+            ],
+        }
 
     # --- handles (hot path) -------------------------------------------------------------------
 

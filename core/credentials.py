@@ -61,6 +61,8 @@ def keyed_hash(pepper: bytes, salt: bytes, secret: str) -> bytes:
 
 
 PEPPER_BYTES = 32
+# between the pepper ids of a re-hashed hash's chain, outermost first (`PepperRing.hash_under`)
+REHASH_SEPARATOR = "/"
 
 
 class PepperError(ValueError):
@@ -105,6 +107,20 @@ class PepperRing:
 
     def get(self, pepper_id: str) -> bytes | None:
         return self._peppers.get(pepper_id)
+
+    def hash_under(self, pepper_id: str, salt: bytes, secret: str, algorithm: str) -> bytes | None:
+        """The hash of `secret` as stored under `pepper_id`, or None when a pepper it names is
+        not in the ring. `pepper_id` is one pepper's id (`secret_hash`), or, after a forced
+        re-hash, a chain `outer/inner`: the hash under `inner` re-hashed under `outer`
+        (`rehash`)."""
+        outer, _, inner = pepper_id.partition(REHASH_SEPARATOR)
+        pepper = self._peppers.get(outer)
+        if pepper is None:
+            return None
+        if not inner:
+            return secret_hash(pepper, salt, secret, algorithm)
+        below = self.hash_under(inner, salt, secret, algorithm)
+        return None if below is None else rehash(pepper, below, algorithm)
 
     @property
     def current(self) -> bytes:
@@ -159,6 +175,12 @@ def new_secret(n_bytes: int = SECRET_BYTES) -> str:
 def secret_hash(pepper: bytes, salt: bytes, secret: str, algorithm: str) -> bytes:
     """HMAC-<algorithm>(pepper, salt || secret) (SHA-256, SHA-384 or SHA-512)."""
     return hmac.new(pepper, salt + secret.encode(), _HASHES[algorithm]).digest()
+
+
+def rehash(pepper: bytes, stored: bytes, algorithm: str) -> bytes:
+    """A stored hash re-hashed under another pepper, without the secret (the forced part of a
+    pepper rotation): HMAC-<algorithm>(pepper, label || stored hash)."""
+    return hmac.new(pepper, b"keyrotor pepper rehash\0" + stored, _HASHES[algorithm]).digest()
 
 
 def format_token(prefix: str, environment: str, lookup_id: str, secret: str) -> str:

@@ -43,6 +43,7 @@ from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 from workflows.master_key import MasterKeyRotationWorkflow
+from workflows.pepper import PepperRotationWorkflow
 from workflows.webhooks import (
     DispatcherInput,
     WebhookDeliveryWorkflow,
@@ -117,12 +118,14 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             AuditRetentionWorkflow,
             BulkOperationWorkflow,
             MasterKeyRotationWorkflow,
+            PepperRotationWorkflow,
         ],
         workflow_runner=SANDBOX,
         activities=[
             keys.commit_key_transition,
             usage.last_used,
             credentials.commit_credential_transition,
+            credentials.rehash_batch,
             webhooks.last_event_id,
             webhooks.fan_out,
             webhooks.deliver,

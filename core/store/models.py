@@ -252,7 +252,8 @@ class CredentialVersionRow(Base):
     state: Mapped[str] = mapped_column(String(16))
     salt: Mapped[bytes] = mapped_column(LargeBinary)
     secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
-    pepper_id: Mapped[str] = mapped_column(String(32))
+    # the pepper's id, or after a forced re-hash the chain `outer/inner` (`PepperRing.hash_under`)
+    pepper_id: Mapped[str] = mapped_column(String(128))
     pending_secret: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     uses: Mapped[int] = mapped_column(Integer, default=0)  # validations (handles' max_usage)
     created_at: Mapped[datetime]

@@ -106,6 +106,8 @@ EXPECTED: dict[Route, Permission | None] = {
     ("DELETE", f"{API}/bulk/{{operation_id}}"): Permission.ADMIN,
     ("GET", f"{API}/master-key"): Permission.READ,
     ("POST", f"{API}/master-key/rotate"): Permission.ADMIN,
+    ("GET", f"{API}/peppers"): Permission.READ,
+    ("POST", f"{API}/peppers/rehash"): Permission.ADMIN,
     ("GET", f"{API}/webhooks/{{webhook_id}}"): Permission.READ,
     ("DELETE", f"{API}/webhooks/{{webhook_id}}"): Permission.ADMIN,
     ("GET", f"{API}/webhooks/{{webhook_id}}/deliveries"): Permission.READ,

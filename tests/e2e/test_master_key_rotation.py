@@ -1,4 +1,4 @@
-"""Master-key rotation end to end on the dev server: keys made under the old master key, the
+"""Master-key rotation and the forced pepper re-hash end to end on the dev server: keys made under the old master key, the
 processes restarted with `new,old`, `POST /master-key/rotate` re-sealing everything batch by
 batch (going on after its worker stopped halfway), the old key retired and refused, and the
 data encrypted before the rotation still decrypting."""
@@ -23,6 +23,7 @@ from tests.e2e.test_rest_flow import API
 from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import TEST_KEYRING, TEST_MASTER_KEY
 from workflows.master_key import MasterKeyRotationWorkflow
+from workflows.pepper import PepperRotationWorkflow
 
 NEW_MASTER_KEY = base64.b64encode(bytes(range(200, 232))).decode()
 NEW_ID = MasterKeyring.parse(NEW_MASTER_KEY).current_id
@@ -132,3 +133,60 @@ async def test_master_key_rotation(dev_env: WorkflowEnvironment, tmp_path: Path)
         history = await handle.fetch_history()
         raw = b"".join(e.SerializeToString() for e in history.events)
         assert len(raw) > 1000 and blob not in raw and base64.b64encode(blob) not in raw
+
+
+async def test_forced_pepper_rehash(dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
+    """Credentials hashed under pepper A; the processes restarted with `B,A`; `POST
+    /peppers/rehash` re-hashes the rest under B without their secrets; they still verify, and
+    each becomes a plain hash under B when it does."""
+    old_pepper = base64.b64encode(bytes(range(1, 33))).decode()
+    new_pepper = base64.b64encode(bytes(range(33, 65))).decode()
+    common = {
+        "database_url": backend_database_url(),
+        "task_queue": f"e2e-pepper-{tmp_path.name[-8:]}",
+    }
+    secrets: list[str] = []
+    async with build_stack(
+        dev_env, tmp_path, credential_pepper=SecretStr(old_pepper), **common
+    ) as old:
+        for n in range(5):
+            r = await old.http.post(
+                f"{API}/credentials", json={"name": f"c{n}"}, headers=old.auth()
+            )
+            assert r.status_code == 201, r.text
+            secrets.append(r.json()["secret"])
+        old_id = (await old.http.get(f"{API}/peppers", headers=old.auth())).json()["peppers"][
+            "current"
+        ]
+
+    rotated = SecretStr(f"{new_pepper},{old_pepper}")
+    async with build_stack(dev_env, tmp_path, credential_pepper=rotated, **common) as new:
+        # one verifies before the job: it moves to the new pepper on its own
+        r = await new.http.post(
+            f"{API}/credentials/verify", json={"key": secrets[0]}, headers=new.auth()
+        )
+        assert r.json()["verification"]["code"] == "VALID"
+        r = await new.http.post(
+            f"{API}/peppers/rehash",
+            json={"reason": "pepper rotation", "batchSize": 2},
+            headers=new.auth(),
+        )
+        assert r.status_code == 202, r.text
+        handle = dev_env.client.get_workflow_handle_for(
+            PepperRotationWorkflow.run, r.json()["rehash"]["workflowId"]
+        )
+        result = await asyncio.wait_for(handle.result(), 60)
+        assert result.done and result.rehashed == 4
+        body = (await new.http.get(f"{API}/peppers", headers=new.auth())).json()
+        new_id = body["peppers"]["current"]
+        counts = {p["id"]: (p["outermost"], p["underneath"]) for p in body["peppers"]["peppers"]}
+        assert counts[new_id] == (5, 0) and counts[old_id] == (0, 4)
+        assert body["rehash"]["done"] is True and body["rehash"]["rehashed"] == 4
+        for secret in secrets:
+            r = await new.http.post(
+                f"{API}/credentials/verify", json={"key": secret}, headers=new.auth()
+            )
+            assert r.json()["verification"]["code"] == "VALID"
+        body = (await new.http.get(f"{API}/peppers", headers=new.auth())).json()
+        counts = {p["id"]: (p["outermost"], p["underneath"]) for p in body["peppers"]["peppers"]}
+        assert counts[new_id] == (5, 0) and counts[old_id] == (0, 0)  # all plain under B now
