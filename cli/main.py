@@ -100,6 +100,100 @@ def build_or_exit(settings: Settings) -> Services:
         sys.exit(2)
 
 
+@app.command()
+def backup(
+    path: Path = typer.Argument(..., dir_okay=False, help="the file to write (mode 0600)"),
+) -> None:
+    """Write an encrypted, integrity-checked backup of the whole store (KEYROTOR_DATABASE_URL)
+    under a key derived from the current master key. Material stays sealed inside it."""
+    import os
+
+    from core.backup import write_backup
+    from core.envelope import MasterKeyring
+    from core.store.db import Store
+
+    settings = Settings()
+    if settings.master_key is None:
+        typer.echo("keyrotor: KEYROTOR_MASTER_KEY is not set", err=True)
+        sys.exit(2)
+    keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
+    store = Store(settings.resolved_database_url())
+    try:
+        data, summary = write_backup(
+            store, keyring, lambda table, n: typer.echo(f"  {table}: {n} rows", err=True)
+        )
+    finally:
+        store.dispose()
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    partial.replace(path)
+    rows = sum(summary.tables.values())
+    typer.echo(
+        f"backup {path}: {rows} rows of {len(summary.tables)} tables, schema {summary.revision},"
+        f" sealed under master key {summary.master_key_id}, {len(data)} bytes"
+    )
+
+
+@app.command()
+def restore(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, help="a `keyrotor backup` file"),
+    workflows: bool = typer.Option(
+        True, help="then start the lifecycle workflows on KEYROTOR_TEMPORAL_ADDRESS"
+    ),
+) -> None:
+    """Restore a backup into an empty database (KEYROTOR_DATABASE_URL, migrated first), then
+    start the workflow of every key, credential and handle family that has not ended, from the
+    restored state. Needs the master key the backup was made under in KEYROTOR_MASTER_KEY.
+    Checks the whole file before it writes anything."""
+    from core.backup import BackupError, restore_backup
+    from core.envelope import MasterKeyring
+    from core.store.db import Store
+
+    settings = Settings()
+    if settings.master_key is None:
+        typer.echo("keyrotor: KEYROTOR_MASTER_KEY is not set", err=True)
+        sys.exit(2)
+    keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
+    store = Store(settings.resolved_database_url())
+    try:
+        store.migrate()
+        summary = restore_backup(
+            store,
+            keyring,
+            path.read_bytes(),
+            lambda table, n: typer.echo(f"  {table}: {n} rows", err=True),
+        )
+    except BackupError as e:
+        typer.echo(f"keyrotor: {e}", err=True)
+        sys.exit(1)
+    finally:
+        store.dispose()
+    typer.echo(f"restored {path}: {sum(summary.tables.values())} rows, made {summary.created_at}")
+    if workflows:
+        from core.codec import connect_client
+        from worker.restore import restart_workflows
+
+        services = build_or_exit(settings)
+
+        async def start() -> dict[str, int]:
+            s = services.settings
+            client = await connect_client(s.temporal_address, s.temporal_namespace, keyring)
+            return await restart_workflows(
+                client, services, lambda line: typer.echo(line, err=True)
+            )
+
+        try:
+            started = asyncio.run(start())
+        finally:
+            services.close()
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(started.items())) or "none"
+        typer.echo(f"started the workflows of what has not ended: {counts}")
+
+
 audit_app = typer.Typer(help="The audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 

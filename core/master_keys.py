@@ -53,6 +53,7 @@ class SealedColumn:
     order: tuple[str, ...]
     column: str
     context: Callable[[Any], bytes]
+    context_columns: tuple[str, ...] = ()  # what `context` reads besides `order`
 
 
 def _table(row: type) -> Table:
@@ -73,6 +74,7 @@ SEALED = (
         ("lookup_id",),
         "pending_secret",
         lambda r: secret_context(r.credential_id, r.number),
+        ("credential_id", "number"),
     ),
     SealedColumn("webhooks", _table(WebhookRow), ("id",), "sealed_secret", lambda r: r.id.encode()),
 )
@@ -140,10 +142,8 @@ class MasterKeyService:
         t = sealed.table
         order = [t.c[c] for c in sealed.order]
         blob = t.c[sealed.column]
-        columns = {c.name: c for c in (*order, blob)}
-        if name == "credential_versions":
-            columns |= {"credential_id": t.c.credential_id, "number": t.c.number}
-        query = select(*columns.values()).order_by(*order).limit(limit)
+        columns = [*order, *(t.c[c] for c in sealed.context_columns), blob]
+        query = select(*columns).order_by(*order).limit(limit)
         if cursor:
             query = query.where(tuple_(*order) > tuple_(*json.loads(cursor)))
         with self._store.engine.connect() as db:

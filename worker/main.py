@@ -54,9 +54,6 @@ from workflows.webhooks import (
 ACTIVITY_THREADS = 32
 POLICY_POLL_INTERVAL = 2.0
 log = logging.getLogger(__name__)
-# The workflow modules themselves are passed through too, like everything they import (DESIGN
-# 4): they hold no state at module level, and the sandbox then no longer re-executes them (and
-# their `@workflow.defn` class definitions) for every workflow it starts.
 
 
 @functools.lru_cache(maxsize=64)
@@ -65,7 +62,8 @@ def _compiled(source: str) -> CodeType:
 
 
 class _LeanInstance(_Instance):
-    """The SDK's sandboxed workflow instance (temporalio 1.35), with two costs removed that
+    """The SDK's sandboxed workflow instance (a private class of temporalio 1.35, pinned in
+    pyproject.toml: `tests/unit/test_sandbox_runner.py` checks it), with two costs removed that
     together were about a quarter of the worker's CPU; the workflow code runs as before, in the
     sandbox and under its restrictions.
 
@@ -88,10 +86,15 @@ class _LeanInstance(_Instance):
 
 @dataclasses.dataclass(frozen=True)
 class CompiledSandboxRunner(SandboxedWorkflowRunner):
+    """The SDK's sandboxed runner, making `_LeanInstance`s."""
+
     def create_instance(self, det: WorkflowInstanceDetails) -> WorkflowInstance:
         return _LeanInstance(det, self.runner_class, self.restrictions)
 
 
+# The workflow modules themselves are passed through too, like everything they import (DESIGN
+# 4): they hold no state at module level, and the sandbox then no longer re-executes them (and
+# their `@workflow.defn` class definitions) for every workflow it starts.
 SANDBOX = CompiledSandboxRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows")
 )
