@@ -11,8 +11,9 @@ stay hashes. The file is sealed once more as a whole:
 The key is derived from the current master key (`MasterKeyring.derive("backup")`); the header
 names that key, the schema revision, when it was made, the rows of each table and the SHA-256
 of the body. The body is JSON Lines, one row each (`{"t": table, "r": {column: value}}`, bytes
-as `{"$b": base64}` and times as `{"$t": ISO 8601}`). A changed byte anywhere fails the GCM
-tag; a body that decrypts but does not match the header's counts or hash is refused as well.
+as `{"$b": base64}`, times as `{"$t": ISO 8601}`, JSON columns as `{"$j": value}`). A changed
+byte anywhere fails the GCM tag; a body that decrypts but does not match the header's counts or
+hash is refused as well.
 """
 
 from __future__ import annotations
@@ -64,20 +65,26 @@ def _tables() -> list[Any]:
 
 
 def _encode(value: Any) -> Any:
+    """A column's value as JSON: scalars as they are, anything else tagged (a JSON column's
+    own objects too, so that metadata shaped like a tag stays what it was)."""
     if isinstance(value, bytes):
         return {"$b": base64.b64encode(value).decode()}
     if isinstance(value, datetime):
         return {"$t": value.isoformat()}
+    if isinstance(value, dict | list):
+        return {"$j": value}
     return value
 
 
 def _decode(value: Any) -> Any:
-    if isinstance(value, dict) and len(value) == 1:
-        if "$b" in value:
-            return base64.b64decode(value["$b"])
-        if "$t" in value:
-            return datetime.fromisoformat(value["$t"])
-    return value
+    if not isinstance(value, dict):
+        return value
+    ((tag, inner),) = value.items()
+    if tag == "$b":
+        return base64.b64decode(inner)
+    if tag == "$t":
+        return datetime.fromisoformat(inner)
+    return inner
 
 
 def _revision(db: Connection) -> str:

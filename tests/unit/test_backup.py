@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import update
 
 from core import audit
 from core.backup import BackupError, read_backup, restore_backup, write_backup
@@ -14,6 +15,7 @@ from core.envelope import MasterKeyring
 from core.services import Services, build_services
 from core.settings import Settings
 from core.store.db import Store
+from core.store.models import KeyRow
 from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import TEST_KEYRING, TEST_MASTER_KEY
 from tests.unit.test_master_keys import add_key, add_pending_secret
@@ -35,6 +37,12 @@ def test_backup_and_restore(tmp_path: Path) -> None:
         keys = [add_key(source, n) for n in range(3)]
         ciphertext = source.keys.encrypt(keys[0], b"before the backup", b"").value
         source.webhooks.create("https://hooks.example/", "", [], None, "test")
+        with source.store.write() as s:  # metadata shaped like the file's own tags
+            s.execute(
+                update(KeyRow)
+                .where(KeyRow.id == keys[1])
+                .values(metadata_={"$t": "not a time", "$b": "x"})
+            )
         add_pending_secret(source)
         seen: list[tuple[str, int]] = []
         data, summary = write_backup(source.store, source.keyring, lambda t, n: seen.append((t, n)))
@@ -76,6 +84,7 @@ def test_backup_and_restore(tmp_path: Path) -> None:
     try:
         assert copy.keys.decrypt(keys[0], ciphertext, b"").value == b"before the backup"
         assert copy.master_keys.census() == {TEST_KEYRING.current_id: 5}
+        assert copy.keys.get(keys[1])[0].metadata_ == {"$t": "not a time", "$b": "x"}
         add_key(copy, 7)  # new rows after a restore (ids from sequences on PostgreSQL)
         with copy.store.session() as s:
             assert audit.verify_chain(s).ok
