@@ -23,6 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.testing import WorkflowEnvironment
 
 from core import audit
@@ -286,6 +289,21 @@ def two_workers(
             assert b"Traceback" not in err, err.decode()
 
 
+async def wait_for_pollers(dev_env: WorkflowEnvironment, task_queue: str, pids: list[int]) -> None:
+    """Until every one of the worker processes `pids` polls `task_queue` for workflow tasks."""
+    request = DescribeTaskQueueRequest(
+        namespace=dev_env.client.namespace,
+        task_queue=TaskQueue(name=task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    for _ in range(300):
+        described = await dev_env.client.workflow_service.describe_task_queue(request)
+        if {p.identity.split("@")[0] for p in described.pollers} >= {str(pid) for pid in pids}:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail("the workers did not both poll within 30 s")
+
+
 async def test_two_workers_and_two_apis_under_concurrent_requests(
     dev_env: WorkflowEnvironment, two_apis: TwoAPIs, two_workers: list[int]
 ) -> None:
@@ -297,6 +315,7 @@ async def test_two_workers_and_two_apis_under_concurrent_requests(
     a, b, auth = two_apis.a, two_apis.b, two_apis.auth
     keys_path = "/api/key-management/keys"
     apis = (a, b)
+    await wait_for_pollers(dev_env, two_apis.task_queue, two_workers)
     key_ids = []
     for n in range(4):
         r = await apis[n % 2].post(f"{keys_path}/generate", json={"type": "session"}, headers=auth)
@@ -391,9 +410,10 @@ async def test_two_workers_and_two_apis_under_concurrent_requests(
 
     # Both workers did the work.
     identities = set()
-    for key_id in key_ids:
-        key, _ = two_apis.services.keys.get(key_id)
-        history = await dev_env.client.get_workflow_handle(key.workflow_id).fetch_history()
+    workflow_ids = [two_apis.services.keys.get(k)[0].workflow_id for k in key_ids]
+    workflow_ids += [two_apis.services.credentials.workflow_of(cid)[0] for cid, _ in credentials]
+    for workflow_id in workflow_ids:
+        history = await dev_env.client.get_workflow_handle(workflow_id).fetch_history()
         identities |= {
             e.workflow_task_started_event_attributes.identity
             for e in history.events
