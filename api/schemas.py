@@ -27,6 +27,14 @@ class GenerateKeyRequest(Body):
     expires_at: datetime | None = None
 
 
+class ImportKeyRequest(GenerateKeyRequest):
+    material: str = Field(
+        min_length=1,
+        max_length=16384,
+        description="base64: the raw key (symmetric, HMAC) or PKCS#8 DER (asymmetric)",
+    )
+
+
 class RotateKeyRequest(Body):
     user_id: str = Field(default="", max_length=200)
     reason: str = Field(default="manual", max_length=1000)

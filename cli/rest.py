@@ -25,7 +25,7 @@ from cli.client import Client
 @dataclass(frozen=True)
 class Field:
     """One option: `--flag`, sent as `wire`. kind: str, int, bool, json, list (repeatable),
-    b64 (text sent base64-encoded), file (a file's text)."""
+    b64 (text sent base64-encoded), file (a file's text), binfile (a file's bytes, base64)."""
 
     flag: str
     wire: str
@@ -95,6 +95,26 @@ OPERATIONS: tuple[Operation, ...] = (
             F("owner"),
             F("algorithm"),
             F("provider"),
+            F("environment"),
+            F("expires-at", "expiresAt"),
+            F("metadata", kind="json"),
+            USER,
+        ),
+    ),
+    Operation(
+        "keys",
+        "import",
+        "POST",
+        "/keys/import",
+        "Bring a key in (BYOK) from a file: the raw key, or PKCS#8 DER.",
+        (),
+        (
+            F("type", required=True),
+            # a file, never an argument: arguments show in process lists and shell history
+            F("material-file", "material", "binfile", required=True),
+            F("name"),
+            F("owner"),
+            F("algorithm"),
             F("environment"),
             F("expires-at", "expiresAt"),
             F("metadata", kind="json"),
@@ -615,6 +635,8 @@ def _value(field: Field, raw: Any) -> Any:
             raise typer.BadParameter(f"--{field.flag} must be JSON") from None
     if field.kind == "file":
         return Path(raw).read_text()
+    if field.kind == "binfile":
+        return base64.b64encode(Path(raw).read_bytes()).decode()
     if field.kind == "list":
         return list(raw)
     return raw

@@ -23,12 +23,12 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, mlkem, rsa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-from sqlalchemy import Connection, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from core import audit
 from core.algorithms import AlgorithmError, AlgorithmKind, Operation, resolve
-from core.algorithms.base import UnsupportedOperationError
+from core.algorithms.base import Algorithm, UnsupportedOperationError
 from core.changes import RowCache
 from core.lifecycle import (
     LIVE_STATES,
@@ -39,7 +39,7 @@ from core.lifecycle import (
     VersionState,
     next_rotation_at,
 )
-from core.objects import KeyTransitionCommit
+from core.objects import KeySpec, KeyTransitionCommit
 from core.policy import NO_MIGRATION, PQCPolicy
 from core.providers.base import (
     KeyProvider,
@@ -47,6 +47,7 @@ from core.providers.base import (
     ProviderError,
     VersionHandle,
 )
+from core.providers.local import LocalProvider
 from core.providers.measured import MeasuredProvider
 from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
@@ -121,8 +122,40 @@ class MalformedTokenError(KeyDomainError):
     """A ciphertext or signature string is not in keyrotor's format."""
 
 
+class InvalidMaterialError(KeyDomainError):
+    """Imported material is not a key of the algorithm it was given for."""
+
+
 class NoPublicKeyError(UnsupportedOperationError):
     """The key's algorithm has no public half (symmetric and MAC keys)."""
+
+
+PROBE = b"keyrotor import check"
+
+
+def _check_material(algo: Algorithm, material: bytes, key_bits: int) -> None:
+    """Refuse imported `material` unless it works as a key of `algo`: symmetric and MAC keys
+    must be exactly `key_bits` long, asymmetric ones must parse (PKCS#8), and an encryption or
+    signature with it must come back."""
+    what = f"the material is not a {algo.name} key"
+    if algo.kind in (AlgorithmKind.SYMMETRIC, AlgorithmKind.MAC) and len(material) * 8 != key_bits:
+        raise InvalidMaterialError(f"{what}: {len(material) * 8} bits, expected {key_bits}")
+    try:
+        public = algo.public_key(material)
+        if Operation.ENCRYPT in algo.operations:
+            ok = algo.decrypt(material, algo.encrypt(material, PROBE, b""), b"") == PROBE
+        else:
+            algo.verify(material, PROBE, algo.sign(material, PROBE))
+            ok = True
+    except Exception:  # whatever the parser or the operation raised: never the material
+        ok = False
+    asymmetric = algo.kind not in (AlgorithmKind.SYMMETRIC, AlgorithmKind.MAC)
+    if not ok or (asymmetric and public is None):
+        raise InvalidMaterialError(what)
+
+
+def key_workflow_id_of(spec: KeySpec) -> str:
+    return f"keyrotor/key/{spec.environment}/{spec.key_id}"
 
 
 def new_key_id() -> str:
@@ -503,6 +536,73 @@ class KeyService:
                 },
             )
         return made
+
+    def stage_import(self, spec: KeySpec, lifecycle: KeyLifecycle, material: bytes) -> None:
+        """Store an imported key's version 1 (BYOK), sealed, before its workflow starts: the
+        workflow's first commit then finds the version made and activates it (audited as
+        `key.imported`) instead of generating one. Local provider only. The material must be a
+        key of `spec.algorithm` (the raw key for symmetric and MAC algorithms, PKCS#8 DER for
+        asymmetric ones) and must work: it is used once before it is stored."""
+        provider = self._providers.get(spec.provider)
+        if not isinstance(provider, LocalProvider):
+            raise InvalidMaterialError(f"provider {spec.provider} cannot import material")
+        _check_material(resolve(spec.algorithm), material, spec.key_bits)
+        made = provider.import_version(spec.key_id, 1, spec.algorithm, material)
+        first = lifecycle.versions[0]
+        now = first.created_at
+        with self._store.write() as s:
+            db = s.connection()
+            if db.scalar(select(_KEYS.c.id).where(_KEYS.c.id == spec.key_id)) is not None:
+                raise KeyStateError(f"key {spec.key_id} exists already")
+            db.execute(
+                _INSERT_KEY,
+                {
+                    "id": spec.key_id,
+                    "environment": spec.environment,
+                    "type": spec.type,
+                    "name": spec.name,
+                    "owner": spec.owner,
+                    "algorithm": spec.algorithm,
+                    "provider": spec.provider,
+                    "workflow_id": key_workflow_id_of(spec),
+                    "created_by": spec.created_by,
+                    "metadata": dict(spec.metadata),
+                    "created_at": now,
+                    "updated_at": now,
+                    "status": str(lifecycle.status),
+                    "current_version": 0,  # none in use until the workflow commits it
+                    "expires_at": lifecycle.expires_at,
+                    "next_rotation_at": None,
+                },
+            )
+            db.execute(
+                _INSERT_VERSION,
+                {
+                    "key_id": spec.key_id,
+                    "number": 1,
+                    "algorithm": spec.algorithm,
+                    "provider": spec.provider,
+                    "provider_key_ref": made.provider_key_ref,
+                    "wrapped_material": made.wrapped_material,
+                    "public_key": made.public_key,
+                    "created_at": first.created_at,
+                    "state": str(VersionState.PENDING),
+                    "rotate_at": first.rotate_at,
+                    "warn_at": first.warn_at,
+                    "hard_expiry": first.hard_expiry,
+                    "grace_until": None,
+                    "state_changed_at": now,
+                    "held": False,
+                },
+            )
+
+    def unstage_import(self, key_id: str) -> None:
+        """Remove a staged import whose workflow never committed it (the start failed)."""
+        with self._store.write() as s:
+            db = s.connection()
+            if db.scalar(select(_KEYS.c.current_version).where(_KEYS.c.id == key_id)) == 0:
+                db.execute(delete(_VERSIONS).where(_VERSIONS.c.key_id == key_id))
+                db.execute(delete(_KEYS).where(_KEYS.c.id == key_id))
 
     def flush_grace_uses(self) -> int:
         """Write the last use of each grace version used since the last call (the API calls

@@ -25,6 +25,8 @@ class KeySpec:
     name: str = ""
     created_by: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    # "imported": version 1's material was brought in (BYOK, `KeyService.stage_import`)
+    origin: str = "generated"
 
 
 @dataclass(frozen=True)

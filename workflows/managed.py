@@ -153,9 +153,10 @@ class ManagedLifecycleWorkflow:
     async def _run(self) -> str:
         if not self._created:
             async with self._lock:
+                imported = getattr(self._spec, "origin", "") == "imported"
                 await self._commit(
                     self._key,
-                    *self._names("created", "Created"),
+                    *self._names("imported" if imported else "created", "Created"),
                     version=1,
                     new_version=1,
                     actor=self._spec.created_by or "keyrotor",

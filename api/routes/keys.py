@@ -16,7 +16,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
 from api.auth import Permission, hot_request
-from api.deps import Operator, Reader, Svc, User
+from api.deps import Admin, Operator, Reader, Svc, User
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
@@ -27,7 +27,9 @@ from api.lifecycle import (
     start_and_wait_created,
 )
 from core.algorithms import InvalidSignatureError, resolve
+from core.credentials import AdminPrincipal
 from core.keys import (
+    InvalidMaterialError,
     NoPublicKeyError,
     PublicKeyView,
     UseResult,
@@ -35,7 +37,7 @@ from core.keys import (
     new_key_id,
     parse_token,
 )
-from core.lifecycle import LifecycleError, RotationReason, iso, may_rotate, new_key
+from core.lifecycle import KeyLifecycle, LifecycleError, RotationReason, iso, may_rotate, new_key
 from core.objects import KeySpec
 from core.policy import PolicyError, parse_duration
 from core.services import Services
@@ -113,6 +115,45 @@ async def generate_key(
 
     With an `Idempotency-Key` the key id is derived from it (per admin key), so a retried
     request (after a timeout, say) answers with the key the first one made."""
+    key_id = derived_id("key_", who.key_id, idempotency_key) if idempotency_key else new_key_id()
+    spec, lifecycle = _new_key(body, svc, who, key_id)
+    await _start_key(request, svc, spec, lifecycle)
+    key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
+    if (key.type, key.algorithm, key.environment) != (spec.type, spec.algorithm, spec.environment):
+        raise APIError(409, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key was used for another key")
+    return {"key": key_view(key, versions)}
+
+
+@router.post("/import", status_code=201)
+async def import_key(
+    body: schemas.ImportKeyRequest, svc: Svc, who: Admin, request: Request
+) -> dict[str, Any]:
+    """Bring an existing key under keyrotor's lifecycle (BYOK, local provider): its material
+    becomes version 1, checked first (it must work as a key of the algorithm), stored sealed,
+    and its workflow rotates it from then on like any other key. Audited as `key.imported`."""
+    material = _b64("material", body.material)
+    spec, lifecycle = _new_key(body, svc, who, new_key_id(), origin="imported")
+    try:
+        await run_in_threadpool(svc.keys.stage_import, spec, lifecycle, material)
+    except InvalidMaterialError as e:
+        raise APIError(400, "INVALID_MATERIAL", str(e)) from None
+    try:
+        await _start_key(request, svc, spec, lifecycle)
+    except APIError:
+        await run_in_threadpool(svc.keys.unstage_import, spec.key_id)
+        raise
+    key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
+    return {"key": key_view(key, versions)}
+
+
+def _new_key(
+    body: schemas.GenerateKeyRequest,
+    svc: Services,
+    who: AdminPrincipal,
+    key_id: str,
+    origin: str = "generated",
+) -> tuple[KeySpec, KeyLifecycle]:
+    """The spec and first lifecycle of a new key, from a request checked against the policy."""
     policy = svc.policies.key_type(body.type)
     algorithm = resolve(body.algorithm).name if body.algorithm else policy.algorithm
     key_bits = (
@@ -139,6 +180,8 @@ async def generate_key(
         )
     if not svc.keys.provider(provider).supports(algorithm):
         raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
+    if origin == "imported" and provider != "local":
+        raise APIError(400, "IMPORT_NOT_SUPPORTED", f"provider {provider} cannot import material")
     now = datetime.now(UTC)
     expires_at = body.expires_at
     if expires_at is not None and expires_at.tzinfo is None:
@@ -147,9 +190,8 @@ async def generate_key(
         lifecycle = new_key(policy.lifecycle(), now, expires_at)
     except LifecycleError as e:
         raise APIError(400, "INVALID_REQUEST", str(e)) from None
-    metadata = {str(k): str(v) for k, v in body.metadata.items()}
     spec = KeySpec(
-        key_id=derived_id("key_", who.key_id, idempotency_key) if idempotency_key else new_key_id(),
+        key_id=key_id,
         environment=environment,
         type=policy.name,
         algorithm=algorithm,
@@ -158,9 +200,15 @@ async def generate_key(
         owner=body.owner,  # a search attribute: never defaulted to a (personal) user id
         name=body.name,
         created_by=body.user_id or who.name,
-        metadata=metadata,
+        metadata={str(k): str(v) for k, v in body.metadata.items()},
+        origin=origin,
     )
-    workflow_id = key_workflow_id(environment, spec.key_id)
+    return spec, lifecycle
+
+
+async def _start_key(
+    request: Request, svc: Services, spec: KeySpec, lifecycle: KeyLifecycle
+) -> None:
     start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
         KEY_WORKFLOW,
         KeyWorkflowInput(
@@ -169,20 +217,16 @@ async def generate_key(
             policy_version=svc.policy_version,
             skip_unchanged_search_attributes=True,
         ),
-        id=workflow_id,
+        id=key_workflow_id(spec.environment, spec.key_id),
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         search_attributes=key_search_attributes(spec, "active", lifecycle.versions[0].rotate_at),
         memo={"name": spec.name or spec.key_id},
-        static_summary=f"{spec.type} key {spec.name or spec.key_id} ({algorithm})",
+        static_summary=f"{spec.type} key {spec.name or spec.key_id} ({spec.algorithm})",
         result_type=str,
     )
     await start_and_wait_created(request, start, f"key {spec.key_id}")
-    key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
-    if (key.type, key.algorithm, key.environment) != (spec.type, algorithm, environment):
-        raise APIError(409, "IDEMPOTENCY_KEY_REUSED", "Idempotency-Key was used for another key")
-    return {"key": key_view(key, versions)}
 
 
 @router.get("")

@@ -103,6 +103,17 @@ class LocalProvider:
             public_key=algo.public_key(material),
         )
 
+    def import_version(
+        self, key_id: str, number: int, algorithm: str, material: bytes
+    ) -> VersionMaterial:
+        """A version made of material brought in (BYOK), sealed like generated material."""
+        algo = self._algorithm(algorithm)
+        return VersionMaterial(
+            provider_key_ref="",
+            wrapped_material=seal(self._keyring, material, material_context(key_id, number)),
+            public_key=algo.public_key(material),
+        )
+
     def _material(self, version: VersionHandle) -> bytes:
         blob = version.wrapped_material
         if blob is None:

@@ -105,6 +105,7 @@ EXPECTED: dict[Route, Permission | None] = {
     ("GET", f"{API}/bulk/{{operation_id}}"): Permission.READ,
     ("DELETE", f"{API}/bulk/{{operation_id}}"): Permission.ADMIN,
     ("GET", f"{API}/master-key"): Permission.READ,
+    ("POST", f"{API}/keys/import"): Permission.ADMIN,
     ("POST", f"{API}/master-key/rotate"): Permission.ADMIN,
     ("GET", f"{API}/peppers"): Permission.READ,
     ("POST", f"{API}/peppers/rehash"): Permission.ADMIN,

@@ -1,0 +1,141 @@
+"""BYOK: a key brought in with its material is used as it was and then lives under keyrotor's
+lifecycle; material that does not work is refused and leaves nothing behind."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from core import audit
+from core.credentials import Role
+from core.keys import parse_token
+from tests.e2e.conftest import Stack, keyrotor, serve
+from tests.e2e.test_rest_flow import API, b64
+
+
+async def test_import_an_ed25519_key_and_rotate_it(stack: Stack) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    der = private.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    body = {"type": "signing", "algorithm": "Ed25519", "material": b64(der), "name": "brought"}
+    r = await stack.http.post(f"{API}/keys/import", json=body, headers=stack.auth())
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    assert (key["version"], key["status"], key["algorithm"]) == (1, "active", "Ed25519")
+
+    # signed with the imported material: the holder's own public key verifies it
+    message = b"signed by the key we brought"
+    r = await stack.http.post(
+        f"{API}/keys/{key['id']}/sign", json={"message": b64(message)}, headers=stack.auth()
+    )
+    number, signature = parse_token(r.json()["signature"], key["id"])
+    assert number == 1
+    private.public_key().verify(signature, message)  # raises if not
+
+    with stack.services.store.engine.connect() as db:
+        records = audit.list_records(
+            db, audit.RecordFilter(object_id=key["id"], action="key.imported"), None, 10
+        )
+    assert len(records) == 1
+    history = await stack.client.get_workflow_handle(key["workflowId"]).fetch_history()
+    raw = b"".join(e.SerializeToString() for e in history.events)
+    assert der not in raw and b64(der).encode() not in raw
+
+    # from then on it is a keyrotor key: rotation makes a generated version 2
+    r = await stack.http.post(f"{API}/keys/{key['id']}/rotate", json={}, headers=stack.auth())
+    assert r.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+    r = await stack.http.post(
+        f"{API}/keys/{key['id']}/verify",
+        json={
+            "message": b64(message),
+            "signature": f"kr:{key['id']}:1:"
+            + base64.urlsafe_b64encode(signature).rstrip(b"=").decode(),
+        },
+        headers=stack.auth(),
+    )
+    assert r.json() == {"valid": True, "version": 1}  # version 1 is in grace
+
+
+async def test_material_that_does_not_work_is_refused(stack: Stack) -> None:
+    before = (await stack.http.get(f"{API}/keys?limit=500", headers=stack.auth())).json()
+    cases = [
+        (
+            {"type": "encryption", "material": b64(secrets.token_bytes(16))},
+            "128 bits, expected 256",
+        ),
+        (
+            {"type": "signing", "algorithm": "Ed25519", "material": b64(b"x" * 48)},
+            "not a Ed25519 key",
+        ),
+        ({"type": "encryption", "material": "not base64!"}, "material must be base64"),
+        ({"type": "encryption", "material": b64(b"k" * 32), "provider": "vault"}, ""),
+    ]
+    for body, message in cases:
+        r = await stack.http.post(f"{API}/keys/import", json=body, headers=stack.auth())
+        assert r.status_code == 400, r.text
+        assert message in r.json()["error"]["message"]
+    after = (await stack.http.get(f"{API}/keys?limit=500", headers=stack.auth())).json()
+    assert len(after["keys"]) == len(before["keys"])
+    # an operator may generate keys but not bring material in
+    operator = stack.new_admin_key(Role.OPERATOR)
+    body = {"type": "encryption", "material": b64(secrets.token_bytes(32))}
+    r = await stack.http.post(f"{API}/keys/import", json=body, headers=stack.auth(operator))
+    assert r.status_code == 403
+
+
+async def test_an_imported_aes_key_encrypts_and_decrypts(stack: Stack) -> None:
+    body = {"type": "encryption", "material": b64(secrets.token_bytes(32))}
+    r = await stack.http.post(f"{API}/keys/import", json=body, headers=stack.auth())
+    assert r.status_code == 201, r.text
+    key_id = r.json()["key"]["id"]
+    r = await stack.http.post(
+        f"{API}/keys/{key_id}/encrypt", json={"plaintext": b64(b"hello")}, headers=stack.auth()
+    )
+    r = await stack.http.post(
+        f"{API}/keys/{key_id}/decrypt",
+        json={"ciphertext": r.json()["ciphertext"]},
+        headers=stack.auth(),
+    )
+    assert r.json() == {"plaintext": b64(b"hello"), "version": 1}
+
+
+async def test_import_from_the_command_line(stack: Stack, tmp_path: Path) -> None:
+    private = ed25519.Ed25519PrivateKey.generate()
+    path = tmp_path / "key.der"
+    path.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    async with serve(stack) as url:
+        code, out, err = await keyrotor(
+            url,
+            stack.admin_key,
+            "keys",
+            "import",
+            "--type",
+            "signing",
+            "--algorithm",
+            "Ed25519",
+            "--material-file",
+            str(path),
+            "--json",
+        )
+    assert code == 0, err
+    key = json.loads(out)["key"]
+    r = await stack.http.get(f"{API}/keys/{key['id']}/public-key", headers=stack.auth())
+    assert r.status_code == 200, r.text
+    raw = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    assert base64.b64decode(r.json()["publicKey"]["raw"]) == raw

@@ -1,0 +1,55 @@
+"""Staging an imported key (BYOK) in the store, and taking it back when its workflow never
+started."""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from core.keys import InvalidMaterialError, KeyStateError
+from core.lifecycle import KeyLifecycle, new_key
+from core.objects import KeySpec
+from core.services import Services
+from core.store.models import KeyRow, KeyVersionRow
+
+
+def spec_and_lifecycle(
+    services: Services, key_id: str, provider: str = "local"
+) -> tuple[KeySpec, KeyLifecycle]:
+    policy = services.policies.key_type("encryption")
+    now = datetime.now(UTC)
+    spec = KeySpec(key_id, "dev", "encryption", policy.algorithm, provider, 256, origin="imported")
+    return spec, new_key(policy.lifecycle(), now, now + timedelta(days=100))
+
+
+def counts(services: Services) -> tuple[int, int]:
+    with services.store.engine.connect() as db:
+        return (
+            db.scalar(select(func.count()).select_from(KeyRow)) or 0,
+            db.scalar(select(func.count()).select_from(KeyVersionRow)) or 0,
+        )
+
+
+def test_stage_and_unstage(services: Services) -> None:
+    spec, lifecycle = spec_and_lifecycle(services, "key_importstaged00001")
+    services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32))
+    assert counts(services) == (1, 1)
+    with services.store.engine.connect() as db:
+        state, material = db.execute(
+            select(KeyVersionRow.state, KeyVersionRow.wrapped_material)
+        ).one()
+    assert state == "pending" and material is not None
+    with pytest.raises(KeyStateError, match="exists already"):
+        services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32))
+    services.keys.unstage_import(spec.key_id)
+    assert counts(services) == (0, 0)
+
+
+def test_bad_material_stores_nothing(services: Services) -> None:
+    spec, lifecycle = spec_and_lifecycle(services, "key_importrefused0001")
+    with pytest.raises(InvalidMaterialError, match="248 bits, expected 256"):
+        services.keys.stage_import(spec, lifecycle, secrets.token_bytes(31))
+    assert counts(services) == (0, 0)
