@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from core.api_credentials import CredentialService
 from core.bulk import BulkService
 from core.changes import ChangeFeed
-from core.credentials import PepperError, PepperRing
+from core.credentials import AuthenticationError, PepperError, PepperRing, parse_admin_key
 from core.envelope import EnvelopeError, MasterKeyring
 from core.keys import KeyService
 from core.master_keys import MasterKeyService
@@ -73,6 +73,14 @@ def build_services(settings: Settings) -> Services:
     if settings.master_key is None:
         raise ConfigurationError("KEYROTOR_MASTER_KEY is not set")
     keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
+    if settings.admin_key is not None:
+        try:
+            parse_admin_key(settings.admin_key.get_secret_value())
+        except AuthenticationError:
+            raise ConfigurationError(
+                "KEYROTOR_ADMIN_KEY is malformed: expected kra_<id>_<secret of 32 or more"
+                " characters>, like the key `keyrotor dev` prints (or leave it unset)"
+            ) from None
     path = settings.config or default_policy_path()
     text = read_policy_text(path)
     policies = parse_policies(text, str(path))  # a bad file stops the start, whatever is stored

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     # (connecting waits at most 3 s of it) before it fails as unavailable and the activity
     # retries it: one attempt must end well inside a commit's 15 s timeout.
     provider_timeout: float = Field(default=8.0, gt=0, le=10)
+
+    @field_validator("master_key", "admin_key", "credential_pepper", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # `export KEYROTOR_ADMIN_KEY=` means "none", as an absent variable does
+        return None if value == "" else value
 
     @property
     def provider_connect_timeout(self) -> float:

@@ -191,3 +191,12 @@ def test_versions_the_lifecycle_ends_are_disabled_at_their_provider(
         with pytest.raises(ProviderOperationError):
             impl.encrypt(done, b"x", b"")
     assert impl.decrypt(v3, impl.encrypt(v3, b"y", b""), b"") == b"y"
+
+
+def test_an_empty_admin_key_variable_is_unset_and_a_malformed_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYROTOR_ADMIN_KEY", "")
+    assert Settings().admin_key is None
+    with pytest.raises(ConfigurationError, match="KEYROTOR_ADMIN_KEY is malformed"):
+        build_services(settings(tmp_path, admin_key=SecretStr("kra_short")))
