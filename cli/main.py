@@ -114,7 +114,11 @@ def backup(
 
     settings = Settings()
     if settings.master_key is None:
-        typer.echo("keyrotor: KEYROTOR_MASTER_KEY is not set", err=True)
+        typer.echo(
+            "keyrotor: KEYROTOR_MASTER_KEY is not set (`keyrotor dev` keeps the key it"
+            " generated in .keyrotor/master.key)",
+            err=True,
+        )
         sys.exit(2)
     keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
     store = Store(settings.resolved_database_url())
@@ -133,7 +137,7 @@ def backup(
     partial.replace(path)
     rows = sum(summary.tables.values())
     typer.echo(
-        f"backup {path}: {rows} rows of {len(summary.tables)} tables, schema {summary.revision},"
+        f"backup {path}: {rows} rows in {len(summary.tables)} tables, schema {summary.revision},"
         f" sealed under master key {summary.master_key_id}, {len(data)} bytes"
     )
 
@@ -155,7 +159,11 @@ def restore(
 
     settings = Settings()
     if settings.master_key is None:
-        typer.echo("keyrotor: KEYROTOR_MASTER_KEY is not set", err=True)
+        typer.echo(
+            "keyrotor: KEYROTOR_MASTER_KEY is not set (`keyrotor dev` keeps the key it"
+            " generated in .keyrotor/master.key)",
+            err=True,
+        )
         sys.exit(2)
     keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
     store = Store(settings.resolved_database_url())
