@@ -75,11 +75,7 @@ class BulkActivities:
                 return None  # revoked meanwhile, or by an attempt whose record was lost
             return message
         except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                return "its workflow has ended"
-            raise ApplicationError(
-                f"Temporal: {e.status.name}", type="TemporalUnavailable"
-            ) from None
+            return _workflow_ended(e)
         return None
 
     async def _apply_policy(
@@ -102,13 +98,17 @@ class BulkActivities:
                 "policy_updated", PolicyUpdate(version, policy)
             )
         except RPCError as e:
-            if e.status == RPCStatusCode.NOT_FOUND:
-                return "its workflow has ended"
-            raise ApplicationError(
-                f"Temporal: {e.status.name}", type="TemporalUnavailable"
-            ) from None
+            return _workflow_ended(e)
         return None
 
     @activity.defn(name="finish_bulk")
     def finish(self, operation_id: str, status: str) -> None:
         self._bulk.finish(operation_id, status)
+
+
+def _workflow_ended(e: RPCError) -> str:
+    """The target's answer when its workflow has ended; any other Temporal failure is retried
+    (the activity's attempt fails)."""
+    if e.status == RPCStatusCode.NOT_FOUND:
+        return "its workflow has ended"
+    raise ApplicationError(f"Temporal: {e.status.name}", type="TemporalUnavailable") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -33,19 +35,23 @@ class MasterKeyActivities:
     @activity.defn(name="reseal_master_key_batch")
     def reseal_batch(self, request: ResealRequest) -> ResealBatch:
         """Re-seal one batch of a sealed column under the current master key."""
-        try:
+        with _failures():
             return self._master_keys.reseal_batch(request.column, request.cursor, request.limit)
-        except MasterKeyError as e:
-            raise ApplicationError(str(e), type="MasterKeyError", non_retryable=True) from None
-        except SQLAlchemyError as e:
-            raise store_failure(e) from None
 
     @activity.defn(name="retire_old_master_keys")
     def retire_old(self, request: RetireRequest) -> list[str]:
         """Retire every older master key once nothing is sealed under it; audited."""
-        try:
+        with _failures():
             return self._master_keys.retire_old(request.actor, request.reason, request.workflow_id)
-        except MasterKeyError as e:
-            raise ApplicationError(str(e), type="MasterKeyError", non_retryable=True) from None
-        except SQLAlchemyError as e:
-            raise store_failure(e) from None
+
+
+@contextlib.contextmanager
+def _failures() -> Iterator[None]:
+    """A job that cannot go on fails for good (a blob no key opens, blobs left under an old
+    key); the store's failures are retried."""
+    try:
+        yield
+    except MasterKeyError as e:
+        raise ApplicationError(str(e), type="MasterKeyError", non_retryable=True) from None
+    except SQLAlchemyError as e:
+        raise store_failure(e) from None

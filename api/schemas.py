@@ -87,7 +87,9 @@ class PutConfigRequest(Body):
     user_id: str = Field(default="", max_length=200)
 
 
-class RotateMasterKeyRequest(Body):
+class StoreJobRequest(Body):
+    """Start a maintenance job over the store (master-key rotation, pepper re-hash)."""
+
     reason: str = Field(min_length=1, max_length=900)
     batch_size: int = Field(default=200, ge=1, le=10_000)
     user_id: str = Field(default="", max_length=200)

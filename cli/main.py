@@ -11,6 +11,7 @@ from typing import Any
 import typer
 
 from cli import rest
+from core.envelope import MasterKeyring
 from core.logs import setup_logging
 from core.services import Services
 from core.settings import Settings
@@ -87,6 +88,25 @@ def api(
     )
 
 
+def keyring_or_exit(settings: Settings) -> MasterKeyring:
+    """The master keyring of KEYROTOR_MASTER_KEY, for the commands that need only it (the
+    store, not the services), or exit with what is wrong."""
+    from core.envelope import EnvelopeError
+
+    if settings.master_key is None:
+        typer.echo(
+            "keyrotor: KEYROTOR_MASTER_KEY is not set (`keyrotor dev` keeps the key it"
+            " generated in .keyrotor/master.key)",
+            err=True,
+        )
+        sys.exit(2)
+    try:
+        return MasterKeyring.parse(settings.master_key.get_secret_value())
+    except EnvelopeError as e:
+        typer.echo(f"keyrotor: KEYROTOR_MASTER_KEY: {e}", err=True)
+        sys.exit(2)
+
+
 def build_or_exit(settings: Settings) -> Services:
     """Build services or exit with the configuration problem (never a traceback)."""
     from core.envelope import EnvelopeError
@@ -109,18 +129,10 @@ def backup(
     import os
 
     from core.backup import write_backup
-    from core.envelope import MasterKeyring
     from core.store.db import Store
 
     settings = Settings()
-    if settings.master_key is None:
-        typer.echo(
-            "keyrotor: KEYROTOR_MASTER_KEY is not set (`keyrotor dev` keeps the key it"
-            " generated in .keyrotor/master.key)",
-            err=True,
-        )
-        sys.exit(2)
-    keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
+    keyring = keyring_or_exit(settings)
     store = Store(settings.resolved_database_url())
     try:
         data, summary = write_backup(
@@ -154,18 +166,10 @@ def restore(
     restored state. Needs the master key the backup was made under in KEYROTOR_MASTER_KEY.
     Checks the whole file before it writes anything."""
     from core.backup import BackupError, restore_backup
-    from core.envelope import MasterKeyring
     from core.store.db import Store
 
     settings = Settings()
-    if settings.master_key is None:
-        typer.echo(
-            "keyrotor: KEYROTOR_MASTER_KEY is not set (`keyrotor dev` keeps the key it"
-            " generated in .keyrotor/master.key)",
-            err=True,
-        )
-        sys.exit(2)
-    keyring = MasterKeyring.parse(settings.master_key.get_secret_value())
+    keyring = keyring_or_exit(settings)
     store = Store(settings.resolved_database_url())
     try:
         store.migrate()

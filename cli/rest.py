@@ -55,6 +55,16 @@ def F(
 
 REASON = F("reason")
 USER = F("user-id", "userId", help="who (audited; default: the admin key's name)")
+# what creating and importing a key share
+NEW_KEY = (
+    F("name"),
+    F("owner"),
+    F("algorithm"),
+    F("environment"),
+    F("expires-at", "expiresAt"),
+    F("metadata", kind="json"),
+    USER,
+)
 LIST = (F("limit", kind="int"), F("cursor"))
 KEY_COLUMNS = (
     "id",
@@ -89,17 +99,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "/keys/generate",
         "Create a key (its workflow makes version 1).",
         (),
-        (
-            F("type", required=True),
-            F("name"),
-            F("owner"),
-            F("algorithm"),
-            F("provider"),
-            F("environment"),
-            F("expires-at", "expiresAt"),
-            F("metadata", kind="json"),
-            USER,
-        ),
+        (F("type", required=True), F("provider"), *NEW_KEY),
     ),
     Operation(
         "keys",
@@ -112,13 +112,7 @@ OPERATIONS: tuple[Operation, ...] = (
             F("type", required=True),
             # a file, never an argument: arguments show in process lists and shell history
             F("material-file", "material", "binfile", required=True),
-            F("name"),
-            F("owner"),
-            F("algorithm"),
-            F("environment"),
-            F("expires-at", "expiresAt"),
-            F("metadata", kind="json"),
-            USER,
+            *NEW_KEY,
         ),
     ),
     Operation(

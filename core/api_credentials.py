@@ -605,23 +605,23 @@ class CredentialService:
             query = query.where(t.c.lookup_id > cursor)
         with self._store.engine.connect() as db:
             rows = db.execute(query).all()
+        stale = [r for r in rows if r.state in _VERIFYING and _outer(r.pepper_id) != current]
         rehashed = 0
-        for row in rows:
-            if row.state not in _VERIFYING or _outer(row.pepper_id) == current:
-                continue
-            with self._store.write() as s:
-                done = s.connection().execute(
-                    update(t)
-                    .where(t.c.lookup_id == row.lookup_id, t.c.pepper_id == row.pepper_id)
-                    .values(
-                        secret_hash=rehash(
-                            self._peppers.current, row.secret_hash, row.hash_algorithm
-                        ),
-                        pepper_id=f"{current}{REHASH_SEPARATOR}{row.pepper_id}",
+        if stale:
+            with self._store.write() as s:  # the batch's rows in one transaction
+                for row in stale:
+                    done = s.connection().execute(
+                        update(t)
+                        .where(t.c.lookup_id == row.lookup_id, t.c.pepper_id == row.pepper_id)
+                        .values(
+                            secret_hash=rehash(
+                                self._peppers.current, row.secret_hash, row.hash_algorithm
+                            ),
+                            pepper_id=f"{current}{REHASH_SEPARATOR}{row.pepper_id}",
+                        )
                     )
-                )
-            rehashed += done.rowcount
-            self.forget(row.credential_id)
+                    rehashed += done.rowcount
+            self.rows.drop({row.credential_id for row in stale})
         last = rows[-1].lookup_id if len(rows) == limit else ""
         return RehashBatch(last, len(rows), rehashed)
 

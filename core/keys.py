@@ -154,8 +154,22 @@ def _check_material(algo: Algorithm, material: bytes, key_bits: int) -> None:
         raise InvalidMaterialError(what)
 
 
-def key_workflow_id_of(spec: KeySpec) -> str:
-    return f"keyrotor/key/{spec.environment}/{spec.key_id}"
+def _new_key_row(spec: KeySpec, workflow_id: str, at: datetime) -> dict[str, Any]:
+    """The columns of a new key's row that come from its spec (no version in use yet)."""
+    return {
+        "id": spec.key_id,
+        "environment": spec.environment,
+        "type": spec.type,
+        "name": spec.name,
+        "owner": spec.owner,
+        "algorithm": spec.algorithm,
+        "provider": spec.provider,
+        "workflow_id": workflow_id,
+        "created_by": spec.created_by,
+        "metadata": dict(spec.metadata),
+        "created_at": at,
+        "current_version": 0,
+    }
 
 
 def new_key_id() -> str:
@@ -444,24 +458,8 @@ class KeyService:
             # then reuses the compiled statement instead of coercing each value into a new one.
             updated = db.execute(_UPDATE_KEY, {"b_id": spec.key_id, **key_values}).rowcount
             if not updated:
-                db.execute(
-                    _INSERT_KEY,
-                    {
-                        "id": spec.key_id,
-                        "environment": spec.environment,
-                        "type": spec.type,
-                        "name": spec.name,
-                        "owner": spec.owner,
-                        "algorithm": spec.algorithm,
-                        "provider": spec.provider,
-                        "workflow_id": c.transition_id.rsplit("/", 1)[0],
-                        "created_by": spec.created_by,
-                        "metadata": dict(spec.metadata),
-                        "created_at": c.at,
-                        "current_version": 0,
-                    }
-                    | key_values,
-                )
+                workflow_id = c.transition_id.rsplit("/", 1)[0]
+                db.execute(_INSERT_KEY, _new_key_row(spec, workflow_id, c.at) | key_values)
             in_store = set(db.scalars(_VERSION_NUMBERS, {"key_id": spec.key_id}))
             changes = []
             for v in lc.versions:
@@ -537,7 +535,9 @@ class KeyService:
             )
         return made
 
-    def stage_import(self, spec: KeySpec, lifecycle: KeyLifecycle, material: bytes) -> None:
+    def stage_import(
+        self, spec: KeySpec, lifecycle: KeyLifecycle, material: bytes, workflow_id: str
+    ) -> None:
         """Store an imported key's version 1 (BYOK), sealed, before its workflow starts: the
         workflow's first commit then finds the version made and activates it (audited as
         `key.imported`) instead of generating one. Local provider only. The material must be a
@@ -556,21 +556,10 @@ class KeyService:
                 raise KeyStateError(f"key {spec.key_id} exists already")
             db.execute(
                 _INSERT_KEY,
-                {
-                    "id": spec.key_id,
-                    "environment": spec.environment,
-                    "type": spec.type,
-                    "name": spec.name,
-                    "owner": spec.owner,
-                    "algorithm": spec.algorithm,
-                    "provider": spec.provider,
-                    "workflow_id": key_workflow_id_of(spec),
-                    "created_by": spec.created_by,
-                    "metadata": dict(spec.metadata),
-                    "created_at": now,
+                _new_key_row(spec, workflow_id, now)  # none in use until the workflow commits it
+                | {
                     "updated_at": now,
                     "status": str(lifecycle.status),
-                    "current_version": 0,  # none in use until the workflow commits it
                     "expires_at": lifecycle.expires_at,
                     "next_rotation_at": None,
                 },

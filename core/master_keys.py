@@ -149,19 +149,22 @@ class MasterKeyService:
         with self._store.engine.connect() as db:
             rows = db.execute(query).all()
         current = self._keyring.current_id
+        stale = [
+            (row, old)
+            for row in rows
+            if (old := getattr(row, sealed.column)) is not None and _key_id(old) != current
+        ]
         resealed = 0
-        for row in rows:
-            old = getattr(row, sealed.column)
-            if old is None or _key_id(old) == current:
-                continue
-            new = self._reseal(sealed, row, old)
-            where = [c == getattr(row, c.name) for c in order]
-            with self._store.write() as s:
-                # only if nobody changed it meanwhile (a secret revealed, a blob re-sealed)
-                done = s.connection().execute(
-                    update(t).where(*where, blob == old).values({sealed.column: new})
-                )
-                resealed += done.rowcount
+        if stale:
+            fresh = [(row, old, self._reseal(sealed, row, old)) for row, old in stale]
+            with self._store.write() as s:  # the batch's rows in one transaction
+                for row, old, new in fresh:
+                    where = [c == getattr(row, c.name) for c in order]
+                    # only if nobody changed it meanwhile (a secret revealed, a blob re-sealed)
+                    done = s.connection().execute(
+                        update(t).where(*where, blob == old).values({sealed.column: new})
+                    )
+                    resealed += done.rowcount
         last = [getattr(rows[-1], c) for c in sealed.order] if len(rows) == limit else None
         return ResealBatch(json.dumps(last) if last else "", len(rows), resealed)
 

@@ -27,8 +27,8 @@ from workflows.types import (
 async def restart_workflows(
     client: Client, services: Services, progress: Callable[[str], None]
 ) -> dict[str, int]:
-    """Start each object's workflow (one already running under its id is left as it is);
-    returns how many were started, by kind."""
+    """Start each object's workflow (one already running under its id is left as it is, and
+    counted); returns how many, by kind."""
     started: dict[str, int] = {}
     for state in restart_states(services.store, services.policies):
         lifecycle, spec = state.lifecycle, state.spec

@@ -134,7 +134,13 @@ async def import_key(
     material = _b64("material", body.material)
     spec, lifecycle = _new_key(body, svc, who, new_key_id(), origin="imported")
     try:
-        await run_in_threadpool(svc.keys.stage_import, spec, lifecycle, material)
+        await run_in_threadpool(
+            svc.keys.stage_import,
+            spec,
+            lifecycle,
+            material,
+            key_workflow_id(spec.environment, spec.key_id),
+        )
     except InvalidMaterialError as e:
         raise APIError(400, "INVALID_MATERIAL", str(e)) from None
     try:

@@ -15,6 +15,8 @@ from core.objects import KeySpec
 from core.services import Services
 from core.store.models import KeyRow, KeyVersionRow
 
+WORKFLOW_ID = "keyrotor/key/dev/staged"
+
 
 def spec_and_lifecycle(
     services: Services, key_id: str, provider: str = "local"
@@ -35,7 +37,7 @@ def counts(services: Services) -> tuple[int, int]:
 
 def test_stage_and_unstage(services: Services) -> None:
     spec, lifecycle = spec_and_lifecycle(services, "key_importstaged00001")
-    services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32))
+    services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32), WORKFLOW_ID)
     assert counts(services) == (1, 1)
     with services.store.engine.connect() as db:
         state, material = db.execute(
@@ -43,7 +45,7 @@ def test_stage_and_unstage(services: Services) -> None:
         ).one()
     assert state == "pending" and material is not None
     with pytest.raises(KeyStateError, match="exists already"):
-        services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32))
+        services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32), WORKFLOW_ID)
     services.keys.unstage_import(spec.key_id)
     assert counts(services) == (0, 0)
 
@@ -51,5 +53,5 @@ def test_stage_and_unstage(services: Services) -> None:
 def test_bad_material_stores_nothing(services: Services) -> None:
     spec, lifecycle = spec_and_lifecycle(services, "key_importrefused0001")
     with pytest.raises(InvalidMaterialError, match="248 bits, expected 256"):
-        services.keys.stage_import(spec, lifecycle, secrets.token_bytes(31))
+        services.keys.stage_import(spec, lifecycle, secrets.token_bytes(31), WORKFLOW_ID)
     assert counts(services) == (0, 0)
