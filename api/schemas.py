@@ -160,6 +160,15 @@ class CreateCredentialRequest(Body):
     user_id: str = Field(default="", max_length=200)
 
 
+class ImportCredentialRequest(CreateCredentialRequest):
+    sha256: str = Field(
+        min_length=44,
+        max_length=64,
+        description="the SHA-256 of the existing API key, as its old system stored it: "
+        "64 hex digits or base64",
+    )
+
+
 class RotateCredentialRequest(Body):
     grace_period: str | None = Field(default=None, max_length=64, description="ISO 8601 duration")
     reason: str = Field(default="manual", max_length=1000)

@@ -43,18 +43,32 @@ class Client:
         body: dict[str, Any] = self._send(method, path, **kw).json()
         return body
 
+    def attempt(self, method: str, path: str, **kw: Any) -> tuple[dict[str, Any], str | None]:
+        """(the answer's JSON, None), or on a 4xx or 5xx ({}, "CODE: message")."""
+        r = self._request(method, path, **kw)
+        if r.status_code >= 400:
+            return {}, _error(r)
+        body: dict[str, Any] = r.json()
+        return body, None
+
     def _send(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        r = self._request(method, path, **kw)
+        if r.status_code >= 400:
+            typer.echo(f"keyrotor: {_error(r)}", err=True)
+            sys.exit(1)
+        return r
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
-            r = self._http.request(method, path, **kw)
+            return self._http.request(method, path, **kw)
         except httpx.HTTPError as e:
             typer.echo(f"keyrotor: cannot reach the API: {type(e).__name__}", err=True)
             sys.exit(1)
-        if r.status_code >= 400:
-            try:
-                error = r.json()["error"]
-                text = f"{error['code']}: {error['message']}"
-            except (ValueError, KeyError, TypeError):
-                text = f"HTTP {r.status_code}"
-            typer.echo(f"keyrotor: {text}", err=True)
-            sys.exit(1)
-        return r
+
+
+def _error(r: httpx.Response) -> str:
+    try:
+        error = r.json()["error"]
+        return f"{error['code']}: {error['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {r.status_code}"

@@ -373,4 +373,63 @@ def _show(operation: dict[str, Any], json_out: bool) -> None:
     )
 
 
-rest.register(app, {"audit": audit_app, "bulk": bulk_app})
+credentials_app = typer.Typer(help="Credentials over REST.", no_args_is_help=True)
+app.add_typer(credentials_app, name="credentials")
+
+
+@credentials_app.command(
+    "import", help="Bring existing API keys in from a JSON-lines file of their SHA-256 hashes."
+)
+def credentials_import(
+    file: Path = typer.Argument(
+        ...,
+        help='JSON lines, one existing API key each: {"sha256": "<its SHA-256, hex or base64>", '
+        '"name": ..., "owner": ..., "scopes": [...], ...} (the body of POST /credentials/import)',
+    ),
+    api_url: str = URL_OPTION,
+    admin_key: str = KEY_OPTION,
+) -> None:
+    """Bring existing API keys in by the SHA-256 hashes their old system stored. Prints one JSON
+    line per input line (its new credential id, or why not); a key imported already is
+    skipped, so a file can be run again after a failure."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress
+
+    from cli.client import Client
+
+    client = Client(api_url, admin_key)
+    lines = [(n, line) for n, line in enumerate(file.read_text().splitlines(), 1) if line.strip()]
+    tally = {"imported": 0, "skipped": 0, "failed": 0}
+    with Progress("imported", BarColumn(), MofNCompleteColumn(), console=_stderr_console()) as bar:
+        task = bar.add_task("", total=len(lines))
+        for n, line in lines:
+            outcome: dict[str, Any] = {"line": n}
+            body: dict[str, Any] = {}
+            try:
+                request = json.loads(line)
+            except ValueError:
+                request, error = None, "INVALID_REQUEST: not JSON"
+            if request is not None:
+                body, error = client.attempt("POST", "/credentials/import", json=request)
+            if error is None:
+                outcome |= {"status": "imported", "credentialId": body["credential"]["id"]}
+            elif error.startswith("ALREADY_IMPORTED"):
+                outcome |= {"status": "skipped", "error": error}
+            else:
+                outcome |= {"status": "failed", "error": error}
+            tally[outcome["status"]] += 1
+            typer.echo(json.dumps(outcome))
+            bar.advance(task)
+    typer.echo(", ".join(f"{v} {k}" for k, v in tally.items()), err=True)
+    if tally["failed"]:
+        sys.exit(1)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+rest.register(app, {"audit": audit_app, "bulk": bulk_app, "credentials": credentials_app})

@@ -28,20 +28,25 @@ from core.changes import RowCache
 from core.credentials import (
     CREDENTIAL_PREFIX,
     HANDLE_PREFIX,
+    IMPORTED_PREFIX,
+    IMPORTED_SHA256,
     REHASH_SEPARATOR,
     MalformedCredentialError,
     PepperRing,
     PresentedCredential,
     format_token,
+    imported_hash,
+    imported_lookup_id,
     new_lookup_id,
     new_secret,
     parse_credential,
+    parse_imported,
     parse_token,
     rehash,
     secret_hash,
 )
 from core.envelope import MasterKeyring, open_envelope, seal
-from core.lifecycle import LIVE_STATES, KeyStatus, VersionState, next_rotation_at
+from core.lifecycle import LIVE_STATES, KeyLifecycle, KeyStatus, VersionState, next_rotation_at
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
 from core.ratelimit import RateLimiter
@@ -275,6 +280,42 @@ class _FailureTally:
         return taken
 
 
+def _new_credential_row(spec: CredentialSpec, workflow_id: str, at: datetime) -> CredentialRow:
+    return CredentialRow(
+        id=spec.credential_id,
+        kind=spec.kind,
+        type=spec.type,
+        user_id=spec.user_id,
+        context=dict(spec.context),
+        max_usage=spec.max_usage,
+        hash_algorithm=spec.hash_algorithm,
+        anomaly_count=0,
+        environment=spec.environment,
+        name=spec.name,
+        owner=spec.owner,
+        scopes=list(spec.scopes),
+        metadata_=dict(spec.metadata),
+        scheduled_rotation=spec.scheduled_rotation,
+        rate_limit=spec.rate_limit,
+        rate_limit_window=spec.rate_limit_window,
+        usage_limit=spec.usage_limit,
+        remaining=spec.usage_limit,
+        usage_count=0,
+        failure_count=0,
+        workflow_id=workflow_id,
+        created_by=spec.created_by,
+        created_at=at,
+        # the first commit sets these, as the workflow sees them
+        status=str(KeyStatus.ACTIVE),
+        updated_at=at,
+    )
+
+
+class AlreadyImportedError(Exception):
+    """An API key with this hash is under keyrotor's lifecycle already (the message names its
+    credential)."""
+
+
 class CredentialService:
     """The store side of API credentials: one per process, shared by activities and the API."""
 
@@ -313,31 +354,7 @@ class CredentialService:
                 return
             cred = s.get(CredentialRow, spec.credential_id)
             if cred is None:
-                cred = CredentialRow(
-                    id=spec.credential_id,
-                    kind=spec.kind,
-                    type=spec.type,
-                    user_id=spec.user_id,
-                    context=dict(spec.context),
-                    max_usage=spec.max_usage,
-                    hash_algorithm=spec.hash_algorithm,
-                    anomaly_count=0,
-                    environment=spec.environment,
-                    name=spec.name,
-                    owner=spec.owner,
-                    scopes=list(spec.scopes),
-                    metadata_=dict(spec.metadata),
-                    scheduled_rotation=spec.scheduled_rotation,
-                    rate_limit=spec.rate_limit,
-                    rate_limit_window=spec.rate_limit_window,
-                    usage_limit=spec.usage_limit,
-                    remaining=spec.usage_limit,
-                    usage_count=0,
-                    failure_count=0,
-                    workflow_id=c.transition_id.rsplit("/", 1)[0],
-                    created_by=spec.created_by,
-                    created_at=c.at,
-                )
+                cred = _new_credential_row(spec, c.transition_id.rsplit("/", 1)[0], c.at)
                 s.add(cred)
             current = lc.current()
             if cred.status == KeyStatus.SUSPENDED and lc.status == KeyStatus.ACTIVE:
@@ -358,7 +375,8 @@ class CredentialService:
             }
             for v in lc.versions:
                 row = rows.get(v.number)
-                if row is not None and row.state == VersionState.PENDING:
+                staged = spec.origin == "imported" and v.number == c.new_version == 1
+                if row is not None and row.state == VersionState.PENDING and not staged:
                     # parked: made by a lost workflow task; this version gets a secret of its
                     # own, and the lost one (which may have been revealed) never comes back
                     s.delete(row)
@@ -441,6 +459,54 @@ class CredentialService:
             ),
         )
 
+    # --- import --------------------------------------------------------------------------------
+
+    def stage_import(
+        self, spec: CredentialSpec, lifecycle: KeyLifecycle, key_sha256: bytes, workflow_id: str
+    ) -> None:
+        """Store an existing API key, known by the SHA-256 its old system kept, as the pending
+        version 1 of a new credential, before the credential's workflow starts; its first commit
+        then activates it (audited as `credential.imported`). The holder keeps presenting the
+        same key; it is found by the SHA-256 of what is presented (`parse_imported`).
+        AlreadyImportedError if a credential holds that hash already."""
+        first = lifecycle.versions[0]
+        lookup_id = imported_lookup_id(key_sha256)
+        with self._store.write() as s:
+            taken = s.scalar(
+                select(CredentialVersionRow.credential_id).where(
+                    CredentialVersionRow.lookup_id == lookup_id
+                )
+            )
+            if taken is not None:
+                raise AlreadyImportedError(f"this API key was imported already, as {taken}")
+            s.add(_new_credential_row(spec, workflow_id, first.created_at))
+            s.flush()
+            s.add(
+                CredentialVersionRow(
+                    lookup_id=lookup_id,
+                    credential_id=spec.credential_id,
+                    number=1,
+                    state=str(VersionState.PENDING),
+                    salt=b"",
+                    secret_hash=imported_hash(self._peppers.current, key_sha256),
+                    pepper_id=f"{self._peppers.current_id}{REHASH_SEPARATOR}{IMPORTED_SHA256}",
+                    uses=0,
+                    created_at=first.created_at,
+                    rotate_at=first.rotate_at,
+                    warn_at=first.warn_at,
+                    hard_expiry=first.hard_expiry,
+                    grace_until=None,
+                    state_changed_at=first.created_at,
+                )
+            )
+
+    def unstage_import(self, credential_id: str) -> None:
+        """Remove a staged import whose workflow never committed it (its start failed)."""
+        with self._store.write() as s:
+            cred = s.get(CredentialRow, credential_id)
+            if cred is not None and cred.current_version == 0:
+                s.delete(cred)  # its version goes with it (ON DELETE CASCADE)
+
     # --- one-time hand-over ----------------------------------------------------------------
 
     def claim_secret(self, credential_id: str, number: int, actor: str) -> str | None:
@@ -500,7 +566,9 @@ class CredentialService:
         try:
             p = parse_credential(presented)
         except MalformedCredentialError:
-            return Verification(VerificationCode.NOT_FOUND)
+            if presented.startswith(f"{CREDENTIAL_PREFIX}_"):
+                return Verification(VerificationCode.NOT_FOUND)  # a typo: no lookup
+            p = parse_imported(presented)
         row, _ = self._lookup(p, "credential")
         if row is None:
             return Verification(VerificationCode.NOT_FOUND)
@@ -534,7 +602,10 @@ class CredentialService:
         if not hit:
             generation = self.rows.generation
             row = self._store.read_one(self._verify_query, {"lookup": p.lookup_id})
-            self.rows.put(p.lookup_id, row.id if row else None, row, generation)
+            # Not what an imported key did not find: the key may be imported later, and only
+            # a credential's own changes drop its cached rows.
+            if row is not None or p.prefix != IMPORTED_PREFIX:
+                self.rows.put(p.lookup_id, row.id if row else None, row, generation)
         computed = (
             self._peppers.hash_under(row.pepper_id, row.salt, p.secret, row.hash_algorithm)
             if row is not None
@@ -546,7 +617,8 @@ class CredentialService:
         matches = hmac.compare_digest(computed, row.secret_hash if row else self._dummy_hash)
         if row is None or row.kind != kind:
             return None, None
-        if not known or not matches or row.environment != p.environment:
+        environment = row.environment if p.prefix == IMPORTED_PREFIX else p.environment
+        if not known or not matches or row.environment != environment:
             self._record(row.id, ok=False)
             return None, row
         return row, None
@@ -637,7 +709,8 @@ class CredentialService:
                 outer, *inner = pepper_id.split(REHASH_SEPARATOR)
                 counts.setdefault(outer, [0, 0])[0] += 1
                 for pid in inner:
-                    counts.setdefault(pid, [0, 0])[1] += 1
+                    if pid != IMPORTED_SHA256:  # not a pepper: an imported key's plain hash
+                        counts.setdefault(pid, [0, 0])[1] += 1
         current = self._peppers.current_id
         listed = set(self._peppers.ids())
 

@@ -12,6 +12,9 @@ An API credential looks like `krc_<environment>_<lookup id>_<secret><checksum>`:
 - the secret is 32 random bytes in base64url (43 characters, 256 bits);
 - the checksum (CRC32 of everything before it, 6 base62 characters) rejects typos and
   truncated keys before any lookup.
+
+An API key imported from another system keeps its own format: it is found by the SHA-256 of
+the whole key, which is what such systems store (`imported_lookup_id`, `parse_imported`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def keyed_hash(pepper: bytes, salt: bytes, secret: str) -> bytes:
 PEPPER_BYTES = 32
 # between the pepper ids of a re-hashed hash's chain, outermost first (`PepperRing.hash_under`)
 REHASH_SEPARATOR = "/"
+# the innermost link of an imported API key's chain: the plain SHA-256 of the key, as the system
+# it came from stored it (`imported_hash`)
+IMPORTED_SHA256 = "imported-sha256"
 
 
 class PepperError(ValueError):
@@ -113,6 +119,8 @@ class PepperRing:
         not in the ring. `pepper_id` is one pepper's id (`secret_hash`), or, after a forced
         re-hash, a chain `outer/inner`: the hash under `inner` re-hashed under `outer`
         (`rehash`)."""
+        if pepper_id == IMPORTED_SHA256:
+            return hashlib.sha256(secret.encode()).digest()
         outer, _, inner = pepper_id.partition(REHASH_SEPARATOR)
         pepper = self._peppers.get(outer)
         if pepper is None:
@@ -137,6 +145,7 @@ class PepperRing:
 
 CREDENTIAL_PREFIX = "krc"
 HANDLE_PREFIX = "krh"
+IMPORTED_PREFIX = ""  # an imported API key keeps the format it had
 SECRET_BYTES = 32
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _LOOKUP_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
@@ -181,6 +190,28 @@ def rehash(pepper: bytes, stored: bytes, algorithm: str) -> bytes:
     """A stored hash re-hashed under another pepper, without the secret (the forced part of a
     pepper rotation): HMAC-<algorithm>(pepper, label || stored hash)."""
     return hmac.new(pepper, b"keyrotor pepper rehash\0" + stored, _HASHES[algorithm]).digest()
+
+
+def imported_lookup_id(key_sha256: bytes) -> str:
+    """The lookup id of an imported API key (one not in keyrotor's format), from the SHA-256 of
+    the key: what the system it came from stored, and what verification computes from the
+    presented key. 16 base32 characters (80 bits), like a generated lookup id."""
+    digest = hashlib.sha256(b"keyrotor imported lookup\0" + key_sha256).digest()
+    return base64.b32encode(digest).decode().lower()[:16]
+
+
+def imported_hash(pepper: bytes, key_sha256: bytes) -> bytes:
+    """The stored hash of an imported API key: its SHA-256 re-hashed under the pepper
+    (`rehash`), so the store never keeps the plain SHA-256. Verified through the pepper id
+    `<pepper>/imported-sha256`, and replaced by an ordinary salted hash on its first use."""
+    return rehash(pepper, key_sha256, "SHA-256")
+
+
+def parse_imported(text: str) -> PresentedCredential:
+    """A presented key that is not in keyrotor's format, as an imported key: found by the
+    SHA-256 of the whole text. Its environment is the credential's (the key does not say)."""
+    digest = hashlib.sha256(text.encode()).digest()
+    return PresentedCredential("", imported_lookup_id(digest), text, IMPORTED_PREFIX)
 
 
 def format_token(prefix: str, environment: str, lookup_id: str, secret: str) -> str:

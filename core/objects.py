@@ -74,6 +74,8 @@ class CredentialSpec:
     max_usage: int | None = None  # validations per version (handles)
     hash_algorithm: str = "SHA-256"
     secret_bytes: int = 32
+    # "imported": version 1 is an existing API key's hash (`CredentialService.stage_import`)
+    origin: str = "generated"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ secret's grace ends.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -19,7 +21,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
 from api.auth import Permission, hot_request
-from api.deps import Operator, Reader, Svc
+from api.deps import Admin, Operator, Reader, Svc
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
@@ -28,10 +30,22 @@ from api.lifecycle import (
     run_update,
     start_and_wait_created,
 )
-from core.api_credentials import Verification, WriteNeeded, new_credential_id
+from core.api_credentials import (
+    AlreadyImportedError,
+    Verification,
+    WriteNeeded,
+    new_credential_id,
+)
 from core.credentials import AdminPrincipal, Role
 from core.keys import derived_id
-from core.lifecycle import LifecycleError, RotationReason, iso, may_rotate, new_key
+from core.lifecycle import (
+    KeyLifecycle,
+    LifecycleError,
+    RotationReason,
+    iso,
+    may_rotate,
+    new_key,
+)
 from core.objects import CredentialSpec
 from core.policy import parse_duration
 from core.services import Services
@@ -159,6 +173,73 @@ async def create_credential(
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Create an API credential; the answer carries its secret, shown this once only."""
+    credential_id = (
+        derived_id("cred_", who.key_id, idempotency_key) if idempotency_key else new_credential_id()
+    )
+    spec, lifecycle = _new_credential(body, svc, who, credential_id)
+    await _start_credential(request, svc, spec, lifecycle)
+    secret = await run_in_threadpool(svc.credentials.claim_secret, spec.credential_id, 1, who.name)
+    cred, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id)
+    if secret is None:
+        raise APIError(
+            409,
+            "SECRET_ALREADY_SHOWN",
+            f"credential {cred.id} was made by an earlier request with this Idempotency-Key "
+            "and its secret was shown then; rotate it for a new one",
+        )
+    return {"credential": credential_view(cred, versions), "secret": secret}
+
+
+@router.post("/import", status_code=201)
+async def import_credential(
+    body: schemas.ImportCredentialRequest, svc: Svc, who: Admin, request: Request
+) -> dict[str, Any]:
+    """Bring an existing API key under keyrotor's lifecycle, by the SHA-256 its old system
+    stored: the holder keeps using the same key, which becomes version 1 of a new credential
+    (audited as `credential.imported`), verified by `/verify` like any other. Its workflow
+    rotates it from then on; a rotation hands out a keyrotor key and keeps the old one in grace.
+    The key itself is never sent. 409 ALREADY_IMPORTED if a credential holds this hash."""
+    digest = _sha256(body.sha256)
+    spec, lifecycle = _new_credential(body, svc, who, new_credential_id(), origin="imported")
+    workflow_id = credential_workflow_id(spec.environment, spec.credential_id)
+    try:
+        await run_in_threadpool(svc.credentials.stage_import, spec, lifecycle, digest, workflow_id)
+    except AlreadyImportedError as e:
+        raise APIError(409, "ALREADY_IMPORTED", str(e)) from None
+    try:
+        await _start_credential(request, svc, spec, lifecycle)
+    except APIError as e:
+        if e.code != "WORKER_UNAVAILABLE":  # else the workflow started: it commits it later
+            await run_in_threadpool(svc.credentials.unstage_import, spec.credential_id)
+        raise
+    cred, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id)
+    return {"credential": credential_view(cred, versions)}
+
+
+def _sha256(value: str) -> bytes:
+    """A SHA-256 given as 64 hex digits or as base64 (as Unkey stores it)."""
+    try:
+        digest = (
+            bytes.fromhex(value) if len(value) == 64 else base64.b64decode(value, validate=True)
+        )
+    except (binascii.Error, ValueError):
+        digest = b""
+    if len(digest) != 32:
+        raise APIError(
+            400, "INVALID_HASH", "sha256 must be a SHA-256: 64 hex digits or 44 base64 characters"
+        )
+    return digest
+
+
+def _new_credential(
+    body: schemas.CreateCredentialRequest,
+    svc: Services,
+    who: AdminPrincipal,
+    credential_id: str,
+    origin: str = "generated",
+) -> tuple[CredentialSpec, KeyLifecycle]:
+    """The spec and first lifecycle of a new credential, from a request checked against the
+    policy."""
     policy = svc.policies.credentials
     environment = body.environment or svc.policies.default_environment
     if environment not in svc.policies.environments:
@@ -190,11 +271,7 @@ async def create_credential(
     except LifecycleError as e:
         raise APIError(400, "INVALID_REQUEST", str(e)) from None
     spec = CredentialSpec(
-        credential_id=(
-            derived_id("cred_", who.key_id, idempotency_key)
-            if idempotency_key
-            else new_credential_id()
-        ),
+        credential_id=credential_id,
         environment=environment,
         name=body.name,
         owner=body.owner,
@@ -205,7 +282,15 @@ async def create_credential(
         rate_limit=rate_limit,
         rate_limit_window=rate_window,
         usage_limit=body.usage_limit,
+        origin=origin,
     )
+    return spec, lifecycle
+
+
+async def _start_credential(
+    request: Request, svc: Services, spec: CredentialSpec, lifecycle: KeyLifecycle
+) -> None:
+    """Start the credential's workflow and wait until it has committed version 1."""
     start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
         CREDENTIAL_WORKFLOW,
         CredentialWorkflowInput(
@@ -214,7 +299,7 @@ async def create_credential(
             policy_version=svc.policy_version,
             skip_unchanged_search_attributes=True,
         ),
-        id=credential_workflow_id(environment, spec.credential_id),
+        id=credential_workflow_id(spec.environment, spec.credential_id),
         task_queue=svc.settings.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
@@ -224,16 +309,6 @@ async def create_credential(
         result_type=str,
     )
     await start_and_wait_created(request, start, f"credential {spec.credential_id}")
-    secret = await run_in_threadpool(svc.credentials.claim_secret, spec.credential_id, 1, who.name)
-    cred, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id)
-    if secret is None:
-        raise APIError(
-            409,
-            "SECRET_ALREADY_SHOWN",
-            f"credential {cred.id} was made by an earlier request with this Idempotency-Key "
-            "and its secret was shown then; rotate it for a new one",
-        )
-    return {"credential": credential_view(cred, versions), "secret": secret}
 
 
 @router.get("")

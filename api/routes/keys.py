@@ -145,8 +145,9 @@ async def import_key(
         raise APIError(400, "INVALID_MATERIAL", str(e)) from None
     try:
         await _start_key(request, svc, spec, lifecycle)
-    except APIError:
-        await run_in_threadpool(svc.keys.unstage_import, spec.key_id)
+    except APIError as e:
+        if e.code != "WORKER_UNAVAILABLE":  # else the workflow started: it commits it later
+            await run_in_threadpool(svc.keys.unstage_import, spec.key_id)
         raise
     key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
     return {"key": key_view(key, versions)}

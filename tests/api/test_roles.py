@@ -106,6 +106,7 @@ EXPECTED: dict[Route, Permission | None] = {
     ("DELETE", f"{API}/bulk/{{operation_id}}"): Permission.ADMIN,
     ("GET", f"{API}/master-key"): Permission.READ,
     ("POST", f"{API}/keys/import"): Permission.ADMIN,
+    ("POST", f"{CREDS}/import"): Permission.ADMIN,
     ("POST", f"{API}/master-key/rotate"): Permission.ADMIN,
     ("GET", f"{API}/peppers"): Permission.READ,
     ("POST", f"{API}/peppers/rehash"): Permission.ADMIN,

@@ -1,0 +1,145 @@
+"""Existing API keys brought in by the SHA-256 their old system stored: staged, activated by
+the first commit, verified as presented, moved to an ordinary salted hash on first use, and
+carried through a pepper rotation."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from core import audit
+from core.api_credentials import AlreadyImportedError, CredentialService, VerificationCode
+from core.credentials import PepperRing, imported_lookup_id
+from core.lifecycle import KeyLifecycle, new_key
+from core.objects import CredentialSpec, CredentialTransitionCommit
+from core.services import Services
+from core.store.db import Store
+from core.store.models import CredentialRow, CredentialVersionRow
+from tests.fixtures.temporal import TEST_KEYRING
+
+LEGACY_KEY = "sk_live_" + secrets.token_urlsafe(24)  # what the holder keeps presenting
+DIGEST = hashlib.sha256(LEGACY_KEY.encode()).digest()
+
+
+def spec_and_lifecycle(
+    services: Services, credential_id: str
+) -> tuple[CredentialSpec, KeyLifecycle]:
+    policy = services.policies.credentials
+    now = datetime.now(UTC)
+    spec = CredentialSpec(credential_id, "dev", name="legacy", scopes=("read",), origin="imported")
+    return spec, new_key(policy.lifecycle(scheduled=False), now, now + timedelta(days=100))
+
+
+def workflow_id(credential_id: str) -> str:
+    return f"keyrotor/credential/dev/{credential_id}"
+
+
+def import_and_commit(services: Services, credential_id: str, digest: bytes = DIGEST) -> None:
+    """Stage an import, then commit version 1 as the credential's workflow does."""
+    spec, lifecycle = spec_and_lifecycle(services, credential_id)
+    services.credentials.stage_import(spec, lifecycle, digest, workflow_id(credential_id))
+    services.credentials.commit_transition(
+        CredentialTransitionCommit(
+            transition_id=f"{workflow_id(credential_id)}/1",
+            spec=spec,
+            lifecycle=lifecycle,
+            action="credential.imported",
+            event="credentialCreated",
+            at=datetime.now(UTC),
+            version=1,
+            new_version=1,
+        )
+    )
+
+
+def stored(store: Store, lookup_id: str) -> CredentialVersionRow:
+    with store.session() as s:
+        row = s.get(CredentialVersionRow, lookup_id)
+        assert row is not None
+        s.expunge(row)
+        return row
+
+
+def test_an_imported_key_verifies_as_presented_and_moves_to_a_salted_hash(
+    services: Services,
+) -> None:
+    credentials = services.credentials
+    credentials.rows.polled_at = time.monotonic() + 3600  # the cache in use, as in the API
+    # presented before it was imported: unknown, and that answer is not remembered
+    assert credentials.verify(LEGACY_KEY).code == VerificationCode.NOT_FOUND
+    import_and_commit(services, "cred_imported000000001")
+    lookup = imported_lookup_id(DIGEST)
+    row = stored(services.store, lookup)
+    assert (row.state, row.number) == ("active", 1)
+    assert row.pepper_id == f"{credentials.current_pepper_id}/imported-sha256"
+    assert DIGEST not in row.secret_hash  # the plain SHA-256 is never stored
+
+    v = credentials.verify(LEGACY_KEY, ["read"])
+    assert v.code == VerificationCode.VALID
+    assert (v.credential_id, v.version, v.environment) == ("cred_imported000000001", 1, "dev")
+    upgraded = stored(services.store, lookup)
+    assert upgraded.pepper_id == credentials.current_pepper_id
+    assert len(upgraded.salt) > 0 and upgraded.secret_hash != row.secret_hash
+    assert credentials.verify(LEGACY_KEY).code == VerificationCode.VALID  # the new hash works
+    # a near miss, another string, and a keyrotor-looking typo are all unknown
+    assert credentials.verify(LEGACY_KEY + "x").code == VerificationCode.NOT_FOUND
+    assert credentials.verify("sk_live_other").code == VerificationCode.NOT_FOUND
+    assert credentials.verify("krc_dev_" + "a" * 60).code == VerificationCode.NOT_FOUND
+
+    with services.store.engine.connect() as db:
+        records = audit.list_records(
+            db, audit.RecordFilter(object_id="cred_imported000000001"), None, 10
+        )
+    assert [r.action for r in records] == ["credential.imported"]
+
+
+def test_a_hash_is_imported_once(services: Services) -> None:
+    import_and_commit(services, "cred_imported000000002")
+    spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000003")
+    with pytest.raises(AlreadyImportedError, match="cred_imported000000002"):
+        services.credentials.stage_import(
+            spec, lifecycle, DIGEST, workflow_id("cred_imported000000003")
+        )
+    with services.store.engine.connect() as db:
+        assert db.scalar(select(func.count()).select_from(CredentialRow)) == 1
+
+
+def test_a_staged_import_is_taken_back_and_verifies_nothing(services: Services) -> None:
+    spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000004")
+    digest = hashlib.sha256(b"another legacy key").digest()
+    services.credentials.stage_import(spec, lifecycle, digest, workflow_id(spec.credential_id))
+    # staged but not committed by its workflow: pending, so it verifies nothing yet
+    assert services.credentials.verify("another legacy key").code == VerificationCode.NOT_FOUND
+    services.credentials.unstage_import(spec.credential_id)
+    with services.store.engine.connect() as db:
+        assert db.scalar(select(func.count()).select_from(CredentialRow)) == 0
+        assert db.scalar(select(func.count()).select_from(CredentialVersionRow)) == 0
+    # once committed, unstage leaves it alone
+    import_and_commit(services, "cred_imported000000005", digest)
+    services.credentials.unstage_import("cred_imported000000005")
+    assert services.credentials.verify("another legacy key").code == VerificationCode.VALID
+
+
+def test_an_imported_hash_survives_a_forced_pepper_rehash(services: Services) -> None:
+    import_and_commit(services, "cred_imported000000006")
+    new = ("pp-new0000000000000", secrets.token_bytes(32))
+    old = [
+        (pid, services.credentials._peppers.get(pid)) for pid in services.credentials._peppers.ids()
+    ]
+    ring = PepperRing([new, *((pid, p) for pid, p in old if p is not None)])
+    rotated = CredentialService(services.store, TEST_KEYRING, ring)
+    batch = rotated.rehash_batch("", 100)
+    assert batch.rehashed == 1
+    lookup = imported_lookup_id(DIGEST)
+    assert stored(services.store, lookup).pepper_id.endswith("/imported-sha256")
+    status = rotated.pepper_status()
+    assert "imported-sha256" not in {p["id"] for p in status["peppers"]}
+    assert [p["outermost"] for p in status["peppers"] if p["id"] == new[0]] == [1]
+    # the chain new/old/imported-sha256 verifies the key the holder still has
+    assert rotated.verify(LEGACY_KEY).code == VerificationCode.VALID
+    assert stored(services.store, lookup).pepper_id == new[0]
