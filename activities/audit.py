@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -14,9 +15,9 @@ from core.store.db import Store
 
 
 class AuditActivities:
-    def __init__(self, store: Store, policies: Policies) -> None:
+    def __init__(self, store: Store, policies: Callable[[], Policies]) -> None:
         self._store = store
-        self._policies = policies
+        self._policies = policies  # the policy in force now (PUT /config changes it)
 
     @activity.defn(name="apply_audit_retention")
     def apply_retention(self) -> int:
@@ -24,11 +25,12 @@ class AuditActivities:
         how many. A retried attempt goes on where the last one stopped (redacted records are
         not looked at again)."""
         now = datetime.now(UTC)
+        policies = self._policies()
         cutoffs = {
             env: now - policy.audit_retention
-            for env, policy in self._policies.environment_policies.items()
+            for env, policy in policies.environment_policies.items()
         }
-        default = now - self._policies.audit_retention
+        default = now - policies.audit_retention
         total = 0
         try:
             while True:

@@ -20,6 +20,7 @@ from api.hot import HotPath, HotRoute, body_limit
 from api.routes import (
     audit,
     bulk,
+    cleanup,
     codec,
     config,
     credentials,
@@ -236,5 +237,6 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.include_router(webhooks.router)
     app.include_router(bulk.router)
     app.include_router(master_key.router)
+    app.include_router(cleanup.router)
     app.include_router(config.router)
     return app

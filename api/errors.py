@@ -14,7 +14,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.algorithms import AlgorithmError, DecryptionError, InvalidSignatureError
-from core.api_credentials import CredentialNotFoundError, HandleNotFoundError
+from core.api_credentials import (
+    CredentialArchivedError,
+    CredentialNotFoundError,
+    HandleNotFoundError,
+)
 from core.bulk import BulkError, BulkNotFoundError
 from core.credentials import AuthenticationError
 from core.keys import KeyNotFoundError, KeyStateError, MalformedTokenError
@@ -43,6 +47,7 @@ class APIError(Exception):
 ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (AuthenticationError, 401, "UNAUTHENTICATED"),
     (KeyNotFoundError, 404, "KEY_NOT_FOUND"),
+    (CredentialArchivedError, 410, "ARCHIVED"),
     (HandleNotFoundError, 404, "HANDLE_NOT_FOUND"),
     (CredentialNotFoundError, 404, "CREDENTIAL_NOT_FOUND"),
     (KeyStateError, 409, "KEY_STATE"),

@@ -596,6 +596,15 @@ OPERATIONS: tuple[Operation, ...] = (
         (),
         (F("reason", required=True), F("batch-size", "batchSize", "int"), USER),
     ),
+    # the cleanup
+    Operation(
+        "cleanup",
+        "status",
+        "GET",
+        "/cleanup",
+        "The cleanup's policy, what it would change now, its schedule and its last run.",
+    ),
+    Operation("cleanup", "run", "POST", "/cleanup/run", "Run the cleanup now (GET it to follow)."),
     # the policy, health
     Operation(
         "config",

@@ -46,12 +46,20 @@ from core.credentials import (
     secret_hash,
 )
 from core.envelope import MasterKeyring, open_envelope, seal
-from core.lifecycle import LIVE_STATES, KeyLifecycle, KeyStatus, VersionState, next_rotation_at
+from core.lifecycle import (
+    LIVE_STATES,
+    KeyLifecycle,
+    KeyStatus,
+    VersionState,
+    iso,
+    next_rotation_at,
+)
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
 from core.ratelimit import RateLimiter
 from core.store.db import Store, newest_first
 from core.store.models import (
+    ArchivedCredentialRow,
     CredentialRow,
     CredentialVersionRow,
     EventRow,
@@ -309,6 +317,10 @@ def _new_credential_row(spec: CredentialSpec, workflow_id: str, at: datetime) ->
         status=str(KeyStatus.ACTIVE),
         updated_at=at,
     )
+
+
+class CredentialArchivedError(LookupError):
+    """The credential or handle family ended long ago and was archived (`core.cleanup`)."""
 
 
 class AlreadyImportedError(Exception):
@@ -1007,6 +1019,13 @@ class CredentialService:
     ) -> tuple[CredentialRow, list[CredentialVersionRow]]:
         with self._store.session() as s:
             cred = s.get(CredentialRow, credential_id)
+            if cred is None:
+                archived = s.get(ArchivedCredentialRow, credential_id)
+                if archived is not None and archived.kind == kind:
+                    raise CredentialArchivedError(
+                        f"{kind} {credential_id} was {archived.status} and is archived since "
+                        f"{iso(archived.archived_at)}: its audit trail has its history"
+                    )
             if cred is None or cred.kind != kind:
                 raise _not_found(kind, credential_id)
             versions = list(

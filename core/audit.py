@@ -32,7 +32,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from core.store.db import WRITE_TRANSACTION_OPTION
-from core.store.models import AuditHeadRow, AuditRecordRow, CredentialRow, KeyRow
+from core.store.models import (
+    ArchivedCredentialRow,
+    AuditHeadRow,
+    AuditRecordRow,
+    CredentialRow,
+    KeyRow,
+)
 
 GENESIS_HASH: Final = "0" * 64
 HEAD_ID: Final = 1
@@ -424,7 +430,10 @@ def apply_retention(
     actor, reason and details in the caller's write transaction. Returns how many it redacted;
     call again until 0."""
     latest = max([default_cutoff, *cutoffs.values()])
-    environment = func.coalesce(KeyRow.environment, CredentialRow.environment)
+    # an archived credential keeps its environment's retention (`core.cleanup`)
+    environment = func.coalesce(
+        KeyRow.environment, CredentialRow.environment, ArchivedCredentialRow.environment
+    )
     rows = session.execute(
         select(
             AuditRecordRow.seq, AuditRecordRow.at, AuditRecordRow.action, environment.label("env")
@@ -436,6 +445,11 @@ def apply_retention(
             CredentialRow,
             AuditRecordRow.object_kind.in_(("credential", "handle"))
             & (CredentialRow.id == AuditRecordRow.object_id),
+        )
+        .outerjoin(
+            ArchivedCredentialRow,
+            AuditRecordRow.object_kind.in_(("credential", "handle"))
+            & (ArchivedCredentialRow.id == AuditRecordRow.object_id),
         )
         .where(
             AuditRecordRow.redacted_by.is_(None),

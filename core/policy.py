@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from itertools import pairwise
@@ -314,6 +314,22 @@ class EnvironmentPolicy:
 
 
 @dataclass(frozen=True)
+class CleanupPolicy:
+    """What the daily cleanup (`CleanupWorkflow`) removes, and how long after it ended."""
+
+    # key material of a version that ended (retired, expired, compromised): destroyed
+    destroy_after: timedelta = timedelta(days=30)
+    # API credentials and handle families revoked or expired: archived (hashes deleted, a
+    # summary kept); versions of live ones that ended: their hashes deleted
+    archive_after: timedelta = timedelta(days=90)
+    # lifecycle events (`GET /events`, webhooks) older than this: deleted
+    event_retention: timedelta = timedelta(days=90)
+
+
+DEFAULT_CLEANUP = CleanupPolicy()
+
+
+@dataclass(frozen=True)
 class Policies:
     """Every policy of one configuration file, checked and read-only."""
 
@@ -329,6 +345,7 @@ class Policies:
     source: str
     # the audit retention of records that belong to no environment (admin keys, webhooks)
     audit_retention: timedelta = timedelta(days=365)
+    cleanup: CleanupPolicy = DEFAULT_CLEANUP
 
     def provider_for(self, environment: str, requested: str | None) -> str:
         """The provider of a new key in `environment`: the one requested, else the
@@ -399,6 +416,7 @@ _SECURITY_FIELDS = (
 )
 _TOP_LEVEL_FIELDS = ("defaults", "key_types", "credentials", "handle_types", "security_policies")
 _ENVIRONMENT_FIELDS = ("provider", "allow_local", "audit_retention")
+_CLEANUP_FIELDS = ("destroy_after", "archive_after", "event_retention")
 _PQC_FIELDS = (
     "enabled",
     "migration_deadline",
@@ -701,7 +719,7 @@ class _Reader:
         return policy
 
     def policies(self, data: dict[str, Any]) -> Policies:
-        self.table(data, "", _TOP_LEVEL_FIELDS, ("environments", "pqc_policy"))
+        self.table(data, "", _TOP_LEVEL_FIELDS, ("environments", "pqc_policy", "cleanup"))
         defaults = self.table(data["defaults"], "defaults", _DEFAULTS_FIELDS, ("audit_retention",))
         retention = timedelta(days=365)
         if "audit_retention" in defaults:
@@ -762,7 +780,15 @@ class _Reader:
             default_provider=provider,
             source=self.source,
             audit_retention=retention,
+            cleanup=self.cleanup(data.get("cleanup")),
         )
+
+    def cleanup(self, value: object) -> CleanupPolicy:
+        if value is None:
+            return DEFAULT_CLEANUP
+        t = self.table(value, "cleanup", (), _CLEANUP_FIELDS)
+        durations = {k: self.positive(v, f"cleanup.{k}") for k, v in t.items()}
+        return replace(DEFAULT_CLEANUP, **durations)
 
 
 def _join(parent: str, key: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from core.api_credentials import CredentialService
 from core.bulk import BulkService
 from core.changes import ChangeFeed
+from core.cleanup import CleanupService
 from core.credentials import AuthenticationError, PepperError, PepperRing, parse_admin_key
 from core.envelope import EnvelopeError, MasterKeyring
 from core.keys import KeyService
@@ -43,12 +44,14 @@ class Services:
     # the API polls it to keep the use path's caches fresh (`core.changes`)
     changes: ChangeFeed = field(init=False)
     master_keys: MasterKeyService = field(init=False)
+    cleanup: CleanupService = field(init=False)
 
     def __post_init__(self) -> None:
         rows = {"key": self.keys.rows}
         rows |= dict.fromkeys(("credential", "handle"), self.credentials.rows)
         self.changes = ChangeFeed(self.store, rows)
         self.master_keys = MasterKeyService(self.store, self.keyring)
+        self.cleanup = CleanupService(self.store, self.keys, lambda: self.policies)
 
     def refresh_policies(self) -> bool:
         """Take up a newer policy version if there is one (API processes and workers call this

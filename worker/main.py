@@ -31,6 +31,7 @@ from temporalio.worker.workflow_sandbox._runner import _Instance
 
 from activities.audit import AuditActivities
 from activities.bulk import BulkActivities
+from activities.cleanup import CleanupActivities
 from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities, KeyUsageActivities
 from activities.master_keys import MasterKeyActivities
@@ -39,6 +40,12 @@ from core.codec import connect_client
 from core.services import Services
 from workflows.audit_retention import AuditRetentionWorkflow, retention_schedule_id
 from workflows.bulk import BulkOperationWorkflow
+from workflows.cleanup import (
+    CleanupInput,
+    CleanupWorkflow,
+    cleanup_schedule_id,
+    cleanup_workflow_id,
+)
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
@@ -106,9 +113,10 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
     usage = KeyUsageActivities(services.keys)
     credentials = CredentialActivities(services.credentials)
     webhooks = WebhookActivities(services.webhooks)
-    auditing = AuditActivities(services.store, services.policies)
+    auditing = AuditActivities(services.store, lambda: services.policies)
     bulk = BulkActivities(services.bulk, services.policy_versions, client)
     master_keys = MasterKeyActivities(services.master_keys)
+    cleanup = CleanupActivities(services.cleanup, services.store)
     return Worker(
         client,
         task_queue=task_queue or services.settings.task_queue,
@@ -122,6 +130,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             BulkOperationWorkflow,
             MasterKeyRotationWorkflow,
             PepperRotationWorkflow,
+            CleanupWorkflow,
         ],
         workflow_runner=SANDBOX,
         activities=[
@@ -138,6 +147,8 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             bulk.finish,
             master_keys.reseal_batch,
             master_keys.retire_old,
+            cleanup.batch,
+            cleanup.finish,
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,
@@ -148,8 +159,8 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
 
 async def start_background_workflows(client: Client, services: Services) -> None:
     """Start what runs besides the lifecycle workflows, unless it runs already (every worker
-    asks; one of each runs per task queue): the webhook dispatcher, and the daily schedule of
-    the audit retention."""
+    asks; one of each runs per task queue): the webhook dispatcher, and the daily schedules of
+    the audit retention and of the cleanup."""
     queue = services.settings.task_queue
     await client.start_workflow(
         WebhookDispatcherWorkflow.run,
@@ -158,6 +169,8 @@ async def start_background_workflows(client: Client, services: Services) -> None
         task_queue=queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
     )
+    daily = ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=1))])
+    skip = SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP)
     with contextlib.suppress(ScheduleAlreadyRunningError):
         await client.create_schedule(
             retention_schedule_id(queue),
@@ -167,8 +180,22 @@ async def start_background_workflows(client: Client, services: Services) -> None
                     id=f"keyrotor/audit-retention/{queue}",
                     task_queue=queue,
                 ),
-                spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=timedelta(days=1))]),
-                policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+                spec=daily,
+                policy=skip,
+            ),
+        )
+    with contextlib.suppress(ScheduleAlreadyRunningError):
+        await client.create_schedule(
+            cleanup_schedule_id(queue),
+            Schedule(
+                action=ScheduleActionStartWorkflow(
+                    CleanupWorkflow.run,
+                    CleanupInput(),
+                    id=cleanup_workflow_id(queue),
+                    task_queue=queue,
+                ),
+                spec=daily,
+                policy=skip,
             ),
         )
 

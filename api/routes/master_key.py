@@ -109,18 +109,18 @@ async def _start(
         )
     except RPCError:
         raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
-    return await _job(request, job, workflow_id)
+    return await job_view(request, job, workflow_id)
 
 
 async def _job_or_unknown(request: Request, job: Job, workflow_id: str) -> dict[str, Any] | None:
-    """`_job`, or its status unknown while Temporal is unreachable (the store's view answers)."""
+    """`job_view`, or status unknown while Temporal is unreachable (the store's view answers)."""
     try:
-        return await _job(request, job, workflow_id)
+        return await job_view(request, job, workflow_id)
     except APIError:
         return {"workflowId": workflow_id, "status": "unknown"}
 
 
-async def _job(request: Request, job: Job, workflow_id: str) -> dict[str, Any] | None:
+async def job_view(request: Request, job: Job, workflow_id: str) -> dict[str, Any] | None:
     """A maintenance job's workflow: its status and progress (the query `progress` while it
     runs, its result once done); None when it was never started."""
     client = await temporal(request)

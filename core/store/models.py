@@ -414,3 +414,25 @@ class MasterKeyRetirementRow(Base):
     successor_id: Mapped[str] = mapped_column(String(32))
     retired_at: Mapped[datetime]
     retired_by: Mapped[str] = mapped_column(String(200))
+
+
+class ArchivedCredentialRow(Base):
+    """What the cleanup keeps of an API credential or handle family that was revoked or expired
+    long enough ago (`CleanupPolicy.archive_after`): no hash, no secret, its totals."""
+
+    __tablename__ = "archived_credentials"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str] = mapped_column(String(64))
+    environment: Mapped[str] = mapped_column(String(32))
+    name: Mapped[str] = mapped_column(String(200))
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    versions: Mapped[int] = mapped_column(Integer)
+    usage_count: Mapped[int] = mapped_column(BigInteger)
+    failure_count: Mapped[int] = mapped_column(BigInteger)
+    last_used_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+    ended_at: Mapped[datetime]
+    archived_at: Mapped[datetime]

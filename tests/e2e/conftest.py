@@ -27,6 +27,9 @@ from core.settings import Settings
 from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import TEST_MASTER_KEY
 from worker.main import build_worker
+from workflows.audit_retention import retention_schedule_id
+from workflows.cleanup import cleanup_schedule_id
+from workflows.webhooks import dispatcher_id
 
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
 
@@ -125,3 +128,11 @@ async def stack(
         dev_env, tmp_path_factory.mktemp("stack"), database_url=database_url
     ) as stack:
         yield stack
+
+
+async def stop_background_workflows(stack: Stack) -> None:
+    """Undo `worker.main.start_background_workflows` on the shared dev server."""
+    queue = stack.services.settings.task_queue
+    await stack.client.get_workflow_handle(dispatcher_id(queue)).terminate("test over")
+    for schedule in (retention_schedule_id(queue), cleanup_schedule_id(queue)):
+        await stack.client.get_schedule_handle(schedule).delete()

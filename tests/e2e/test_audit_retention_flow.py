@@ -15,10 +15,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from core.policy import default_policy_path
-from tests.e2e.conftest import Stack, build_stack
+from tests.e2e.conftest import Stack, build_stack, stop_background_workflows
 from worker.main import start_background_workflows
 from workflows.audit_retention import AuditRetentionWorkflow, retention_schedule_id
-from workflows.webhooks import dispatcher_id
 
 API = "/api/key-management"
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
@@ -37,9 +36,7 @@ async def stack(
     async with build_stack(dev_env, data_dir, config=policy) as stack:
         await start_background_workflows(stack.client, stack.services)
         yield stack
-        queue = stack.services.settings.task_queue
-        await stack.client.get_workflow_handle(dispatcher_id(queue)).terminate("test over")
-        await stack.client.get_schedule_handle(retention_schedule_id(queue)).delete()
+        await stop_background_workflows(stack)
 
 
 async def test_old_records_are_summarised_and_the_chain_still_verifies(

@@ -15,10 +15,9 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from core.webhooks import verify_signature
-from tests.e2e.conftest import Stack, build_stack
+from tests.e2e.conftest import Stack, build_stack, stop_background_workflows
 from worker.main import start_background_workflows
-from workflows.audit_retention import retention_schedule_id
-from workflows.webhooks import delivery_workflow_id, dispatcher_id
+from workflows.webhooks import delivery_workflow_id
 
 API = "/api/key-management"
 
@@ -65,9 +64,7 @@ async def stack(
     ) as stack:
         await start_background_workflows(stack.client, stack.services)
         yield stack
-        queue = stack.services.settings.task_queue
-        await stack.client.get_workflow_handle(dispatcher_id(queue)).terminate("test over")
-        await stack.client.get_schedule_handle(retention_schedule_id(queue)).delete()
+        await stop_background_workflows(stack)
 
 
 async def eventually(what: str, done: Callable[[], Any], timeout: float = 30.0) -> None:

@@ -390,7 +390,19 @@ INVALID: list[tuple[str, Mutation, str, str]] = [
         _set("key_typess", {"x": 1}),
         "key_typess",
         "unknown field; expected one of defaults, key_types, credentials, handle_types,"
-        " security_policies, environments, pqc_policy",
+        " security_policies, environments, pqc_policy, cleanup",
+    ),
+    (
+        "unknown cleanup field",
+        _set("cleanup", {"destroy_afterr": "P1D"}),
+        "cleanup.destroy_afterr",
+        "unknown field; expected one of destroy_after, archive_after, event_retention",
+    ),
+    (
+        "zero cleanup duration",
+        _set("cleanup", {"archive_after": "PT0S"}),
+        "cleanup.archive_after",
+        "must be longer than zero",
     ),
     ("missing defaults", _delete("defaults"), "defaults", "missing"),
     ("missing key_types", _delete("key_types"), "key_types", "missing"),

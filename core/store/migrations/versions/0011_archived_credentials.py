@@ -1,0 +1,43 @@
+"""Archived API credentials and handle families: what the cleanup keeps of one that ended.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-05
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0011"
+down_revision: str | Sequence[str] | None = "0010"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "archived_credentials",
+        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("type", sa.String(64), nullable=False),
+        sa.Column("environment", sa.String(32), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("owner", sa.String(200), nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),
+        sa.Column("versions", sa.Integer(), nullable=False),
+        sa.Column("usage_count", sa.BigInteger(), nullable=False),
+        sa.Column("failure_count", sa.BigInteger(), nullable=False),
+        sa.Column("last_used_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("archived_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_archived_credentials"),
+    )
+    op.create_index("ix_archived_credentials_owner", "archived_credentials", ["owner"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_archived_credentials_owner", table_name="archived_credentials")
+    op.drop_table("archived_credentials")
