@@ -38,7 +38,7 @@ from core.codec import EncryptionCodec
 from core.credentials import VALUE_IN_TEXT, AdminKeys, Role
 from core.logs import request_id, setup_logging
 from core.metrics import Metrics
-from core.ratelimit import RateLimiter
+from core.ratelimit import ProcessRateLimiter
 from core.runtime import tune_gc
 from core.services import Services, build_services
 from core.settings import Settings
@@ -201,7 +201,9 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     app.state.client = client
     app.state.codec = EncryptionCodec(services.keyring)
     app.state.admin_keys = AdminKeys(services.store, services.keyring)
-    app.state.admin_limiter = RateLimiter()
+    # per process, by choice (`core.ratelimit`): a guard against runaway scripts, which a
+    # shared count would make cost a round trip or a database write on every admin request
+    app.state.admin_limiter = ProcessRateLimiter()
     admin_key = services.settings.admin_key
     if admin_key is not None:
         app.state.admin_keys.ensure(admin_key.get_secret_value(), "bootstrap", Role.ADMIN)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from api.errors import APIError
 from core.credentials import AdminKeys, AdminPrincipal, AuthenticationError, Role
-from core.ratelimit import RateLimiter
+from core.ratelimit import ProcessRateLimiter
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
@@ -61,7 +61,8 @@ def require(
     permission: Permission,
 ) -> Callable[[Request, AdminPrincipal], Coroutine[Any, Any, AdminPrincipal]]:
     """A dependency that authenticates the caller, checks its role allows `permission`, and
-    holds it to the admin API's rate limit (`KEYROTOR_ADMIN_RATE_LIMIT` per admin key)."""
+    holds it to the admin API's rate limit (`KEYROTOR_ADMIN_RATE_LIMIT` per admin key, counted
+    per API process)."""
 
     # async: a plain function would run on a worker thread (and wait there for the GIL)
     async def check(
@@ -71,7 +72,7 @@ def require(
         permit(who, permission)
         limit = request.app.state.services.settings.admin_rate_limit
         if limit:
-            limiter: RateLimiter = request.app.state.admin_limiter
+            limiter: ProcessRateLimiter = request.app.state.admin_limiter
             wait = limiter.allow(who.key_id, limit, 60.0, time.monotonic())
             if wait is not None:
                 raise APIError(

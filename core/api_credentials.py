@@ -5,7 +5,9 @@ Each version is one secret with its own lookup id; the store keeps only its keye
 envelope-encrypted copy until the secret has been handed out once. Verification reads one row
 by lookup id (or finds it in a cache kept fresh by `core.changes`) and never touches Temporal.
 Usage counts are buffered in memory and flushed about once a second (`flush_usage`); usage
-limits and handles' max usage are exact (one conditional UPDATE per successful use).
+limits and handles' max usage are exact (one conditional UPDATE per successful use). Rate
+limits are shared by the API processes (`core.ratelimit`: Redis when configured, else the
+database); a credential without one pays nothing for them.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ from core.lifecycle import (
 )
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.policy import SecurityPolicies
-from core.ratelimit import RateLimiter
+from core.ratelimit import DatabaseRateLimiter, RateLimiter
 from core.store.db import Store, newest_first
 from core.store.models import (
     ArchivedCredentialRow,
@@ -96,7 +98,8 @@ def _outer(pepper_id: str) -> str:
 
 
 class WriteNeeded(Exception):
-    """This verification needs a database write: run it off the event loop."""
+    """This verification needs a database write or a round trip to Redis: run it off the event
+    loop."""
 
 
 class HandleNotFoundError(CredentialNotFoundError):
@@ -331,11 +334,18 @@ class AlreadyImportedError(Exception):
 class CredentialService:
     """The store side of API credentials: one per process, shared by activities and the API."""
 
-    def __init__(self, store: Store, keyring: MasterKeyring, peppers: PepperRing) -> None:
+    def __init__(
+        self,
+        store: Store,
+        keyring: MasterKeyring,
+        peppers: PepperRing,
+        limiter: RateLimiter | None = None,
+    ) -> None:
         self._store = store
         self._keyring = keyring
         self._peppers = peppers
-        self._limiter = RateLimiter()
+        # shared by the API processes: Redis when configured (`build_services`), else the store
+        self._limiter = limiter if limiter is not None else DatabaseRateLimiter(store)
         self._usage_lock = threading.Lock()
         # credential id -> [successes, failures, last success]
         self._usage: dict[str, list[Any]] = {}
@@ -573,8 +583,8 @@ class CredentialService:
         not the lookup id exists, so timing does not tell a wrong secret from an unknown key.
 
         With `writes=False` (the event loop's fast path) a credential that would need a write
-        (its usage limit, a re-hash under a new pepper) raises `WriteNeeded` before anything
-        is counted: call again on a thread."""
+        or a round trip (its usage limit, its rate limit, a re-hash under a new pepper) raises
+        `WriteNeeded` before anything is counted: call again on a thread."""
         try:
             p = parse_credential(presented)
         except MalformedCredentialError:
@@ -584,7 +594,11 @@ class CredentialService:
         row, _ = self._lookup(p, "credential")
         if row is None:
             return Verification(VerificationCode.NOT_FOUND)
-        if not writes and (row.remaining is not None or row.pepper_id != self._peppers.current_id):
+        if not writes and (
+            row.remaining is not None
+            or (row.rate_limit is not None and row.rate_limit_window)
+            or row.pepper_id != self._peppers.current_id
+        ):
             raise WriteNeeded
         code, retry_after, remaining = self._check(row, required_scopes)
         self._record(row.id, ok=code == VerificationCode.VALID)
@@ -784,7 +798,7 @@ class CredentialService:
         if rotation_required and security.enforce_rotation:
             return self._handle_answer(HandleCode.ROTATION_REQUIRED, row, security, None, match)
         wait = self._limiter.allow(
-            row.lookup_id, security.rate_limit_per_handle, 60, time.monotonic()
+            f"handle/{row.lookup_id}", security.rate_limit_per_handle, 60, time.time()
         )
         if wait is not None:
             return self._handle_answer(
@@ -917,7 +931,7 @@ class CredentialService:
             return VerificationCode.INSUFFICIENT_SCOPE, None, row.remaining
         if row.rate_limit is not None and row.rate_limit_window:
             wait = self._limiter.allow(
-                row.id, row.rate_limit, row.rate_limit_window, time.monotonic()
+                f"credential/{row.id}", row.rate_limit, row.rate_limit_window, time.time()
             )
             if wait is not None:
                 return VerificationCode.RATE_LIMITED, wait, row.remaining
@@ -969,6 +983,9 @@ class CredentialService:
                     ),
                 )
         return len(kinds)
+
+    def close(self) -> None:
+        self._limiter.close()
 
     def flush_usage(self) -> int:
         """Write the buffered usage counts to the store; returns how many credentials."""

@@ -16,6 +16,7 @@ from core.policy import Policies, default_policy_path, parse_policies, read_poli
 from core.policy_versions import PolicyVersions
 from core.providers.base import KeyProvider
 from core.providers.local import LocalProvider
+from core.ratelimit import DatabaseRateLimiter, RateLimiter, RedisRateLimiter
 from core.settings import Settings
 from core.store.db import Store
 from core.webhooks import WebhookService
@@ -67,6 +68,7 @@ class Services:
         return True
 
     def close(self) -> None:
+        self.credentials.close()
         self.webhooks.close()
         self.store.dispose()
 
@@ -84,6 +86,7 @@ def build_services(settings: Settings) -> Services:
                 "KEYROTOR_ADMIN_KEY is malformed: expected kra_<id>_<secret of 32 or more"
                 " characters>, like the key `keyrotor dev` prints (or leave it unset)"
             ) from None
+    redis_limiter = redis_rate_limiter(settings)
     path = settings.config or default_policy_path()
     text = read_policy_text(path)
     policies = parse_policies(text, str(path))  # a bad file stops the start, whatever is stored
@@ -113,7 +116,7 @@ def build_services(settings: Settings) -> Services:
         store,
         providers,
         KeyService(store, providers, settings.environment or None, policies.pqc),
-        CredentialService(store, keyring, peppers),
+        CredentialService(store, keyring, peppers, redis_limiter or DatabaseRateLimiter(store)),
         WebhookService(store, keyring),
         BulkService(store),
         versions,
@@ -125,6 +128,20 @@ def build_services(settings: Settings) -> Services:
         services.close()
         raise ConfigurationError(f"KEYROTOR_MASTER_KEY: {e}") from None
     return services
+
+
+def redis_rate_limiter(settings: Settings) -> RateLimiter | None:
+    """The Redis rate limiter when `KEYROTOR_REDIS_URL` is set. It connects on first use: a
+    Redis that is down at start is not a reason not to serve (`RedisRateLimiter`)."""
+    if settings.redis_url is None:
+        return None
+    try:
+        return RedisRateLimiter(settings.redis_url.get_secret_value())
+    except ValueError:  # its text may quote the URL, password and all
+        raise ConfigurationError(
+            "KEYROTOR_REDIS_URL is not a Redis URL: expected redis://[:password@]host[:port][/db]"
+            " (rediss:// for TLS, or unix:///path)"
+        ) from None
 
 
 def build_providers(settings: Settings, keyring: MasterKeyring) -> dict[str, KeyProvider]:

@@ -15,6 +15,10 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".keyrotor")
     database_url: str = ""
+    # Redis (redis://[:password@]host:6379/0, rediss:// for TLS) for the rate limits of
+    # credentials and handles, shared by every API process; unset: they share them through
+    # the database.
+    redis_url: SecretStr | None = None
     master_key: SecretStr | None = None
     admin_key: SecretStr | None = None
     # comma-separated base64 peppers for API-credential hashes, current first; unset: derived
@@ -63,7 +67,7 @@ class Settings(BaseSettings):
     # retries it: one attempt must end well inside a commit's 15 s timeout.
     provider_timeout: float = Field(default=8.0, gt=0, le=10)
 
-    @field_validator("master_key", "admin_key", "credential_pepper", mode="before")
+    @field_validator("master_key", "admin_key", "credential_pepper", "redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `export KEYROTOR_ADMIN_KEY=` means "none", as an absent variable does

@@ -3,6 +3,7 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.moto_kms",
     "tests.fixtures.openbao",
+    "tests.fixtures.redis_server",
     "tests.fixtures.softhsm",
     "tests.fixtures.temporal",
 ]

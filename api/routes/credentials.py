@@ -157,7 +157,7 @@ async def verify_credential(request: Request) -> JSONResponse:
     svc: Services = request.app.state.services
     try:
         v = svc.credentials.verify(body.key, body.scopes, writes=False)
-    except WriteNeeded:  # a usage limit or a re-hash: a write may wait for the store's lock
+    except WriteNeeded:  # a usage or rate limit, a re-hash: they may wait for the store or Redis
         v = await run_in_threadpool(svc.credentials.verify, body.key, body.scopes)
     request.app.state.metrics.result("credential", str(v.code))
     headers = None if v.retry_after is None else {"Retry-After": str(max(1, round(v.retry_after)))}

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -207,7 +208,8 @@ class CredentialRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     current_version: Mapped[int] = mapped_column(Integer, default=0)
     scheduled_rotation: Mapped[bool] = mapped_column(Boolean, default=False)
-    # requests per `rate_limit_window` seconds (per API process until a shared store is set up)
+    # requests per `rate_limit_window` seconds, counted across the API processes
+    # (`core.ratelimit`: in Redis when configured, else in `rate_limit_windows`)
     rate_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
     rate_limit_window: Mapped[int | None] = mapped_column(Integer, nullable=True)
     usage_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -414,6 +416,19 @@ class MasterKeyRetirementRow(Base):
     successor_id: Mapped[str] = mapped_column(String(32))
     retired_at: Mapped[datetime]
     retired_by: Mapped[str] = mapped_column(String(200))
+
+
+class RateLimitWindowRow(Base):
+    """The current rate-limit window of one client (a credential, a handle value), shared by
+    the API processes when no Redis is configured (`core.ratelimit.DatabaseRateLimiter`).
+    `client` is a SHA-256 of the client's id, never the id or a value itself."""
+
+    __tablename__ = "rate_limit_windows"
+
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # seconds since the epoch (the API processes' clock); ended windows are deleted now and then
+    resets_at: Mapped[float] = mapped_column(Float, index=True)
+    hits: Mapped[int] = mapped_column(Integer)
 
 
 class ArchivedCredentialRow(Base):

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import string
@@ -41,6 +42,7 @@ from core.api_credentials import (
     CredentialService,
     Verification,
     VerificationCode,
+    WriteNeeded,
     new_credential_id,
 )
 from core.changes import ChangeFeed
@@ -72,10 +74,12 @@ from core.lifecycle import (
     suspend,
 )
 from core.objects import CredentialSpec, CredentialTransitionCommit
+from core.ratelimit import RedisRateLimiter
 from core.services import ConfigurationError, Services, build_services
 from core.settings import Settings
 from core.store.models import AuditRecordRow, CredentialVersionRow, EventRow
 from tests.fixtures.database import _admin_connection, _libpq_url
+from tests.fixtures.redis_server import PrivateRedis
 from tests.fixtures.temporal import TEST_MASTER_KEY, make_services
 
 DAY = 86400
@@ -877,7 +881,7 @@ def test_the_rate_limit_is_a_fixed_window_per_credential_across_its_versions(
     svc: CredentialService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(api_credentials, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    monkeypatch.setattr(api_credentials, "time", SimpleNamespace(time=lambda: clock[0]))
     cred = create(svc, rate_limit=2, rate_limit_window=60, usage_limit=10)
     old = cred.secret(1)
     cred.rotate(now())
@@ -1291,8 +1295,6 @@ def test_a_row_read_before_a_change_is_not_cached_after_it(
 def test_the_fast_path_hands_writes_to_a_thread_before_counting_anything(
     svc: CredentialService,
 ) -> None:
-    from core.api_credentials import WriteNeeded
-
     plain = create(svc)
     assert svc.verify(plain.secret(1), writes=False).code == VerificationCode.VALID
     limited = create(svc, usage_limit=1, rate_limit=1, rate_limit_window=60)
@@ -1303,6 +1305,32 @@ def test_the_fast_path_hands_writes_to_a_thread_before_counting_anything(
     result = svc.verify(secret)
     assert (result.code, result.remaining) == (VerificationCode.VALID, 0)
     assert svc.verify(secret).code == VerificationCode.RATE_LIMITED
+
+
+def test_a_credential_without_a_rate_limit_never_asks_the_limiter(
+    services: Services, private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a Redis that does not answer: a credential without a rate limit verifies on the
+    event loop's path and the limiter never hears of it (not a word logged); one with a rate
+    limit goes to a thread, and is held to its limit by this process (the limiter fails open
+    to per-process windows)."""
+    ring = PepperRing.from_setting(None, services.keyring)
+    limiter = RedisRateLimiter(private_redis.url)
+    svc = CredentialService(services.store, services.keyring, ring, limiter)
+    caplog.set_level(logging.WARNING, logger="keyrotor.ratelimit")
+    plain = create(svc).secret(1)
+    assert {svc.verify(plain, writes=False).code for _ in range(3)} == {VerificationCode.VALID}
+    assert caplog.records == []
+    limited = create(svc, rate_limit=2, rate_limit_window=60).secret(1)
+    with pytest.raises(WriteNeeded):
+        svc.verify(limited, writes=False)
+    assert [svc.verify(limited).code for _ in range(3)] == [
+        VerificationCode.VALID,
+        VerificationCode.VALID,
+        VerificationCode.RATE_LIMITED,
+    ]
+    assert len(caplog.records) == 1
+    svc.close()
 
 
 # --- failed verifications in the audit trail, in aggregate -------------------------------------

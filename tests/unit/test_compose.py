@@ -30,6 +30,7 @@ def test_services() -> None:
         "temporal-ui",
         "openbao",
         "openbao-setup",
+        "redis",
         "keyrotor-worker",
         "keyrotor-api",
     }

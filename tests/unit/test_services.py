@@ -200,3 +200,14 @@ def test_an_empty_admin_key_variable_is_unset_and_a_malformed_one_is_refused(
     assert Settings().admin_key is None
     with pytest.raises(ConfigurationError, match="KEYROTOR_ADMIN_KEY is malformed"):
         build_services(settings(tmp_path, admin_key=SecretStr("kra_short")))
+
+
+def test_an_empty_redis_url_is_unset_and_a_malformed_one_is_refused_without_its_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYROTOR_REDIS_URL", "")
+    assert Settings().redis_url is None
+    for url in ("http://:hunter2@cache:6379", "redis://:hunter2@cache:port/0"):
+        with pytest.raises(ConfigurationError, match="KEYROTOR_REDIS_URL is not a Redis URL") as e:
+            build_services(settings(tmp_path, redis_url=SecretStr(url)))
+        assert "hunter2" not in str(e.value)

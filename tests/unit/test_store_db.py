@@ -35,6 +35,7 @@ EXPECTED_TABLES = {
     "bulk_targets",
     "policy_versions",
     "master_key_retirements",
+    "rate_limit_windows",
     "archived_credentials",
 }
 NOW = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
@@ -121,7 +122,7 @@ def test_migrate_twice_is_a_no_op(store: Store) -> None:
     assert schema_diff(store) == []
     assert count(store, AdminKeyRow) == 1
     with store.session() as s:
-        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0011"]
+        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0012"]
 
 
 def test_concurrent_migrations_on_a_new_database_migrate_once(database_url: str) -> None:

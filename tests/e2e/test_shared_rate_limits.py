@@ -1,0 +1,106 @@
+"""A credential's rate limit holds across API processes: two `keyrotor api` processes on one
+store, with Redis (`KEYROTOR_REDIS_URL`) and without it (the database), answer exactly `limit`
+VALID verifications between them in one window."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from sqlalchemy import text
+from temporalio.testing import WorkflowEnvironment
+
+from core.ratelimit import client_key
+from tests.e2e.test_multi_process import free_port, start_api
+from tests.fixtures.database import backend_database_url
+from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
+from worker.main import build_worker
+
+API = "/api/key-management/credentials"
+LIMIT, EXTRA = 10, 7
+
+
+@pytest.mark.parametrize("shared_in", ["redis", "database"])
+async def test_a_rate_limit_holds_across_two_api_processes(
+    dev_env: WorkflowEnvironment, tmp_path: Path, shared_in: str, request: pytest.FixtureRequest
+) -> None:
+    admin_key = f"kra_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
+    env = {
+        **os.environ,
+        "KEYROTOR_TEMPORAL_ADDRESS": target(dev_env.client),
+        "KEYROTOR_DATABASE_URL": backend_database_url() or f"sqlite:///{tmp_path / 'shared.db'}",
+        "KEYROTOR_MASTER_KEY": TEST_MASTER_KEY,
+        "KEYROTOR_TASK_QUEUE": f"limits-{uuid.uuid4().hex[:8]}",
+        "KEYROTOR_DATA_DIR": str(tmp_path),
+        "KEYROTOR_ADMIN_KEY": admin_key,
+        "KEYROTOR_REDIS_URL": request.getfixturevalue("redis_url") if shared_in == "redis" else "",
+    }
+    keyrotor = Path(sys.executable).parent / "keyrotor"
+    ports = [free_port(), free_port()]
+    procs = [start_api(keyrotor, env, port) for port in ports]
+    services = make_services(tmp_path, env["KEYROTOR_DATABASE_URL"])
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    apis = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=30) for p in ports]
+    try:
+        for api in apis:
+            for _ in range(200):
+                try:
+                    if (await api.get("/livez")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("an API process did not start")
+        async with build_worker(dev_env.client, services, env["KEYROTOR_TASK_QUEUE"]):
+            r = await apis[0].post(
+                API,
+                json={"name": "limited", "rateLimit": {"limit": LIMIT, "duration": "PT1M"}},
+                headers=auth,
+            )
+            assert r.status_code == 201, r.text
+        cid, key = r.json()["credential"]["id"], r.json()["secret"]
+
+        async def verify(n: int) -> str:
+            r = await apis[n % 2].post(f"{API}/verify", json={"key": key}, headers=auth)
+            return str(r.json()["verification"]["code"])
+
+        # LIMIT + EXTRA at once, half to each process: LIMIT allowed in all
+        codes = Counter(await asyncio.gather(*(verify(n) for n in range(LIMIT + EXTRA))))
+        assert codes == {"VALID": LIMIT, "RATE_LIMITED": EXTRA}
+        # and either process goes on refusing for the rest of the window
+        assert {await verify(n) for n in range(2)} == {"RATE_LIMITED"}
+
+        window = client_key(f"credential/{cid}")
+        if shared_in == "redis":
+            shared = redis.Redis.from_url(env["KEYROTOR_REDIS_URL"])
+            key_name = f"keyrotor:rl:{window}"
+            try:
+                assert shared.get(key_name) == str(LIMIT + EXTRA + 2).encode()
+                assert not [k for k in shared.scan_iter(match="*") if cid.encode() in k]
+            finally:
+                shared.delete(key_name)
+                shared.close()
+        else:
+            with services.store.engine.connect() as db:
+                hits = db.scalar(
+                    text("SELECT hits FROM rate_limit_windows WHERE client = :c"), {"c": window}
+                )
+            assert hits == LIMIT + EXTRA + 2
+    finally:
+        for api in apis:
+            await api.aclose()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            _, err = p.communicate(timeout=10)
+            assert b"Traceback" not in err, err.decode()
+        services.close()
