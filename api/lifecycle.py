@@ -8,7 +8,7 @@ import asyncio
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -228,3 +228,15 @@ def add_status_routes(
             name=f"{action}_{router.tags[0] if router.tags else 'object'}",
             description=doc,
         )
+
+
+async def start_staged(start: Awaitable[None], unstage: Callable[[], None]) -> None:
+    """Start the workflow of an import staged in the store; take the staged rows back if it
+    was refused, but not when it was accepted and no worker has committed it yet (503
+    WORKER_UNAVAILABLE): the workflow commits it later."""
+    try:
+        await start
+    except APIError as e:
+        if e.code != "WORKER_UNAVAILABLE":
+            await run_in_threadpool(unstage)
+        raise

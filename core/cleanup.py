@@ -30,10 +30,10 @@ from typing import Any, cast
 from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 
 from core import audit
-from core.keys import KeyService
+from core.keys import KeyService, version_handle
 from core.lifecycle import KeyStatus, VersionState
 from core.policy import Policies
-from core.providers.base import ProviderError, VersionHandle
+from core.providers.base import ProviderError
 from core.store.db import Store
 from core.store.models import (
     ArchivedCredentialRow,
@@ -117,16 +117,8 @@ class CleanupService:
             rows = db.execute(query.limit(limit)).all()
         destroyed, failed = [], 0
         for row in rows:
-            handle = VersionHandle(
-                key_id=row.key_id,
-                number=row.number,
-                algorithm=row.algorithm,
-                provider_key_ref=row.provider_key_ref,
-                wrapped_material=row.wrapped_material,
-                public_key=row.public_key,
-            )
             try:
-                self._keys.provider(row.provider).destroy_version(handle)
+                self._keys.provider(row.provider).destroy_version(version_handle(row.key_id, row))
             except ProviderError as e:
                 if e.retryable:
                     raise  # the batch is tried again; destroying is idempotent

@@ -130,6 +130,18 @@ class NoPublicKeyError(UnsupportedOperationError):
     """The key's algorithm has no public half (symmetric and MAC keys)."""
 
 
+def version_handle(key_id: str, row: Any) -> VersionHandle:
+    """What a provider needs of a stored key version (a `key_versions` row)."""
+    return VersionHandle(
+        key_id=key_id,
+        number=row.number,
+        algorithm=row.algorithm,
+        provider_key_ref=row.provider_key_ref,
+        wrapped_material=row.wrapped_material,
+        public_key=row.public_key,
+    )
+
+
 PROBE = b"keyrotor import check"
 
 
@@ -676,14 +688,7 @@ class KeyService:
             targets = sorted((done - was_done) & rows.keys())
         for number in targets:
             row = rows[number]
-            handle = VersionHandle(
-                key_id=key_id,
-                number=number,
-                algorithm=row.algorithm,
-                provider_key_ref=row.provider_key_ref,
-                wrapped_material=row.wrapped_material,
-                public_key=row.public_key,
-            )
+            handle = version_handle(key_id, row)
             try:
                 provider.disable_version(handle)
             except ProviderError as e:
@@ -735,14 +740,7 @@ class KeyService:
                 raise KeyStateError(f"version {row.number} of key {key_id} is past its grace")
             with self._grace_lock:  # flushed by flush_grace_uses
                 self._grace_uses[(key_id, row.number)] = now
-        return self.provider(row.provider), VersionHandle(
-            key_id=key_id,
-            number=row.number,
-            algorithm=row.algorithm,
-            provider_key_ref=row.provider_key_ref,
-            wrapped_material=row.wrapped_material,
-            public_key=row.public_key,
-        )
+        return self.provider(row.provider), version_handle(key_id, row)
 
     def encrypt(self, key_id: str, plaintext: bytes, aad: bytes) -> UseResult:
         provider, v = self._version(key_id, None, _PROTECT)

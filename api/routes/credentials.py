@@ -29,6 +29,7 @@ from api.lifecycle import (
     parse_cursor,
     run_update,
     start_and_wait_created,
+    start_staged,
 )
 from core.api_credentials import (
     AlreadyImportedError,
@@ -206,12 +207,10 @@ async def import_credential(
         await run_in_threadpool(svc.credentials.stage_import, spec, lifecycle, digest, workflow_id)
     except AlreadyImportedError as e:
         raise APIError(409, "ALREADY_IMPORTED", str(e)) from None
-    try:
-        await _start_credential(request, svc, spec, lifecycle)
-    except APIError as e:
-        if e.code != "WORKER_UNAVAILABLE":  # else the workflow started: it commits it later
-            await run_in_threadpool(svc.credentials.unstage_import, spec.credential_id)
-        raise
+    await start_staged(
+        _start_credential(request, svc, spec, lifecycle),
+        lambda: svc.credentials.unstage_import(spec.credential_id),
+    )
     cred, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id)
     return {"credential": credential_view(cred, versions)}
 

@@ -25,6 +25,7 @@ from api.lifecycle import (
     run_update,
     seen_everywhere,
     start_and_wait_created,
+    start_staged,
 )
 from core.algorithms import InvalidSignatureError, resolve
 from core.credentials import AdminPrincipal
@@ -143,12 +144,9 @@ async def import_key(
         )
     except InvalidMaterialError as e:
         raise APIError(400, "INVALID_MATERIAL", str(e)) from None
-    try:
-        await _start_key(request, svc, spec, lifecycle)
-    except APIError as e:
-        if e.code != "WORKER_UNAVAILABLE":  # else the workflow started: it commits it later
-            await run_in_threadpool(svc.keys.unstage_import, spec.key_id)
-        raise
+    await start_staged(
+        _start_key(request, svc, spec, lifecycle), lambda: svc.keys.unstage_import(spec.key_id)
+    )
     key, versions = await run_in_threadpool(svc.keys.get, spec.key_id)
     return {"key": key_view(key, versions)}
 
