@@ -11,7 +11,7 @@ from temporalio.client import Client
 
 from api.auth import Permission, require
 from api.errors import APIError
-from core.codec import connect_client
+from core.codec import connect_with
 from core.credentials import AdminPrincipal
 from core.services import Services
 
@@ -36,7 +36,7 @@ async def temporal(request: Request) -> Client:
     s = svc.settings
     try:
         client = await asyncio.wait_for(
-            connect_client(s.temporal_address, s.temporal_namespace, svc.keyring),
+            connect_with(s, svc.keyring),
             CONNECT_TIMEOUT,
         )
     except Exception as e:  # any connection failure means the same thing to the caller

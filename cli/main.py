@@ -186,14 +186,13 @@ def restore(
         store.dispose()
     typer.echo(f"restored {path}: {sum(summary.tables.values())} rows, made {summary.created_at}")
     if workflows:
-        from core.codec import connect_client
+        from core.codec import connect_with
         from worker.restore import restart_workflows
 
         services = build_or_exit(settings)
 
         async def start() -> dict[str, int]:
-            s = services.settings
-            client = await connect_client(s.temporal_address, s.temporal_namespace, keyring)
+            client = await connect_with(services.settings, keyring)
             return await restart_workflows(
                 client, services, lambda line: typer.echo(line, err=True)
             )

@@ -21,8 +21,10 @@ from temporalio.converter import (
     DefaultFailureConverterWithEncodedAttributes,
     PayloadCodec,
 )
+from temporalio.service import TLSConfig
 
 from core.envelope import MasterKeyring
+from core.settings import Settings
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
@@ -76,8 +78,62 @@ def data_converter(keyring: MasterKeyring) -> DataConverter:
     )
 
 
-async def connect_client(address: str, namespace: str, keyring: MasterKeyring) -> Client:
+async def connect_client(
+    address: str,
+    namespace: str,
+    keyring: MasterKeyring,
+    tls: TLSConfig | bool = False,
+    api_key: str | None = None,
+) -> Client:
     """A Temporal client that encrypts every payload with the keyring's codec key."""
     return await Client.connect(
-        address, namespace=namespace, data_converter=data_converter(keyring)
+        address,
+        namespace=namespace,
+        data_converter=data_converter(keyring),
+        tls=tls,
+        api_key=api_key,
+    )
+
+
+async def connect_with(settings: Settings, keyring: MasterKeyring) -> Client:
+    """`connect_client` to the Temporal of `settings`: address, namespace, TLS, API key."""
+    api_key = settings.temporal_api_key
+    return await connect_client(
+        settings.temporal_address,
+        settings.temporal_namespace,
+        keyring,
+        temporal_tls(settings),
+        api_key.get_secret_value() if api_key else None,
+    )
+
+
+class TemporalTLSError(ValueError):
+    """The Temporal TLS settings are unusable (the message names the setting)."""
+
+
+def temporal_tls(settings: Settings) -> TLSConfig | bool:
+    """The TLS configuration of `settings`' Temporal connection; False for plain TCP. Reads
+    the files now, so that a wrong path stops the start, naming the setting."""
+    s = settings
+    files = {"ca": s.temporal_tls_ca, "cert": s.temporal_tls_cert, "key": s.temporal_tls_key}
+    if not (s.temporal_tls or s.temporal_api_key or any(files.values())):
+        return False
+    if bool(s.temporal_tls_cert) != bool(s.temporal_tls_key):
+        raise TemporalTLSError(
+            "KEYROTOR_TEMPORAL_TLS_CERT and KEYROTOR_TEMPORAL_TLS_KEY go together (mTLS)"
+        )
+    read: dict[str, bytes | None] = {}
+    for name, path in files.items():
+        try:
+            read[name] = path.read_bytes() if path else None
+        except OSError as e:
+            setting = f"KEYROTOR_TEMPORAL_TLS_{name.upper()}"
+            raise TemporalTLSError(f"{setting}: cannot read {path}: {e.strerror}") from None
+    if not any(read.values()) and not s.temporal_tls_server_name:
+        return True  # the system's roots, no client certificate
+    return TLSConfig(
+        server_root_ca_cert=read["ca"],
+        client_cert=read["cert"],
+        client_private_key=read["key"],
+        domain=s.temporal_tls_server_name or None,
     )

@@ -8,6 +8,7 @@ from core.api_credentials import CredentialService
 from core.bulk import BulkService
 from core.changes import ChangeFeed
 from core.cleanup import CleanupService
+from core.codec import TemporalTLSError, temporal_tls
 from core.credentials import AuthenticationError, PepperError, PepperRing, parse_admin_key
 from core.envelope import EnvelopeError, MasterKeyring
 from core.keys import KeyService
@@ -86,6 +87,10 @@ def build_services(settings: Settings) -> Services:
                 "KEYROTOR_ADMIN_KEY is malformed: expected kra_<id>_<secret of 32 or more"
                 " characters>, like the key `keyrotor dev` prints (or leave it unset)"
             ) from None
+    try:
+        temporal_tls(settings)  # a wrong TLS file stops the start here, not at first connect
+    except TemporalTLSError as e:
+        raise ConfigurationError(str(e)) from None
     redis_limiter = redis_rate_limiter(settings)
     path = settings.config or default_policy_path()
     text = read_policy_text(path)

@@ -27,6 +27,16 @@ class Settings(BaseSettings):
     config: Path | None = None
     temporal_address: str = "localhost:7233"
     temporal_namespace: str = "default"
+    # TLS to the Temporal frontend (a cluster with TLS, or Temporal Cloud): on when set, or
+    # when any of the TLS files or the API key is. `temporal_tls_ca` verifies the server (unset:
+    # the system's roots); `temporal_tls_cert` and `temporal_tls_key` are this process's client
+    # certificate (mTLS); `temporal_api_key` is a Temporal Cloud API key.
+    temporal_tls: bool = False
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_server_name: str = ""
+    temporal_api_key: SecretStr | None = None
     task_queue: str = "keyrotor"
     # The only environment whose keys this process creates, reads and uses; empty: every one.
     environment: str = ""
@@ -67,7 +77,17 @@ class Settings(BaseSettings):
     # retries it: one attempt must end well inside a commit's 15 s timeout.
     provider_timeout: float = Field(default=8.0, gt=0, le=10)
 
-    @field_validator("master_key", "admin_key", "credential_pepper", "redis_url", mode="before")
+    @field_validator(
+        "master_key",
+        "admin_key",
+        "credential_pepper",
+        "redis_url",
+        "temporal_api_key",
+        "temporal_tls_ca",
+        "temporal_tls_cert",
+        "temporal_tls_key",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # `export KEYROTOR_ADMIN_KEY=` means "none", as an absent variable does

@@ -36,7 +36,7 @@ from activities.credentials import CredentialActivities
 from activities.keys import KeyActivities, KeyUsageActivities
 from activities.master_keys import MasterKeyActivities
 from activities.webhooks import WebhookActivities
-from core.codec import connect_client
+from core.codec import connect_with
 from core.services import Services
 from workflows.audit_retention import AuditRetentionWorkflow, retention_schedule_id
 from workflows.bulk import BulkOperationWorkflow
@@ -203,7 +203,7 @@ async def start_background_workflows(client: Client, services: Services) -> None
 async def run_worker(services: Services, stop: asyncio.Event | None = None) -> None:
     """Connect to Temporal and run the worker until `stop` is set (or forever)."""
     s = services.settings
-    client = await connect_client(s.temporal_address, s.temporal_namespace, services.keyring)
+    client = await connect_with(s, services.keyring)
     async with build_worker(client, services):
         await start_background_workflows(client, services)
         stopping = stop or asyncio.Event()
