@@ -46,8 +46,8 @@ from core.providers.base import (
     ProviderConfigurationError,
     ProviderError,
     VersionHandle,
+    imports,
 )
-from core.providers.local import LocalProvider
 from core.providers.measured import MeasuredProvider
 from core.store.db import Store, newest_first
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow
@@ -552,14 +552,21 @@ class KeyService:
     ) -> None:
         """Store an imported key's version 1 (BYOK), sealed, before its workflow starts: the
         workflow's first commit then finds the version made and activates it (audited as
-        `key.imported`) instead of generating one. Local provider only. The material must be a
-        key of `spec.algorithm` (the raw key for symmetric and MAC algorithms, PKCS#8 DER for
-        asymmetric ones) and must work: it is used once before it is stored."""
+        `key.imported`) instead of generating one. The provider must be able to import (local:
+        sealed under the master key; Vault/OpenBao transit: wrapped to Vault's wrapping key).
+        The material must be a key of `spec.algorithm` (the raw key for symmetric and MAC
+        algorithms, PKCS#8 DER for asymmetric ones) and must work: it is used once here before
+        it is sent anywhere."""
         provider = self._providers.get(spec.provider)
-        if not isinstance(provider, LocalProvider):
+        if not imports(provider):
             raise InvalidMaterialError(f"provider {spec.provider} cannot import material")
         _check_material(resolve(spec.algorithm), material, spec.key_bits)
-        made = provider.import_version(spec.key_id, 1, spec.algorithm, material)
+        try:
+            made = provider.import_version(spec.key_id, 1, spec.algorithm, material)
+        except ProviderError as e:
+            if e.retryable:
+                raise
+            raise InvalidMaterialError(f"provider {spec.provider} refused it: {e}") from None
         first = lifecycle.versions[0]
         now = first.created_at
         with self._store.write() as s:
@@ -598,12 +605,20 @@ class KeyService:
             )
 
     def unstage_import(self, key_id: str) -> None:
-        """Remove a staged import whose workflow never committed it (the start failed)."""
+        """Remove a staged import whose workflow never committed it (the start failed), and
+        destroy what a remote provider holds of it."""
         with self._store.write() as s:
             db = s.connection()
-            if db.scalar(select(_KEYS.c.current_version).where(_KEYS.c.id == key_id)) == 0:
-                db.execute(delete(_VERSIONS).where(_VERSIONS.c.key_id == key_id))
-                db.execute(delete(_KEYS).where(_KEYS.c.id == key_id))
+            if db.scalar(select(_KEYS.c.current_version).where(_KEYS.c.id == key_id)) != 0:
+                return
+            staged = db.execute(select(_VERSIONS).where(_VERSIONS.c.key_id == key_id)).first()
+            db.execute(delete(_VERSIONS).where(_VERSIONS.c.key_id == key_id))
+            db.execute(delete(_KEYS).where(_KEYS.c.id == key_id))
+        if staged is not None and staged.provider_key_ref:
+            try:
+                self.provider(staged.provider).destroy_version(version_handle(key_id, staged))
+            except ProviderError as e:
+                log.warning("%s: the staged import stays at %s: %s", key_id, staged.provider, e)
 
     def flush_grace_uses(self) -> int:
         """Write the last use of each grace version used since the last call (the API calls

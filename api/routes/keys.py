@@ -41,6 +41,7 @@ from core.keys import (
 from core.lifecycle import KeyLifecycle, LifecycleError, RotationReason, iso, may_rotate, new_key
 from core.objects import KeySpec
 from core.policy import PolicyError, parse_duration
+from core.providers.base import imports
 from core.services import Services
 from core.store.models import KeyRow, KeyVersionRow
 from workflows.types import (
@@ -185,8 +186,12 @@ def _new_key(
         )
     if not svc.keys.provider(provider).supports(algorithm):
         raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
-    if origin == "imported" and provider != "local":
-        raise APIError(400, "IMPORT_NOT_SUPPORTED", f"provider {provider} cannot import material")
+    if origin == "imported" and not imports(svc.providers[provider]):
+        raise APIError(
+            400,
+            "IMPORT_NOT_SUPPORTED",
+            f"provider {provider} cannot import material (local and vault can)",
+        )
     now = datetime.now(UTC)
     expires_at = body.expires_at
     if expires_at is not None and expires_at.tzinfo is None:

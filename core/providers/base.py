@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from core.algorithms import Algorithm, UnknownAlgorithmError, resolve
 
@@ -159,3 +159,16 @@ class KeyProvider(Protocol):
     def health(self) -> ProviderHealth:
         """Check that the provider is usable."""
         ...
+
+
+def imports(provider: object) -> TypeGuard[ImportingProvider]:
+    """Whether `provider` can make a version of material brought in (BYOK)."""
+    return callable(getattr(provider, "import_version", None))
+
+
+class ImportingProvider(Protocol):
+    """A provider that can make version 1 of a key from material brought in (BYOK)."""
+
+    def import_version(
+        self, key_id: str, number: int, algorithm: str, material: bytes
+    ) -> VersionMaterial: ...

@@ -8,13 +8,19 @@ import json
 import secrets
 from pathlib import Path
 
+import hvac
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from pydantic import SecretStr
+from sqlalchemy import select
+from temporalio.testing import WorkflowEnvironment
 
 from core import audit
 from core.credentials import Role
 from core.keys import parse_token
-from tests.e2e.conftest import Stack, keyrotor, serve
+from core.providers.vault_transit import transit_key_name
+from core.store.models import KeyVersionRow
+from tests.e2e.conftest import Stack, build_stack, keyrotor, serve
 from tests.e2e.test_rest_flow import API, b64
 
 
@@ -139,3 +145,43 @@ async def test_import_from_the_command_line(stack: Stack, tmp_path: Path) -> Non
         serialization.Encoding.Raw, serialization.PublicFormat.Raw
     )
     assert base64.b64decode(r.json()["publicKey"]["raw"]) == raw
+
+
+async def test_import_into_vault_transit(
+    dev_env: WorkflowEnvironment, openbao: tuple[str, str], tmp_path: Path
+) -> None:
+    url, token = openbao
+    async with build_stack(dev_env, tmp_path, vault_addr=url, vault_token=SecretStr(token)) as s:
+        material = secrets.token_bytes(32)
+        body = {"type": "encryption", "provider": "vault", "material": b64(material)}
+        r = await s.http.post(f"{API}/keys/import", json=body, headers=s.auth())
+        assert r.status_code == 201, r.text
+        key = r.json()["key"]
+        assert (key["provider"], key["version"], key["status"]) == ("vault", 1, "active")
+        # Vault holds it (not the store), as version 1 of the key's transit key
+        transit = hvac.Client(url=url, token=token).secrets.transit
+        assert transit.read_key(transit_key_name(key["id"]))["data"]["latest_version"] == 1
+        with s.services.store.engine.connect() as db:
+            stored = db.scalar(
+                select(KeyVersionRow.wrapped_material).where(KeyVersionRow.key_id == key["id"])
+            )
+        assert stored is None
+        r = await s.http.post(
+            f"{API}/keys/{key['id']}/encrypt", json={"plaintext": b64(b"byok")}, headers=s.auth()
+        )
+        ciphertext = r.json()["ciphertext"]
+        r = await s.http.post(f"{API}/keys/{key['id']}/rotate", json={}, headers=s.auth())
+        assert r.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+        r = await s.http.post(
+            f"{API}/keys/{key['id']}/decrypt", json={"ciphertext": ciphertext}, headers=s.auth()
+        )
+        assert r.json() == {"plaintext": b64(b"byok"), "version": 1}
+        with s.services.store.engine.connect() as db:
+            records = audit.list_records(
+                db, audit.RecordFilter(object_id=key["id"], action="key.imported"), None, 10
+            )
+        assert len(records) == 1
+        # Vault refuses material that its transit type does not take: 400, nothing stored
+        bad = {"type": "encryption", "provider": "vault", "material": b64(b"k" * 31)}
+        r = await s.http.post(f"{API}/keys/import", json=bad, headers=s.auth())
+        assert r.status_code == 400, r.text

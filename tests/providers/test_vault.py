@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import uuid
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,7 @@ import hvac
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from core.algorithms import AlgorithmError, DecryptionError, InvalidSignatureError
 from core.providers.base import (
@@ -18,6 +20,7 @@ from core.providers.base import (
     ProviderOperationError,
     ProviderUnavailableError,
     VersionHandle,
+    VersionMaterial,
 )
 from core.providers.vault_transit import VaultTransitProvider, transit_key_name
 from tests.providers.contract import AAD, MESSAGE, new_version
@@ -324,3 +327,43 @@ def assert_no_secret(error: BaseException, *secrets: str) -> None:
         for secret in secrets:
             assert secret not in text, f"{type(seen).__name__} carries a secret"
         seen = seen.__cause__ or seen.__context__
+
+
+def test_imported_material_is_what_transit_uses(provider: VaultTransitProvider) -> None:
+    # AES: a transit ciphertext opens with the material brought in, outside Vault
+    material = os.urandom(32)
+    made = provider.import_version(key_id(), 1, "AES-256-GCM", material)
+    assert made.wrapped_material is None and made.provider_key_ref.endswith("/v1")
+    v = VersionHandle(made_key(made), 1, "AES-256-GCM", made.provider_key_ref, None, None)
+    ciphertext = provider.encrypt(v, MESSAGE, AAD)
+    raw = base64.b64decode(ciphertext.decode().split(":", 2)[2])
+    assert AESGCM(material).decrypt(raw[:12], raw[12:], AAD) == MESSAGE
+    assert provider.decrypt(v, ciphertext, AAD) == MESSAGE
+    # later versions are transit's own: rotation works on an imported key
+    v2 = provider.create_version(v.key_id, 2, "AES-256-GCM")
+    assert v2.provider_key_ref.endswith("/v2")
+
+    # Ed25519 (PKCS#8): transit signs with the holder's key
+    private = ed25519.Ed25519PrivateKey.generate()
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    made = provider.import_version(key_id(), 1, "Ed25519", der)
+    assert made.public_key == private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    signer = VersionHandle(made_key(made), 1, "Ed25519", made.provider_key_ref, None, None)
+    private.public_key().verify(_raw_signature(provider.sign(signer, MESSAGE)), MESSAGE)
+
+
+def test_import_refuses_a_later_version_or_an_existing_key(provider: VaultTransitProvider) -> None:
+    with pytest.raises(ProviderOperationError, match="first version"):
+        provider.import_version(key_id(), 2, "AES-256-GCM", os.urandom(32))
+    existing = new_version(provider, "AES-256-GCM", 1)
+    with pytest.raises(ProviderOperationError, match="already"):
+        provider.import_version(existing.key_id, 1, "AES-256-GCM", os.urandom(32))
+
+
+def made_key(made: VersionMaterial) -> str:
+    """The keyrotor key id of a transit reference `<mount>/keys/keyrotor-<key id>/v<n>`."""
+    return made.provider_key_ref.split("/keys/")[1].rsplit("/", 1)[0].removeprefix("keyrotor-")

@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import hvac
 import pytest
+from pydantic import SecretStr
 from sqlalchemy import func, select
 
 from core.keys import InvalidMaterialError, KeyStateError
 from core.lifecycle import KeyLifecycle, new_key
 from core.objects import KeySpec
-from core.services import Services
+from core.providers.vault_transit import transit_key_name
+from core.services import Services, build_services
+from core.settings import Settings
 from core.store.models import KeyRow, KeyVersionRow
+from tests.fixtures.database import backend_database_url
+from tests.fixtures.temporal import TEST_MASTER_KEY
 
 WORKFLOW_ID = "keyrotor/key/dev/staged"
 
@@ -55,3 +62,29 @@ def test_bad_material_stores_nothing(services: Services) -> None:
     with pytest.raises(InvalidMaterialError, match="248 bits, expected 256"):
         services.keys.stage_import(spec, lifecycle, secrets.token_bytes(31), WORKFLOW_ID)
     assert counts(services) == (0, 0)
+
+
+def test_a_remote_import_taken_back_is_destroyed_at_its_provider(
+    openbao: tuple[str, str], tmp_path: Path
+) -> None:
+    url, token = openbao
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=backend_database_url(),
+        master_key=SecretStr(TEST_MASTER_KEY),
+        vault_addr=url,
+        vault_token=SecretStr(token),
+    )
+    services = build_services(settings)
+    try:
+        spec, lifecycle = spec_and_lifecycle(services, "key_importvault000001", "vault")
+        services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32), WORKFLOW_ID)
+        transit = hvac.Client(url=url, token=token).secrets.transit
+        name = transit_key_name(spec.key_id)
+        assert transit.read_key(name)["data"]["latest_version"] == 1
+        services.keys.unstage_import(spec.key_id)
+        assert counts(services) == (0, 0)
+        # the imported version is gone from Vault too (transit keeps a generated successor)
+        assert transit.read_key(name)["data"]["min_available_version"] == 2
+    finally:
+        services.close()
