@@ -190,7 +190,7 @@ def _new_key(
         raise APIError(
             400,
             "IMPORT_NOT_SUPPORTED",
-            f"provider {provider} cannot import material (local and vault can)",
+            f"provider {provider} cannot import material (local, vault and pkcs11 can)",
         )
     now = datetime.now(UTC)
     expires_at = body.expires_at

@@ -312,6 +312,46 @@ class PKCS11Provider:
 
         return self._call(f"create {algo.name} key", create)
 
+    def import_version(
+        self, key_id: str, number: int, algorithm: str, material: bytes
+    ) -> VersionMaterial:
+        """A version made on the token of secret-key material brought in (BYOK: AES, HMAC),
+        protected like a generated one (sensitive, not extractable). Private keys of key pairs
+        are not imported: that would take the token's unwrap mechanism, which tokens differ on.
+        """
+        algo = self._algorithm(algorithm)
+        if algo.name != "AES-256-GCM" and algo.name not in _HMAC_MECHANISM:
+            raise ProviderOperationError(
+                f"the pkcs11 provider imports secret keys (AES, HMAC) only, not {algo.name}"
+            )
+        ref = object_label(key_id, number)
+        usage = (
+            {Attribute.ENCRYPT: True, Attribute.DECRYPT: True}
+            if algo.name == "AES-256-GCM"
+            else {Attribute.SIGN: True, Attribute.VERIFY: True}
+        )
+
+        def create(session: pkcs11.Session) -> VersionMaterial:
+            if self._objects(session, ref):
+                raise ProviderOperationError(f"PKCS#11 object {ref} exists already")
+            session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.KEY_TYPE: self._key_type(algo),
+                    Attribute.VALUE: material,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.SENSITIVE: True,
+                    Attribute.EXTRACTABLE: False,
+                    Attribute.LABEL: ref,
+                    Attribute.ID: object_id(ref),
+                    **usage,
+                }
+            )
+            return VersionMaterial(provider_key_ref=ref, wrapped_material=None, public_key=None)
+
+        return self._call(f"import {algo.name} key", create)
+
     @staticmethod
     def _key_type(algo: Algorithm) -> KeyType:
         return {

@@ -4,6 +4,9 @@ and that the PIN never reaches an error message."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -13,6 +16,7 @@ import pkcs11
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pkcs11 import Attribute, ObjectClass
 
 from core.algorithms import InvalidSignatureError, UnsupportedOperationError, resolve
@@ -308,3 +312,27 @@ def test_no_pin_in_any_error_message(softhsm_token: SoftHSMToken, provider: PKCS
     for text in texts:
         assert softhsm_token.pin not in text
         assert WRONG_PIN not in text
+
+
+def test_imported_secret_keys_are_used_on_the_token_and_protected(
+    provider: PKCS11Provider, inspector: pkcs11.Session
+) -> None:
+    material = os.urandom(32)
+    key_id = f"key_p11import{uuid.uuid4().hex[:10]}"
+    made = provider.import_version(key_id, 1, "AES-256-GCM", material)
+    v = VersionHandle(key_id, 1, "AES-256-GCM", made.provider_key_ref, None, None)
+    [key] = secret_objects(inspector, v)
+    assert key[Attribute.SENSITIVE] and not key[Attribute.EXTRACTABLE]
+    # the token encrypts with the material brought in: it opens outside the token with it
+    ciphertext = provider.encrypt(v, MESSAGE, b"aad")
+    assert AESGCM(material).decrypt(ciphertext[:12], ciphertext[12:], b"aad") == MESSAGE
+
+    mac_key = os.urandom(32)
+    made = provider.import_version(key_id, 2, "HMAC-SHA256", mac_key)
+    mac = VersionHandle(key_id, 2, "HMAC-SHA256", made.provider_key_ref, None, None)
+    assert provider.sign(mac, MESSAGE) == hmac.new(mac_key, MESSAGE, hashlib.sha256).digest()
+
+    with pytest.raises(ProviderOperationError, match="exists already"):
+        provider.import_version(key_id, 1, "AES-256-GCM", material)
+    with pytest.raises(ProviderOperationError, match="secret keys"):
+        provider.import_version(key_id, 3, "Ed25519", b"der")
