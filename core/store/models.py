@@ -116,7 +116,11 @@ class KeyVersionRow(Base):
     last_used_at: Mapped[datetime | None]
     held: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
-    __table_args__ = (Index("ix_key_versions_key_state", "key_id", "state"),)
+    __table_args__ = (
+        Index("ix_key_versions_key_state", "key_id", "state"),
+        # the cleanup's search for versions that ended long ago (`core.cleanup`)
+        Index("ix_key_versions_state_changed", "state", "state_changed_at"),
+    )
 
 
 class AuditRecordRow(Base):
@@ -234,6 +238,7 @@ class CredentialRow(Base):
 
     __table_args__ = (
         Index("ix_credentials_kind_user_type_status", "kind", "user_id", "type", "status"),
+        Index("ix_credentials_status_updated", "status", "updated_at"),  # `core.cleanup`
     )
 
 
@@ -267,6 +272,7 @@ class CredentialVersionRow(Base):
 
     __table_args__ = (
         Index("ix_credential_versions_credential_number", "credential_id", "number", unique=True),
+        Index("ix_credential_versions_state_changed", "state", "state_changed_at"),  # cleanup
     )
 
 

@@ -1,4 +1,5 @@
-"""Archived API credentials and handle families: what the cleanup keeps of one that ended.
+"""Archived API credentials and handle families: what the cleanup keeps of one that ended;
+and the indexes the cleanup finds what ended long ago by.
 
 Revision ID: 0012
 Revises: 0011
@@ -14,6 +15,12 @@ revision: str = "0012"
 down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+
+INDEXES = [
+    ("ix_key_versions_state_changed", "key_versions", ["state", "state_changed_at"]),
+    ("ix_credential_versions_state_changed", "credential_versions", ["state", "state_changed_at"]),
+    ("ix_credentials_status_updated", "credentials", ["status", "updated_at"]),
+]
 
 
 def upgrade() -> None:
@@ -36,8 +43,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_archived_credentials"),
     )
     op.create_index("ix_archived_credentials_owner", "archived_credentials", ["owner"])
+    for name, table, columns in INDEXES:
+        op.create_index(name, table, columns)
 
 
 def downgrade() -> None:
+    for name, table, _ in INDEXES:
+        op.drop_index(name, table_name=table)
     op.drop_index("ix_archived_credentials_owner", table_name="archived_credentials")
     op.drop_table("archived_credentials")
