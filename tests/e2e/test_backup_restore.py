@@ -67,6 +67,10 @@ async def test_backup_then_restore_into_a_fresh_instance(
         assert r.status_code == 200, r.text
         r = await old.http.post(f"{API}/credentials", json={"name": "kept"}, headers=auth)
         credential, secret = r.json()["credential"], r.json()["secret"]
+        r = await old.http.post(
+            f"{API}/handles/generate", json={"type": "workflow", "userId": "ann"}, headers=auth
+        )
+        handle = r.json()["handle"]
 
         env = {
             **os.environ,
@@ -80,8 +84,14 @@ async def test_backup_then_restore_into_a_fresh_instance(
         assert "keys: 2 rows" in err and f"backup {backup}" in out
         assert backup.stat().st_mode & 0o777 == 0o600
         assert secret.encode() not in backup.read_bytes()
+        assert handle["id"].encode() not in backup.read_bytes()
         # the old instance is lost: its workflows with it
-        for workflow_id in (key["workflowId"], credential["workflowId"]):
+        handle_workflow = await old.http.get(f"{API}/handles/{handle['familyId']}", headers=auth)
+        for workflow_id in (
+            key["workflowId"],
+            credential["workflowId"],
+            handle_workflow.json()["handle"]["workflowId"],
+        ):
             await old.client.get_workflow_handle(workflow_id).terminate("instance lost")
 
     env = {
@@ -94,7 +104,7 @@ async def test_backup_then_restore_into_a_fresh_instance(
     }
     code, out, err = await run(env, "restore", str(backup))
     assert code == 0, err
-    assert "started the workflows of what has not ended: 1 credential, 1 key" in out, out
+    assert "started the workflows of what has not ended: 1 credential, 1 handle, 1 key" in out, out
     code, _, err = await run(env, "restore", str(backup), "--no-workflows")
     assert code == 1 and "not empty" in err
 
@@ -109,6 +119,19 @@ async def test_backup_then_restore_into_a_fresh_instance(
             assert (r.status_code, r.json().get("plaintext")) == (200, plaintext), r.text
         r = await new.http.post(f"{API}/credentials/verify", json={"key": secret}, headers=auth)
         assert r.json()["verification"]["code"] == "VALID"
+        # the handle validates, and its restarted workflow exchanges it for the next value
+        validate = {"handleId": handle["id"], "userId": "ann"}
+        r = await new.http.post(f"{API}/handles/validate", json=validate, headers=auth)
+        assert r.json()["validation"]["valid"] is True, r.text
+        r = await new.http.post(
+            f"{API}/handles/{handle['familyId']}/rotate",
+            json={"handle": handle["id"]},
+            headers=auth,
+        )
+        assert r.status_code == 200, r.text
+        following = {"handleId": r.json()["handle"]["id"], "userId": "ann"}
+        r = await new.http.post(f"{API}/handles/validate", json=following, headers=auth)
+        assert r.json()["validation"]["valid"] is True, r.text
         # the restarted workflow goes on: a rotation makes version 3, and the audit has it once
         r = await new.http.post(f"{API}/keys/{key['id']}/rotate", json={}, headers=auth)
         assert r.status_code == 200, r.text
