@@ -122,6 +122,12 @@ async def test_events_are_delivered_signed(stack: Stack, receiver: Receiver) -> 
         assert secret not in body.decode() and secret not in str(headers)
     rotated = json.loads(mine[1][1])
     assert rotated["data"]["version"] == 2 and rotated["objectKind"] == "key"
+
+    # a delivery is marked delivered once the receiver's answer is back, just after it arrived
+    async def both_marked() -> bool:
+        return len(await deliveries(stack, webhook_id, status="delivered")) == 2
+
+    await eventually("two deliveries marked delivered", both_marked)
     done = await deliveries(stack, webhook_id, status="delivered")
     assert {(d["eventType"], d["attempts"], d["lastStatus"]) for d in done} == {
         ("keyCreated", 1, 200),
