@@ -72,9 +72,10 @@ WIDTH = 92
 # --- the worker this bench starts (`--serve-worker`) -----------------------------------------
 
 
-def serve_worker(metrics_port: int, cache: int) -> None:
+def serve_worker(metrics_port: int, cache: int, unsandboxed: int) -> None:
     """`keyrotor worker`, with the SDK's metrics on `metrics_port` (0: none) and, when `cache`
-    is not 0, that many cached workflows instead of the SDK's default."""
+    is not negative, that many cached workflows instead of the SDK's default (0: no cache and
+    no sticky task queue); `unsandboxed`: workflows run without the SDK's sandbox."""
     if metrics_port:
         from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
@@ -82,7 +83,7 @@ def serve_worker(metrics_port: int, cache: int) -> None:
             bind_address=f"127.0.0.1:{metrics_port}", durations_as_seconds=True
         )
         Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=prometheus)))
-    if cache:
+    if cache >= 0:
         import worker.main as worker_main
 
         sdk_worker = worker_main.Worker
@@ -93,6 +94,12 @@ def serve_worker(metrics_port: int, cache: int) -> None:
                 super().__init__(*args, **kwargs)
 
         worker_main.Worker = SizedCacheWorker  # type: ignore[misc]
+    if unsandboxed:
+        from temporalio.worker import UnsandboxedWorkflowRunner
+
+        import worker.main as worker_main
+
+        worker_main.SANDBOX = UnsandboxedWorkflowRunner()  # type: ignore[assignment]
     from cli.main import worker
 
     worker()
@@ -354,6 +361,8 @@ class HistoryStats:
         default_factory=lambda: {"sticky": [], "normal": []}
     )  # task scheduled -> started, of tasks that follow a timer
     task_runs: list[float] = field(default_factory=list)  # started -> completed, same tasks
+    timed_out: int = 0  # of those tasks: timed out (a sticky queue's schedule-to-start)
+    wakeups: list[float] = field(default_factory=list)  # timer fired -> its task completed
 
 
 async def sample_histories(
@@ -394,12 +403,10 @@ async def sample_histories(
                 task = e.workflow_task_completed_event_attributes
                 started_at = by_id[task.started_event_id].event_time.ToDatetime(tzinfo=UTC)
                 stats.task_runs.append((at - started_at).total_seconds())
+                stats.wakeups.append((at - fired_at).total_seconds())
                 fired_at = None
-            elif e.event_type in (
-                E.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
-                E.EVENT_TYPE_WORKFLOW_TASK_FAILED,
-            ):
-                fired_at = None
+            elif e.event_type == E.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT and fired_at is not None:
+                stats.timed_out += 1  # the task is scheduled again: keep following it
     return stats
 
 
@@ -548,7 +555,8 @@ async def bench(args: argparse.Namespace) -> None:
                         __file__,
                         "--serve-worker",
                         str(metrics_port),
-                        str(args.worker_cache),
+                        str(-1 if args.worker_cache is None else args.worker_cache),
+                        str(int(args.unsandboxed)),
                     ]
                 )
                 api_argv = [str(BIN / "keyrotor"), "api", "--port", str(port)]
@@ -563,8 +571,10 @@ async def bench(args: argparse.Namespace) -> None:
                 worker_kind = "keyrotor worker" if args.plain_worker else "cli.main.worker"
                 if metrics_port:
                     worker_kind += " + SDK metrics"
-                if args.worker_cache:
+                if args.worker_cache is not None:
                     worker_kind += f", max_cached_workflows={args.worker_cache}"
+                if args.unsandboxed:
+                    worker_kind += ", no sandbox"
                 print(
                     f"setup: dev server ({'SQLite file' if extra else 'in-memory'} persistence),"
                     f" keyrotor api on 127.0.0.1:{port}, worker ({worker_kind}), store"
@@ -572,7 +582,7 @@ async def bench(args: argparse.Namespace) -> None:
                     f" {time.perf_counter() - setup_start:.1f} s (logs in {data_dir})",
                     flush=True,
                 )
-                await run(args, env.client, store, processes, metrics_port, port, admin_key)
+                await run(args, env.client, store, processes, metrics_port, port, admin_key, data)
                 store.dispose()
         finally:
             stop(spawned)
@@ -588,6 +598,7 @@ async def run(
     metrics_port: int,
     port: int,
     admin_key: str,
+    logs: Path,
 ) -> None:
     interval = args.rotation_interval
     spread = (
@@ -699,6 +710,12 @@ async def run(
         row("worker RSS before the first key", mib(watcher.samples[0].rss["worker"]))
     if created is not None:
         row("worker RSS when the last key was created", mib(created.rss["worker"]))
+    growing = [s for s in watcher.between(made.started, made.ended) if s.cached is not None]
+    if growing and max(s.cached or 0 for s in growing) - min(s.cached or 0 for s in growing) >= 100:
+        slope, _ = statistics.linear_regression(
+            [s.cached or 0.0 for s in growing], [float(s.rss["worker"]) for s in growing]
+        )
+        row("  RSS per cached workflow (slope, creation)", f"{slope:.0f} KiB")
     row(
         "dev server RSS peak / steady",
         f"{mib(peak.get('dev server', 0))} / {mib(steady.get('dev server', math.nan))}",
@@ -725,7 +742,7 @@ async def run(
             "forced cache evictions in the window",
             f"{d.get('temporal_sticky_cache_total_forced_eviction', 0.0):.0f}",
         )
-        for name in ("replay", "execution", "schedule_to_start"):
+        for name in ("execution", "schedule_to_start"):
             base = f"temporal_workflow_task_{name}_latency"
             count = d.get(f"{base}_count", 0.0)
             total = d.get(f"{base}_sum", 0.0)
@@ -743,9 +760,21 @@ async def run(
     for kind, waits in hist.queue_waits.items():
         row(f"  task scheduled -> started, {kind} queue", spread_line(waits))
     row("  task started -> completed", spread_line(hist.task_runs))
+    row("  tasks timed out (sticky schedule-to-start)", str(hist.timed_out))
+    row("  timer fired -> its task completed", spread_line(hist.wakeups))
     print("=" * WIDTH, flush=True)
     for e in made.errors[:3]:
         print(f"    error: {e}")
+    for name in ("worker", "api"):
+        problems = [
+            line.strip()
+            for line in (logs / f"{name}.log").read_text(errors="replace").splitlines()
+            if "WARNING" in line or "ERROR" in line or "Traceback" in line
+        ]
+        if problems:
+            print(f"{name} log: {len(problems)} warning or error lines; the last ones:")
+            for line in problems[-3:]:
+                print(f"    {line[:300]}")
 
 
 def main() -> None:
@@ -798,20 +827,25 @@ def main() -> None:
     parser.add_argument(
         "--worker-cache",
         type=int,
-        default=0,
-        help="experiment: the worker's max_cached_workflows (default: as shipped, the SDK's)",
+        help="experiment: the worker's max_cached_workflows (default: as shipped, the SDK's"
+        " 1000; 0: no cache, no sticky queue)",
     )
     parser.add_argument(
         "--plain-worker",
         action="store_true",
         help="run the `keyrotor worker` binary itself (no SDK metrics; not with --worker-cache)",
     )
-    parser.add_argument("--serve-worker", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--unsandboxed",
+        action="store_true",
+        help="experiment: the worker runs workflows without the SDK's sandbox",
+    )
+    parser.add_argument("--serve-worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_worker:
         serve_worker(*args.serve_worker)
         return
-    if args.plain_worker and args.worker_cache:
+    if args.plain_worker and (args.worker_cache is not None or args.unsandboxed):
         parser.error("--worker-cache needs the bench's worker (leave out --plain-worker)")
     if args.rotation_interval is None:
         args.rotation_interval = max(10, round(args.keys / 50))
