@@ -225,6 +225,7 @@ class Creation:
     latencies: list[float] = field(default_factory=list)
     lags: list[float] = field(default_factory=list)  # send time minus scheduled send time
     errors: list[str] = field(default_factory=list)
+    unsent: int = 0  # keys not asked for: the creation ran past its deadline
     started: float = 0.0
     ended: float = 0.0
 
@@ -235,10 +236,16 @@ class Creation:
 
 
 async def create_keys(
-    port: int, admin_key: str, count: int, spread: float, concurrency: int, progress: float
+    port: int,
+    admin_key: str,
+    count: int,
+    spread: float,
+    concurrency: int,
+    progress: float,
+    deadline: float,
 ) -> Creation:
     """`count` keys through the API, key i sent at i * spread / count seconds (spread 0: as
-    fast as `concurrency` connections go)."""
+    fast as `concurrency` connections go); none is sent after `deadline` seconds."""
     result = Creation()
     request = request_bytes("POST", f"{KEYS_PATH}/generate", admin_key, {"type": KEY_TYPE})
     indexes = iter(range(count))
@@ -251,6 +258,9 @@ async def create_keys(
         nonlocal next_report
         conn: Connection | None = None
         for i in indexes:
+            if time.perf_counter() - start > deadline:
+                result.unsent += 1
+                continue
             due = start + i * interval
             delay = due - time.perf_counter()
             if delay > 0:
@@ -607,8 +617,11 @@ async def run(
     watcher = Watcher(processes, metrics_port, store)
     watching = asyncio.create_task(watcher.run())
     print(f"\ncreating {args.keys} keys over {spread:.0f} s", flush=True)
+    deadline = (
+        spread + max(60.0, spread / 2) if args.create_timeout is None else args.create_timeout
+    )
     made = await create_keys(
-        port, admin_key, args.keys, spread, args.create_concurrency, args.progress
+        port, admin_key, args.keys, spread, args.create_concurrency, args.progress, deadline
     )
     created = watcher.samples[-1] if watcher.samples else None
     window_start = time.time()
@@ -687,6 +700,8 @@ async def run(
     row("  create latency", spread_line(made.latencies))
     row("  behind schedule (send - planned send)", spread_line(made.lags))
     row("  errors", str(len(made.errors)))
+    if made.unsent:
+        row("  not asked for (past the creation deadline)", str(made.unsent))
     row("rotations due in the window (per second)", f"{len(due)} ({len(due) / window:.1f}/s)")
     row(
         "transitions committed in the window (per s)",
@@ -710,12 +725,15 @@ async def run(
         row("worker RSS before the first key", mib(watcher.samples[0].rss["worker"]))
     if created is not None:
         row("worker RSS when the last key was created", mib(created.rss["worker"]))
+    # while the cache grows during the creation (until it first reaches its largest size)
     growing = [s for s in watcher.between(made.started, made.ended) if s.cached is not None]
-    if growing and max(s.cached or 0 for s in growing) - min(s.cached or 0 for s in growing) >= 100:
+    largest = max((s.cached or 0.0 for s in growing), default=0.0)
+    growing = growing[: next((i for i, s in enumerate(growing) if s.cached == largest), 0) + 1]
+    if len(growing) > 2 and largest - (growing[0].cached or 0.0) >= 100:
         slope, _ = statistics.linear_regression(
             [s.cached or 0.0 for s in growing], [float(s.rss["worker"]) for s in growing]
         )
-        row("  RSS per cached workflow (slope, creation)", f"{slope:.0f} KiB")
+        row("  RSS per cached workflow (while it grew)", f"{slope:.0f} KiB")
     row(
         "dev server RSS peak / steady",
         f"{mib(peak.get('dev server', 0))} / {mib(steady.get('dev server', math.nan))}",
@@ -804,6 +822,12 @@ def main() -> None:
         " is rounded up to whole intervals); 0: as fast as it goes",
     )
     parser.add_argument("--create-concurrency", type=int, default=32, help="connections")
+    parser.add_argument(
+        "--create-timeout",
+        type=float,
+        help="send no key after this many seconds (default: the creation window plus half of"
+        " it, at least 60 s more)",
+    )
     parser.add_argument(
         "--drain-seconds",
         type=float,
