@@ -634,7 +634,7 @@ async def run(
         f" {args.measure_seconds:.0f} s",
         flush=True,
     )
-    seen_before = 0
+    seen_before = len(watcher.seen)
     while (now := time.time()) < window_end:
         await asyncio.sleep(min(args.progress, window_end - now))
         s = watcher.samples[-1]
