@@ -1,5 +1,7 @@
-"""Scale benchmark: many live key workflows on one dev server and one worker, with short
-rotation intervals; creation rate, worker memory, and the lateness of scheduled rotations.
+"""Scale benchmark: thousands of live key workflows with short rotation intervals.
+
+Creation rate, worker memory, and the lateness of scheduled rotations, with one dev server and
+one worker.
 
 Run from the repository root (never part of the test run; it prints, it does not assert):
 
@@ -84,16 +86,19 @@ def serve_worker(metrics_port: int, cache: int, unsandboxed: int) -> None:
         )
         Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=prometheus)))
     if cache >= 0:
+        from temporalio.worker import Worker
+
         import worker.main as worker_main
 
-        sdk_worker = worker_main.Worker
+        class SizedCacheWorker(Worker):
+            """The SDK's worker with `cache` cached workflows unless told otherwise."""
 
-        class SizedCacheWorker(sdk_worker):  # type: ignore[misc,valid-type]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 kwargs.setdefault("max_cached_workflows", cache)
                 super().__init__(*args, **kwargs)
 
-        worker_main.Worker = SizedCacheWorker  # type: ignore[misc]
+        # build_worker looks `Worker` up in its module when it runs
+        setattr(worker_main, "Worker", SizedCacheWorker)  # noqa: B010
     if unsandboxed:
         from temporalio.worker import UnsandboxedWorkflowRunner
 
@@ -636,12 +641,13 @@ async def run(
     )
     seen_before = len(watcher.seen)
     while (now := time.time()) < window_end:
-        await asyncio.sleep(min(args.progress, window_end - now))
+        step = min(args.progress, window_end - now)
+        await asyncio.sleep(step)
         s = watcher.samples[-1]
         rotated = len(watcher.seen)
         print(
             f"  t+{time.time() - window_start:4.0f} s: {rotated - seen_before} rotations seen"
-            f" in the last {args.progress:.0f} s, worker RSS {mib(s.rss['worker'])}, "
+            f" in the last {step:.0f} s, worker RSS {mib(s.rss['worker'])}, "
             f"cache {s.cached if s.cached is not None else '?'}, "
             f"{overdue(store, datetime.now(UTC) - timedelta(seconds=5))} rotations over 5 s late",
             flush=True,
