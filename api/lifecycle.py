@@ -14,7 +14,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Path, Request
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WithStartWorkflowOperation, WorkflowUpdateFailedError
+from temporalio.client import (
+    WithStartWorkflowOperation,
+    WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -94,7 +98,8 @@ async def run_update(request: Request, workflow_id: str, name: str, arg: Any, **
         return await asyncio.wait_for(handle.execute_update(name, arg, **kw), UPDATE_TIMEOUT)
     except WorkflowUpdateFailedError as e:
         raise update_failure(e) from None
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        # ours, or the server's own deadline on the update's long poll (a busy worker)
         raise APIError(503, "WORKER_UNAVAILABLE", "no worker answered in time; retry") from None
     except RPCError as e:
         if "not found" in str(e).lower() or "completed" in str(e).lower():
@@ -116,7 +121,7 @@ async def start_and_wait_created(
             ),
             UPDATE_TIMEOUT,
         )
-    except TimeoutError:
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         raise APIError(
             503, "WORKER_UNAVAILABLE", f"{what} was accepted but no worker created it yet"
         ) from None

@@ -91,10 +91,11 @@ def serve_worker(metrics_port: int, cache: int, unsandboxed: int) -> None:
         import worker.main as worker_main
 
         class SizedCacheWorker(Worker):
-            """The SDK's worker with `cache` cached workflows unless told otherwise."""
+            """The SDK's worker with `cache` cached workflows (what KEYROTOR_WORKER_CACHE_SIZE
+            sets in `keyrotor worker`)."""
 
             def __init__(self, *args: Any, **kwargs: Any) -> None:
-                kwargs.setdefault("max_cached_workflows", cache)
+                kwargs["max_cached_workflows"] = cache
                 super().__init__(*args, **kwargs)
 
         # build_worker looks `Worker` up in its module when it runs

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     temporal_tls_server_name: str = ""
     temporal_api_key: SecretStr | None = None
     task_queue: str = "keyrotor"
+    # Workflows a worker keeps in memory (about 105 KiB each, docs/scaling.md). A workflow not
+    # cached is replayed from its history at each wakeup, which doubles its CPU; keyrotor's
+    # commits need it cached while they run, so it cannot be 0.
+    worker_cache_size: int = Field(default=1000, ge=1)
     # The only environment whose keys this process creates, reads and uses; empty: every one.
     environment: str = ""
     api_host: str = "127.0.0.1"

@@ -150,6 +150,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             cleanup.batch,
             cleanup.finish,
         ],
+        max_cached_workflows=services.settings.worker_cache_size,
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Without it the SDK hashes the code of every loaded module at start-up.
