@@ -162,8 +162,7 @@ class CreateCredentialRequest(Body):
 
 class ImportCredentialRequest(CreateCredentialRequest):
     sha256: str = Field(
-        min_length=44,
-        max_length=64,
+        max_length=100,
         description="the SHA-256 of the existing API key, as its old system stored it: "
         "64 hex digits or base64",
     )

@@ -35,30 +35,20 @@ CLEANUP = Job(CleanupWorkflow.run, CleanupProgress, "cleanup")
 async def cleanup_status(svc: Svc, who: Reader, request: Request) -> dict[str, Any]:
     """The cleanup's policy, how much each step would change if it ran now, its schedule
     (next run, paused) and its last run with its progress or result."""
-    due = await run_in_threadpool(svc.cleanup.due, datetime.now(UTC))
-    policy = svc.policies.cleanup
-    view: dict[str, Any] = {
-        "policy": {
-            "destroyAfter": format_duration(policy.destroy_after),
-            "archiveAfter": format_duration(policy.archive_after),
-            "eventRetention": format_duration(policy.event_retention),
-        },
-        "due": due,
-    }
     try:
         described = await _schedule(request, svc)
     except APIError:
-        return {"cleanup": view | {"schedule": {"status": "unknown"}}}
-    return {"cleanup": view | await _schedule_view(request, svc, described)}
+        return {"cleanup": await _store_view(svc) | {"schedule": {"status": "unknown"}}}
+    return {"cleanup": await _view(request, svc, described)}
 
 
 @router.post("/run", status_code=202)
 async def run_cleanup(svc: Svc, who: Admin, request: Request) -> dict[str, Any]:
     """Run the cleanup now (the schedule's action, started at once; a run still going is
     answered, not started twice). Follow it with GET /cleanup."""
-    before = await _schedule(request, svc)
-    last = _last_run(before)
-    if not before.info.running_actions:
+    described = await _schedule(request, svc)
+    last = _last_run(described)
+    if not described.info.running_actions:
         handle = (await temporal(request)).get_schedule_handle(cleanup_schedule_id(_queue(svc)))
         try:
             await handle.trigger(overlap=ScheduleOverlapPolicy.SKIP)
@@ -68,9 +58,22 @@ async def run_cleanup(svc: Svc, who: Admin, request: Request) -> dict[str, Any]:
         for _ in range(50):  # the schedule starts the run within a moment
             described = await _schedule(request, svc)
             if _last_run(described) != last:
-                return {"cleanup": await _schedule_view(request, svc, described)}
+                break
             await asyncio.sleep(0.1)
-    return {"cleanup": await _schedule_view(request, svc, await _schedule(request, svc))}
+    return {"cleanup": await _view(request, svc, described)}
+
+
+async def _store_view(svc: Services) -> dict[str, Any]:
+    """The policy and what is due: the store's part, answered while Temporal is down too."""
+    policy = svc.policies.cleanup
+    return {
+        "policy": {
+            "destroyAfter": format_duration(policy.destroy_after),
+            "archiveAfter": format_duration(policy.archive_after),
+            "eventRetention": format_duration(policy.event_retention),
+        },
+        "due": await run_in_threadpool(svc.cleanup.due, datetime.now(UTC)),
+    }
 
 
 def _queue(svc: Services) -> str:
@@ -96,12 +99,10 @@ def _last_run(described: ScheduleDescription) -> str | None:
     return ids[-1] if ids else None
 
 
-async def _schedule_view(
-    request: Request, svc: Services, described: ScheduleDescription
-) -> dict[str, Any]:
+async def _view(request: Request, svc: Services, described: ScheduleDescription) -> dict[str, Any]:
     upcoming = described.info.next_action_times
     last = _last_run(described)
-    return {
+    return await _store_view(svc) | {
         "schedule": {
             "id": cleanup_schedule_id(_queue(svc)),
             "paused": described.schedule.state.paused,

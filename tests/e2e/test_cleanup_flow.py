@@ -45,6 +45,7 @@ async def run_cleanup(stack: Stack) -> dict[str, Any]:
     """POST /cleanup/run, then GET /cleanup until the run has completed; its last run."""
     r = await stack.http.post(f"{API}/cleanup/run", headers=stack.auth())
     assert r.status_code == 202, r.text
+    assert set(r.json()["cleanup"]) == {"policy", "due", "schedule", "lastRun"}
     run = r.json()["cleanup"]["lastRun"]
     assert run is not None
     for _ in range(300):

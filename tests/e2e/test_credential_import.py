@@ -63,6 +63,7 @@ async def test_bad_imports_change_nothing(stack: Stack) -> None:
     _, digest = legacy_key()
     cases = [
         ({"sha256": "ab" * 31 + "zz"}, 400, "INVALID_HASH"),  # not hex
+        ({"sha256": "nothex"}, 400, "INVALID_HASH"),
         ({"sha256": base64.b64encode(digest[:31]).decode() + "AAAA"}, 400, "INVALID_HASH"),
         ({"sha256": digest.hex(), "environment": "nowhere"}, 400, "INVALID_REQUEST"),
         ({"sha256": digest.hex(), "secret": "x"}, 400, "INVALID_REQUEST"),  # unknown field
