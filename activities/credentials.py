@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.keys import store_failure
 from core.api_credentials import CredentialService, RehashBatch
-from core.objects import CredentialTransitionCommit
+from core.objects import CredentialTransitionCommit, ImportWithdrawnError
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class CredentialActivities:
         """
         try:
             self._credentials.commit_transition(commit)
+        except ImportWithdrawnError as e:
+            raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
         except SQLAlchemyError as e:
             raise store_failure(e) from None
 

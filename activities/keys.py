@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError
 
 from core.algorithms import AlgorithmError
 from core.keys import KeyService
-from core.objects import KeyTransitionCommit
+from core.objects import ImportWithdrawnError, KeyTransitionCommit
 from core.providers.base import ProviderError
 
 
@@ -42,7 +42,7 @@ class KeyActivities:
             raise ApplicationError(
                 str(e), type=type(e).__name__, non_retryable=not e.retryable
             ) from e
-        except AlgorithmError as e:
+        except (AlgorithmError, ImportWithdrawnError) as e:
             raise ApplicationError(str(e), type=type(e).__name__, non_retryable=True) from e
         except SQLAlchemyError as e:
             raise store_failure(e) from None

@@ -23,7 +23,8 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 
 from core import audit
 from core.changes import RowCache
@@ -56,7 +57,7 @@ from core.lifecycle import (
     iso,
     next_rotation_at,
 )
-from core.objects import CredentialSpec, CredentialTransitionCommit
+from core.objects import CredentialSpec, CredentialTransitionCommit, ImportWithdrawnError
 from core.policy import SecurityPolicies
 from core.ratelimit import DatabaseRateLimiter, RateLimiter
 from core.store.db import Store, newest_first
@@ -65,6 +66,7 @@ from core.store.models import (
     CredentialRow,
     CredentialVersionRow,
     EventRow,
+    ImportedLookupRow,
     UTCDateTime,
 )
 from core.warnings import event_data, project_warnings
@@ -327,8 +329,13 @@ class CredentialArchivedError(LookupError):
 
 
 class AlreadyImportedError(Exception):
-    """An API key with this hash is under keyrotor's lifecycle already (the message names its
-    credential)."""
+    """An API key with this hash was imported already (the message names its credential);
+    `staged`: that credential's workflow has not committed it (yet)."""
+
+    def __init__(self, message: str, credential_id: str, staged: bool) -> None:
+        super().__init__(message)
+        self.credential_id = credential_id
+        self.staged = staged
 
 
 class CredentialService:
@@ -407,6 +414,10 @@ class CredentialService:
                 if row is None:
                     if v.number != c.new_version:
                         continue
+                    if staged:
+                        raise ImportWithdrawnError(
+                            f"the import of credential {spec.credential_id} was taken back"
+                        )
                     row = self._new_version_row(spec, v.number)
                     row.created_at = v.created_at
                     s.add(row)
@@ -490,43 +501,73 @@ class CredentialService:
         version 1 of a new credential, before the credential's workflow starts; its first commit
         then activates it (audited as `credential.imported`). The holder keeps presenting the
         same key; it is found by the SHA-256 of what is presented (`parse_imported`).
-        AlreadyImportedError if a credential holds that hash already."""
+
+        A key is imported once, ever: `imported_lookups` remembers it after its credential is
+        revoked and archived, so a revoked key cannot come back by importing it again.
+        AlreadyImportedError names the credential that took it, and says whether that one is
+        only staged (its workflow has not committed it yet)."""
         first = lifecycle.versions[0]
         lookup_id = imported_lookup_id(key_sha256)
-        with self._store.write() as s:
-            taken = s.scalar(
-                select(CredentialVersionRow.credential_id).where(
-                    CredentialVersionRow.lookup_id == lookup_id
+        try:
+            with self._store.write() as s:
+                self._refuse_taken(s, lookup_id)
+                s.add(_new_credential_row(spec, workflow_id, first.created_at))
+                s.flush()
+                s.add(
+                    ImportedLookupRow(
+                        lookup_id=lookup_id,
+                        credential_id=spec.credential_id,
+                        imported_at=first.created_at,
+                    )
                 )
-            )
-            if taken is not None:
-                raise AlreadyImportedError(f"this API key was imported already, as {taken}")
-            s.add(_new_credential_row(spec, workflow_id, first.created_at))
-            s.flush()
-            s.add(
-                CredentialVersionRow(
-                    lookup_id=lookup_id,
-                    credential_id=spec.credential_id,
-                    number=1,
-                    state=str(VersionState.PENDING),
-                    salt=b"",
-                    secret_hash=imported_hash(self._peppers.current, key_sha256),
-                    pepper_id=f"{self._peppers.current_id}{REHASH_SEPARATOR}{IMPORTED_SHA256}",
-                    uses=0,
-                    created_at=first.created_at,
-                    rotate_at=first.rotate_at,
-                    warn_at=first.warn_at,
-                    hard_expiry=first.hard_expiry,
-                    grace_until=None,
-                    state_changed_at=first.created_at,
+                s.add(
+                    CredentialVersionRow(
+                        lookup_id=lookup_id,
+                        credential_id=spec.credential_id,
+                        number=1,
+                        state=str(VersionState.PENDING),
+                        salt=b"",
+                        secret_hash=imported_hash(self._peppers.current, key_sha256),
+                        pepper_id=f"{self._peppers.current_id}{REHASH_SEPARATOR}{IMPORTED_SHA256}",
+                        uses=0,
+                        created_at=first.created_at,
+                        rotate_at=first.rotate_at,
+                        warn_at=first.warn_at,
+                        hard_expiry=first.hard_expiry,
+                        grace_until=None,
+                        state_changed_at=first.created_at,
+                    )
                 )
-            )
+        except IntegrityError:  # another process imported the same key at the same instant
+            with self._store.session() as s:
+                self._refuse_taken(s, lookup_id)
+            raise
+
+    @staticmethod
+    def _refuse_taken(s: Any, lookup_id: str) -> None:
+        taken = s.get(ImportedLookupRow, lookup_id)
+        if taken is None:
+            return
+        cred = s.get(CredentialRow, taken.credential_id)
+        staged = cred is not None and cred.current_version == 0
+        raise AlreadyImportedError(
+            f"this API key was imported already, as {taken.credential_id}"
+            + (" (not yet committed by its workflow)" if staged else ""),
+            taken.credential_id,
+            staged,
+        )
 
     def unstage_import(self, credential_id: str) -> None:
-        """Remove a staged import whose workflow never committed it (its start failed)."""
+        """Remove a staged import whose workflow never committed it (its start failed, or it
+        never reached Temporal); a committed one is left alone."""
         with self._store.write() as s:
             cred = s.get(CredentialRow, credential_id)
             if cred is not None and cred.current_version == 0:
+                s.execute(
+                    delete(ImportedLookupRow).where(
+                        ImportedLookupRow.credential_id == credential_id
+                    )
+                )
                 s.delete(cred)  # its version goes with it (ON DELETE CASCADE)
 
     # --- one-time hand-over ----------------------------------------------------------------

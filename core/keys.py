@@ -39,7 +39,7 @@ from core.lifecycle import (
     VersionState,
     next_rotation_at,
 )
-from core.objects import KeySpec, KeyTransitionCommit
+from core.objects import ImportWithdrawnError, KeySpec, KeyTransitionCommit
 from core.policy import NO_MIGRATION, PQCPolicy
 from core.providers.base import (
     KeyProvider,
@@ -433,6 +433,8 @@ class KeyService:
         if c.new_version is not None:
             algorithms = {row.number: row.algorithm for row in stored}
             have_version = c.new_version in algorithms
+            if spec.origin == "imported" and c.new_version == 1 and not have_version:
+                raise ImportWithdrawnError(f"the import of key {spec.key_id} was taken back")
             previous = algorithms.get(c.new_version - 1)
             if previous is not None and self.pqc.enabled:
                 # A rotation: the PQC policy may move the key to another algorithm. Decided by

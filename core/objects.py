@@ -11,6 +11,12 @@ from datetime import datetime
 from core.lifecycle import KeyLifecycle, StagedWarning
 
 
+class ImportWithdrawnError(LookupError):
+    """The first commit of an imported key or credential found no staged version: the API took
+    the import back (its start looked refused) while the workflow did start. The workflow must
+    not make a version of its own in its place."""
+
+
 @dataclass(frozen=True)
 class KeySpec:
     """What a key is; fixed for its life."""

@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from api import schemas
 from api.auth import Permission, hot_request
-from api.deps import Admin, Operator, Reader, Svc
+from api.deps import Admin, Operator, Reader, Svc, temporal
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
@@ -203,16 +204,39 @@ async def import_credential(
     digest = _sha256(body.sha256)
     spec, lifecycle = _new_credential(body, svc, who, new_credential_id(), origin="imported")
     workflow_id = credential_workflow_id(spec.environment, spec.credential_id)
+
+    def stage() -> None:
+        svc.credentials.stage_import(spec, lifecycle, digest, workflow_id)
+
     try:
-        await run_in_threadpool(svc.credentials.stage_import, spec, lifecycle, digest, workflow_id)
+        await run_in_threadpool(stage)
     except AlreadyImportedError as e:
-        raise APIError(409, "ALREADY_IMPORTED", str(e)) from None
+        if not (e.staged and await _abandoned(request, svc, e.credential_id)):
+            raise APIError(409, "ALREADY_IMPORTED", str(e)) from None
+        # an earlier import of this key stopped before its workflow existed: take its place
+        await run_in_threadpool(svc.credentials.unstage_import, e.credential_id)
+        try:
+            await run_in_threadpool(stage)
+        except AlreadyImportedError as again:
+            raise APIError(409, "ALREADY_IMPORTED", str(again)) from None
     await start_staged(
         _start_credential(request, svc, spec, lifecycle),
         lambda: svc.credentials.unstage_import(spec.credential_id),
     )
     cred, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id)
     return {"credential": credential_view(cred, versions)}
+
+
+async def _abandoned(request: Request, svc: Services, credential_id: str) -> bool:
+    """Whether a staged import has no workflow (its request stopped before Temporal had it)."""
+    workflow_id, _ = await run_in_threadpool(svc.credentials.workflow_of, credential_id)
+    try:
+        await (await temporal(request)).get_workflow_handle(workflow_id).describe()
+    except RPCError as e:
+        if e.status == RPCStatusCode.NOT_FOUND:
+            return True
+        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+    return False
 
 
 def _sha256(value: str) -> bytes:

@@ -457,3 +457,14 @@ class ArchivedCredentialRow(Base):
     created_at: Mapped[datetime]
     ended_at: Mapped[datetime]
     archived_at: Mapped[datetime]
+
+
+class ImportedLookupRow(Base):
+    """Every API key ever imported, by its lookup id: a key is imported once, so a revoked one
+    cannot come back by importing it again after its credential was archived."""
+
+    __tablename__ = "imported_lookups"
+
+    lookup_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    credential_id: Mapped[str] = mapped_column(String(64))
+    imported_at: Mapped[datetime]

@@ -13,6 +13,7 @@ from pathlib import Path
 from core.credentials import Role
 from tests.e2e.conftest import Stack, keyrotor, serve
 from tests.e2e.test_credentials_flow import API, KEY_FORMAT, audit_actions, code, verify
+from tests.unit.test_credential_import import spec_and_lifecycle
 
 
 def legacy_key() -> tuple[str, bytes]:
@@ -106,3 +107,17 @@ async def test_import_a_file_from_the_command_line(stack: Stack, tmp_path: Path)
     assert [json.loads(line)["status"] for line in out.splitlines()] == ["skipped", "skipped"]
     v = await verify(stack, second[0], ["write"])
     assert (v["code"], v["credentialId"]) == ("VALID", lines[1]["credentialId"])
+
+
+async def test_an_import_that_stopped_before_its_workflow_is_taken_over(stack: Stack) -> None:
+    # as if an earlier request staged it and then lost its connection before Temporal had it
+    key, digest = legacy_key()
+    spec, lifecycle = spec_and_lifecycle(stack.services, "cred_abandonedimport01")
+    stack.services.credentials.stage_import(spec, lifecycle, digest, "keyrotor/credential/x")
+    r = await stack.http.post(f"{API}/import", json={"sha256": digest.hex()}, headers=stack.auth())
+    assert r.status_code == 201, r.text
+    cred = r.json()["credential"]
+    assert cred["id"] != spec.credential_id and cred["status"] == "active"
+    assert (await verify(stack, key))["credentialId"] == cred["id"]
+    r = await stack.http.get(f"{API}/{spec.credential_id}", headers=stack.auth())
+    assert r.status_code == 404

@@ -10,13 +10,13 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from core import audit
 from core.api_credentials import AlreadyImportedError, CredentialService, VerificationCode
 from core.credentials import PepperRing, imported_lookup_id
 from core.lifecycle import KeyLifecycle, new_key
-from core.objects import CredentialSpec, CredentialTransitionCommit
+from core.objects import CredentialSpec, CredentialTransitionCommit, ImportWithdrawnError
 from core.services import Services
 from core.store.db import Store
 from core.store.models import CredentialRow, CredentialVersionRow
@@ -143,3 +143,39 @@ def test_an_imported_hash_survives_a_forced_pepper_rehash(services: Services) ->
     # the chain new/old/imported-sha256 verifies the key the holder still has
     assert rotated.verify(LEGACY_KEY).code == VerificationCode.VALID
     assert stored(services.store, lookup).pepper_id == new[0]
+
+
+def test_a_key_is_imported_once_ever(services: Services) -> None:
+    # staged, not committed: the error says so (the API then looks for its workflow)
+    spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000007")
+    services.credentials.stage_import(spec, lifecycle, DIGEST, workflow_id(spec.credential_id))
+    again, _ = spec_and_lifecycle(services, "cred_imported000000008")
+    with pytest.raises(AlreadyImportedError) as staged:
+        services.credentials.stage_import(again, lifecycle, DIGEST, "keyrotor/x")
+    assert (staged.value.credential_id, staged.value.staged) == ("cred_imported000000007", True)
+    services.credentials.unstage_import(spec.credential_id)
+    import_and_commit(services, "cred_imported000000009")
+    # the credential gone from the hot tables (archived by the cleanup): still refused
+    with services.store.write() as s:
+        s.execute(delete(CredentialRow).where(CredentialRow.id == "cred_imported000000009"))
+    with pytest.raises(AlreadyImportedError, match="cred_imported000000009") as taken:
+        services.credentials.stage_import(again, lifecycle, DIGEST, "keyrotor/x")
+    assert taken.value.staged is False
+
+
+def test_a_withdrawn_import_is_never_replaced_by_a_generated_secret(services: Services) -> None:
+    spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000010")
+    commit = CredentialTransitionCommit(
+        transition_id=f"{workflow_id(spec.credential_id)}/1",
+        spec=spec,
+        lifecycle=lifecycle,
+        action="credential.imported",
+        event="credentialCreated",
+        at=datetime.now(UTC),
+        version=1,
+        new_version=1,
+    )
+    with pytest.raises(ImportWithdrawnError):
+        services.credentials.commit_transition(commit)
+    with services.store.engine.connect() as db:
+        assert db.scalar(select(func.count()).select_from(CredentialVersionRow)) == 0

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from core.keys import InvalidMaterialError, KeyStateError
 from core.lifecycle import KeyLifecycle, new_key
-from core.objects import KeySpec
+from core.objects import ImportWithdrawnError, KeySpec, KeyTransitionCommit
 from core.providers.vault_transit import transit_key_name
 from core.services import Services, build_services
 from core.settings import Settings
@@ -88,3 +88,22 @@ def test_a_remote_import_taken_back_is_destroyed_at_its_provider(
         assert transit.read_key(name)["data"]["min_available_version"] == 2
     finally:
         services.close()
+
+
+def test_a_withdrawn_key_import_is_never_replaced_by_generated_material(
+    services: Services,
+) -> None:
+    spec, lifecycle = spec_and_lifecycle(services, "key_importwithdrawn01")
+    commit = KeyTransitionCommit(
+        transition_id=f"{WORKFLOW_ID}/1",
+        spec=spec,
+        lifecycle=lifecycle,
+        action="key.imported",
+        event="keyCreated",
+        at=datetime.now(UTC),
+        version=1,
+        new_version=1,
+    )
+    with pytest.raises(ImportWithdrawnError):
+        services.keys.commit_transition(commit)
+    assert counts(services) == (0, 0)

@@ -37,6 +37,7 @@ EXPECTED_TABLES = {
     "master_key_retirements",
     "rate_limit_windows",
     "archived_credentials",
+    "imported_lookups",
 }
 NOW = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 

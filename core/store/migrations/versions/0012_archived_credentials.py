@@ -1,5 +1,6 @@
 """Archived API credentials and handle families: what the cleanup keeps of one that ended;
-and the indexes the cleanup finds what ended long ago by.
+every API key ever imported (imported once, ever); and the indexes the cleanup finds what ended
+long ago by.
 
 Revision ID: 0012
 Revises: 0011
@@ -43,6 +44,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_archived_credentials"),
     )
     op.create_index("ix_archived_credentials_owner", "archived_credentials", ["owner"])
+    op.create_table(
+        "imported_lookups",
+        sa.Column("lookup_id", sa.String(32), nullable=False),
+        sa.Column("credential_id", sa.String(64), nullable=False),
+        sa.Column("imported_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("lookup_id", name="pk_imported_lookups"),
+    )
     for name, table, columns in INDEXES:
         op.create_index(name, table, columns)
 
@@ -50,5 +58,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     for name, table, _ in INDEXES:
         op.drop_index(name, table_name=table)
+    op.drop_table("imported_lookups")
     op.drop_index("ix_archived_credentials_owner", table_name="archived_credentials")
     op.drop_table("archived_credentials")
