@@ -632,6 +632,8 @@ class CredentialService:
             if presented.startswith(f"{CREDENTIAL_PREFIX}_"):
                 return Verification(VerificationCode.NOT_FOUND)  # a typo: no lookup
             p = parse_imported(presented)
+            if not writes and not self.rows.get(p.lookup_id)[0]:
+                raise WriteNeeded from None  # an uncached read: not on the event loop
         row, _ = self._lookup(p, "credential")
         if row is None:
             return Verification(VerificationCode.NOT_FOUND)

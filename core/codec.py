@@ -116,7 +116,9 @@ def temporal_tls(settings: Settings) -> TLSConfig | bool:
     the files now, so that a wrong path stops the start, naming the setting."""
     s = settings
     files = {"ca": s.temporal_tls_ca, "cert": s.temporal_tls_cert, "key": s.temporal_tls_key}
-    if not (s.temporal_tls or s.temporal_api_key or any(files.values())):
+    if not (
+        s.temporal_tls or s.temporal_api_key or s.temporal_tls_server_name or any(files.values())
+    ):
         return False
     if bool(s.temporal_tls_cert) != bool(s.temporal_tls_key):
         raise TemporalTLSError(

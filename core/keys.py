@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import logging
 import re
@@ -46,6 +47,7 @@ from core.providers.base import (
     ProviderConfigurationError,
     ProviderError,
     VersionHandle,
+    VersionMaterial,
     imports,
 )
 from core.providers.measured import MeasuredProvider
@@ -555,7 +557,8 @@ class KeyService:
         """Store an imported key's version 1 (BYOK), sealed, before its workflow starts: the
         workflow's first commit then finds the version made and activates it (audited as
         `key.imported`) instead of generating one. The provider must be able to import (local:
-        sealed under the master key; Vault/OpenBao transit: wrapped to Vault's wrapping key).
+        sealed under the master key; Vault/OpenBao transit: wrapped to Vault's wrapping key;
+        PKCS#11: AES and HMAC keys, as token objects).
         The material must be a key of `spec.algorithm` (the raw key for symmetric and MAC
         algorithms, PKCS#8 DER for asymmetric ones) and must work: it is used once here before
         it is sent anywhere."""
@@ -566,9 +569,32 @@ class KeyService:
         try:
             made = provider.import_version(spec.key_id, 1, spec.algorithm, material)
         except ProviderError as e:
-            if e.retryable:
+            if e.retryable or isinstance(e, ProviderConfigurationError):
                 raise
-            raise InvalidMaterialError(f"provider {spec.provider} refused it: {e}") from None
+            # the error's type only: a provider's own text is not for the API's callers
+            raise InvalidMaterialError(
+                f"provider {spec.provider} refused it ({type(e).__name__})"
+            ) from None
+        try:
+            self._store_import(spec, lifecycle, made, workflow_id)
+        except Exception:
+            if made.provider_key_ref:  # do not leave the material at the provider unowned
+                with contextlib.suppress(ProviderError):
+                    self.provider(spec.provider).destroy_version(
+                        VersionHandle(
+                            spec.key_id,
+                            1,
+                            spec.algorithm,
+                            made.provider_key_ref,
+                            made.wrapped_material,
+                            made.public_key,
+                        )
+                    )
+            raise
+
+    def _store_import(
+        self, spec: KeySpec, lifecycle: KeyLifecycle, made: VersionMaterial, workflow_id: str
+    ) -> None:
         first = lifecycle.versions[0]
         now = first.created_at
         with self._store.write() as s:

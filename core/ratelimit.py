@@ -105,9 +105,11 @@ class DatabaseRateLimiter:
         if prune:
             self._next_prune = now + self.PRUNE_INTERVAL
 
+        if prune:  # a bulk delete: in a transaction of its own, not in a shared batch
+            with self._store.write() as s:
+                s.execute(_PRUNE, {"now": now})
+
         def count(db: Connection) -> tuple[int, float]:
-            if prune:
-                db.execute(_PRUNE, {"now": now})
             hits, resets_at = db.execute(_COUNT, params).one()
             return int(hits), float(resets_at)
 

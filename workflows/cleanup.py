@@ -24,7 +24,9 @@ with workflow.unsafe.imports_passed_through():
     from core.cleanup import STEPS
 
 BATCH_SIZE = 200
-ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1))
+# A batch that keeps failing (a row the store refuses) fails the run after about ten minutes
+# instead of holding it, and with it every later scheduled run (overlap: skip), for ever.
+ACTIVITY_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=12)
 
 
 def cleanup_schedule_id(task_queue: str) -> str:

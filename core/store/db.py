@@ -20,6 +20,7 @@ from typing import Any, Final, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Executable, Row, Select, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
@@ -165,10 +166,18 @@ class Store:
                 self._committing = True
         if not mine.done:
             try:
-                with self.write() as session:
-                    connection = session.connection()
-                    for item in batch:
-                        item.result = item.statement(connection)
+                for attempt in range(1, BATCH_ATTEMPTS + 1):
+                    try:
+                        with self.write() as session:
+                            connection = session.connection()
+                            for item in batch:
+                                item.result = item.statement(connection)
+                        break
+                    except DBAPIError as e:
+                        # two processes' batches can lock the same rows in opposite orders:
+                        # PostgreSQL then rolls one back, which is safe to run again whole
+                        if attempt == BATCH_ATTEMPTS or not _deadlock(e):
+                            raise
             except Exception as e:
                 for item in batch:
                     item.error = e
@@ -268,3 +277,11 @@ def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout_ms: int) -> None:
             if "locked" not in str(e) or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+BATCH_ATTEMPTS = 3
+
+
+def _deadlock(e: DBAPIError) -> bool:
+    """PostgreSQL's deadlock_detected (40P01) or serialization_failure (40001)."""
+    return getattr(e.orig, "sqlstate", None) in ("40P01", "40001")

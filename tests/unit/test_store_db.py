@@ -379,3 +379,52 @@ def test_a_failed_batched_write_raises_and_the_next_one_runs(store: Store) -> No
     with pytest.raises(StatementError):
         store.write_batched(lambda db: db.execute(text("UPDATE no_such_table SET x = 1")))
     assert store.write_batched(lambda db: db.execute(text("SELECT 7")).scalar_one()) == 7
+
+
+def test_batches_that_deadlock_are_run_again(database_url: str) -> None:
+    # Two processes' group commits lock the same two rows in opposite orders: PostgreSQL
+    # rolls one back (deadlock_detected) and write_batched runs it again, so both count once.
+    # (On SQLite writers take turns, so there is nothing to roll back.)
+    stores = [Store(database_url), Store(database_url)]
+    stores[0].migrate()
+    bump = text(
+        "INSERT INTO rate_limit_windows (client, resets_at, hits) VALUES (:c, 1e12, 1)"
+        " ON CONFLICT (client) DO UPDATE SET hits = rate_limit_windows.hits + 1"
+    )
+    with stores[0].write() as s:
+        for client in ("x", "y"):
+            s.execute(bump, {"c": client})
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def both(first: str, then: str) -> Any:
+        def statement(db: Any) -> None:
+            db.execute(bump, {"c": first})
+            try:
+                barrier.wait(timeout=2)  # both hold their first row now (the retry: no one)
+            except threading.BrokenBarrierError:
+                pass
+            db.execute(bump, {"c": then})
+
+        return statement
+
+    def run(store: Store, first: str, then: str) -> None:
+        try:
+            store.write_batched(both(first, then))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=run, args=(stores[0], "x", "y")),
+        threading.Thread(target=run, args=(stores[1], "y", "x")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    with stores[0].engine.connect() as db:
+        hits = dict(db.execute(text("SELECT client, hits FROM rate_limit_windows")).all())
+    assert hits == {"x": 3, "y": 3}
+    for store in stores:
+        store.dispose()
