@@ -91,6 +91,23 @@ class CleanupService:
             return self._delete_events(limit, now - policy.event_retention)
         raise ValueError(f"unknown cleanup step {step!r}")
 
+    def record_request(self, actor: str, workflow_id: str, at: datetime) -> None:
+        """Audit an operator's request for a run now (`POST /cleanup/run`): the run itself is
+        audited as the cleanup's, so this says who asked for it."""
+        with self._store.write() as s:
+            audit.append(
+                s,
+                audit.AuditEntry(
+                    event_id=f"{workflow_id}/requested",
+                    at=at,
+                    actor=actor,
+                    action="cleanup.requested",
+                    object_kind="store",
+                    object_id="cleanup",
+                    details={"workflowId": workflow_id},
+                ),
+            )
+
     def due(self, now: datetime) -> dict[str, int]:
         """How much each step would change if it ran now (`GET /cleanup`)."""
         policy = self._policies().cleanup

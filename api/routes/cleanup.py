@@ -5,7 +5,6 @@ and its last run; and a run now."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +26,6 @@ from core.services import Services
 from workflows.cleanup import CleanupProgress, CleanupWorkflow, cleanup_schedule_id
 
 router = APIRouter(prefix="/api/key-management/cleanup", tags=["cleanup"])
-log = logging.getLogger(__name__)
 CLEANUP = Job(CleanupWorkflow.run, CleanupProgress, "cleanup")
 
 
@@ -54,12 +52,15 @@ async def run_cleanup(svc: Svc, who: Admin, request: Request) -> dict[str, Any]:
             await handle.trigger(overlap=ScheduleOverlapPolicy.SKIP)
         except RPCError:
             raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
-        log.info("cleanup run asked for by %s", who.name)
         for _ in range(50):  # the schedule starts the run within a moment
             described = await _schedule(request, svc)
             if _last_run(described) != last:
                 break
             await asyncio.sleep(0.1)
+        started = _last_run(described)
+        if started is not None and started != last:
+            now = datetime.now(UTC)
+            await run_in_threadpool(svc.cleanup.record_request, who.name, started, now)
     return {"cleanup": await _view(request, svc, described)}
 
 

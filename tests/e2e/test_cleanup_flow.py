@@ -162,6 +162,12 @@ async def test_the_schedule_runs_the_cleanup(stack: Stack) -> None:
     )
     [report] = r.json()["records"]
     assert report["details"]["destroy_material"] == 1
+    r = await stack.http.get(
+        f"{API}/audit", params={"action": "cleanup.requested"}, headers=stack.auth()
+    )
+    [asked] = r.json()["records"]  # the second run has not been asked for yet
+    assert asked["details"]["workflowId"] == run["workflowId"]
+    assert asked["actor"] == "test-admin"
     assert report["details"]["archive_credentials"] == 2
 
     # nothing is left: a second run changes nothing
