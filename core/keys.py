@@ -646,7 +646,12 @@ class KeyService:
             try:
                 self.provider(staged.provider).destroy_version(version_handle(key_id, staged))
             except ProviderError as e:
-                log.warning("%s: the staged import stays at %s: %s", key_id, staged.provider, e)
+                log.warning(  # the error's type only, as for the cleanup's destructions
+                    "%s: the staged import stays at %s (%s)",
+                    key_id,
+                    staged.provider,
+                    type(e).__name__,
+                )
 
     def flush_grace_uses(self) -> int:
         """Write the last use of each grace version used since the last call (the API calls
