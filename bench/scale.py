@@ -748,7 +748,10 @@ async def run(
     row("api RSS peak", mib(peak["api"]))
     for name in processes:
         per = busy[name] * window / n_transitions if n_transitions else math.nan
-        row(f"CPU {name}: share of one core / per transition", f"{busy[name]:.0%} / {seconds(per)}")
+        row(
+            f"CPU {name}: share of one core / per transition",
+            f"{busy[name]:.0%} / {per * 1000:.1f} ms",
+        )
     if metrics_end:
         d = {k: metrics_end.get(k, 0.0) - metrics_start.get(k, 0.0) for k in metrics_end}
         hits = d.get("temporal_sticky_cache_hit", 0.0)

@@ -8,8 +8,13 @@ from the Temporal UI or `temporal workflow signal`) pass through decode unchange
 from __future__ import annotations
 
 import dataclasses
+import enum
 import os
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
 
 import temporalio.converter
 from cryptography.exceptions import InvalidTag
@@ -17,9 +22,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 from temporalio.converter import (
+    AdvancedJSONEncoder,
+    CompositePayloadConverter,
     DataConverter,
     DefaultFailureConverterWithEncodedAttributes,
+    DefaultPayloadConverter,
+    JSONPlainPayloadConverter,
+    JSONTypeConverter,
     PayloadCodec,
+    value_to_type,
 )
 from temporalio.service import TLSConfig
 
@@ -69,10 +80,142 @@ class EncryptionCodec(PayloadCodec):
         return Payload.FromString(plain)
 
 
+# --- JSON payloads: the SDK's format, converted faster ----------------------------------------
+#
+# Every transition converts its commit's input and result (the key's spec and lifecycle) to
+# JSON and back. The SDK's converter deep-copies each dataclass (`dataclasses.asdict`) and
+# evaluates its type hints again for every value it decodes; these produce the same JSON and
+# the same objects from a plan built once per type. Types they do not plan for go to the SDK.
+
+Decode = Callable[[Any], Any]
+
+
+class _Encoder(AdvancedJSONEncoder):
+    """`AdvancedJSONEncoder` without the deep copy: a dataclass becomes a flat dict of its
+    fields and the encoder recurses into them (same JSON, `sort_keys` orders both alike)."""
+
+    def default(self, o: Any) -> Any:
+        names = _field_names(type(o))
+        if names is not None:
+            return {name: getattr(o, name) for name in names}
+        return super().default(o)
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...] | None] = {}
+
+
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        is_dc = dataclasses.is_dataclass(cls)
+        names = tuple(f.name for f in dataclasses.fields(cls)) if is_dc else None
+        _FIELD_NAMES[cls] = names
+        return names
+
+
+def _sdk(hint: Any) -> Decode:
+    return lambda value: value_to_type(hint, value, _CONVERTERS)
+
+
+def _plan(hint: Any) -> Decode:
+    """A function turning decoded JSON into `hint`, as `value_to_type` does (same errors: a
+    TypeError for a value of the wrong shape)."""
+    if hint is datetime:
+        return _datetime
+    if hint is str or hint is bool:
+        return _sdk(hint)  # checks only: cheap in the SDK
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
+        inner = _plan(args[0] if args[1] is type(None) else args[1])
+        return lambda value: None if value is None else inner(value)
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        item = _plan(args[0])
+        return lambda value: tuple(item(v) for v in _list(value))
+    if isinstance(hint, type) and issubclass(hint, enum.Enum) and issubclass(hint, str):
+        return lambda value: hint(value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        fields = dataclasses.fields(hint)
+        if all(f.init for f in fields):
+            return _dataclass(hint, fields)
+    return _sdk(hint)
+
+
+def _datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"Expected datetime or ISO8601 string, got {type(value)}")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as err:
+        raise TypeError(f"Failed parsing datetime string: {value}") from err
+
+
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError(f"Expected a list, got {type(value)}")
+    return value
+
+
+def _dataclass(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Decode:
+    hints = typing.get_type_hints(cls)
+    plans: dict[str, Decode] = {}
+
+    def decode(value: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"Cannot convert to dataclass {cls}, value is {type(value)} not dict")
+        if not plans:  # planned on first use: a dataclass may refer to itself
+            plans.update((f.name, _plan(hints[f.name])) for f in fields)
+        kwargs = {}
+        for name, plan in plans.items():
+            if name in value:  # unknown keys are ignored, missing ones fail in __init__
+                try:
+                    kwargs[name] = plan(value[name])
+                except Exception as err:
+                    raise TypeError(f"Failed converting field {name} on dataclass {cls}") from err
+        return cls(**kwargs)
+
+    return decode
+
+
+class _DataclassConverter(JSONTypeConverter):
+    """Decodes dataclasses by their plans; everything else is the SDK's."""
+
+    def __init__(self) -> None:
+        self._plans: dict[type, Decode] = {}
+
+    def to_typed_value(self, hint: type, value: Any) -> Any:
+        plan = self._plans.get(hint)
+        if plan is None:
+            if not (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
+                return JSONTypeConverter.Unhandled
+            plan = self._plans[hint] = _plan(hint)
+        return plan(value)
+
+
+_CONVERTERS: list[JSONTypeConverter] = [_DataclassConverter()]
+
+
+class PayloadConverter(CompositePayloadConverter):
+    """The SDK's default payload converter with the JSON part above."""
+
+    def __init__(self) -> None:
+        json_plain = JSONPlainPayloadConverter(encoder=_Encoder, custom_type_converters=_CONVERTERS)
+        super().__init__(
+            *(
+                json_plain if isinstance(c, JSONPlainPayloadConverter) else c
+                for c in DefaultPayloadConverter.default_encoding_payload_converters
+            )
+        )
+
+
 def data_converter(keyring: MasterKeyring) -> DataConverter:
     """The converter every keyrotor Temporal client uses: payloads and failure text encrypted."""
     return dataclasses.replace(
         temporalio.converter.default(),
+        payload_converter_class=PayloadConverter,
         payload_codec=EncryptionCodec(keyring),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
