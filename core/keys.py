@@ -744,7 +744,13 @@ class KeyService:
                     raise  # the whole transition is tried again
                 # The store refuses the version whatever the provider says: a provider that
                 # refuses for good (permission) must not keep a compromised version in use.
-                log.warning("%s v%d stays enabled at %s: %s", key_id, number, provider_name, e)
+                log.warning(
+                    "%s v%d stays enabled at %s: %s",
+                    key_id,
+                    number,
+                    provider_name,
+                    type(e).__name__,
+                )
 
     # --- use path --------------------------------------------------------------------------
 

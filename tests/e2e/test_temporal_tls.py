@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
+from temporalio.service import TLSConfig
 from temporalio.testing import WorkflowEnvironment
 
-from core.codec import connect_with
+from core.codec import connect_with, temporal_tls
 from core.services import ConfigurationError, build_services
 from core.settings import Settings
 from tests.fixtures.temporal import TEST_KEYRING, TEST_MASTER_KEY, target
@@ -135,3 +136,17 @@ def test_tls_settings_that_cannot_work_stop_the_start(tmp_path: Path) -> None:
         build_services(Settings(**base, temporal_tls_ca=missing))
     with pytest.raises(ConfigurationError, match="go together"):
         build_services(Settings(**base, temporal_tls_cert=missing))
+
+
+def test_a_server_name_alone_turns_tls_on() -> None:
+    """KEYROTOR_TEMPORAL_TLS_SERVER_NAME without a CA: TLS with the system's roots, checking
+    that name (it was once ignored, and the connection went out in plain text)."""
+    tls = temporal_tls(Settings(temporal_tls_server_name="temporal.example"))
+    assert isinstance(tls, TLSConfig)
+    assert (tls.domain, tls.server_root_ca_cert, tls.client_cert) == (
+        "temporal.example",
+        None,
+        None,
+    )
+    assert temporal_tls(Settings()) is False
+    assert temporal_tls(Settings(temporal_tls=True)) is True

@@ -40,7 +40,7 @@ class RefusingProvider:
     def destroy_version(self, version: VersionHandle) -> None:
         self.asked.append(version.number)
         error = ProviderUnavailableError if self.retryable else ProviderError
-        raise error("not allowed")
+        raise error("not allowed for arn:aws:iam::123456789012:role/secret-ops")
 
 
 def add_key(services: Services, key_id: str, provider: str, states: dict[int, Any]) -> None:
@@ -129,7 +129,7 @@ def test_material_past_its_retention_is_destroyed_batch_by_batch(services: Servi
 
 
 def test_a_provider_that_refuses_is_passed_and_one_that_is_down_is_retried(
-    services: Services,
+    services: Services, caplog: pytest.LogCaptureFixture
 ) -> None:
     refusing = RefusingProvider(retryable=False)
     services.keys._providers["refusing"] = refusing  # type: ignore[assignment]
@@ -142,6 +142,8 @@ def test_a_provider_that_refuses_is_passed_and_one_that_is_down_is_retried(
     assert refusing.asked == [1]
     assert versions(services, "key_cleanup0000000002")[1] == ("retired", b"sealed")  # kept
     assert versions(services, "key_cleanup0000000003")[1] == ("destroyed", None)
+    # logged by the error's type: a provider's own text may say more than it should
+    assert "ProviderError" in caplog.text and "secret-ops" not in caplog.text
 
     services.keys._providers["refusing"] = RefusingProvider(retryable=True)  # type: ignore[assignment]
     with pytest.raises(ProviderUnavailableError):  # the activity retries the batch
@@ -217,3 +219,17 @@ def test_archived_credentials_keep_their_totals_and_their_retention(services: Se
         "test/cred_cleanupdev0000001": "",
         "test/cred_cleanuplive000001": "",
     }
+
+
+def test_an_id_that_ends_twice_is_archived_with_its_newer_end(services: Services) -> None:
+    """An id can end twice (one derived from an Idempotency-Key, made again after Temporal
+    forgot the first): its second archive replaces the first summary instead of failing."""
+    add_credential(services, "cred_cleanuptwice00001", "dev", "revoked")
+    assert services.cleanup.batch("archive_credentials", "", 10, NOW, "test").changed == 1
+    add_credential(services, "cred_cleanuptwice00001", "dev", "expired")
+    assert services.cleanup.batch("archive_credentials", "", 10, NOW, "test").changed == 1
+    with services.store.engine.connect() as db:
+        archived = db.execute(select(ArchivedCredentialRow.id, ArchivedCredentialRow.status)).all()
+        left = db.scalars(select(CredentialRow.id)).all()
+    assert [tuple(r) for r in archived] == [("cred_cleanuptwice00001", "expired")]
+    assert left == []

@@ -86,6 +86,16 @@ def test_a_remote_import_taken_back_is_destroyed_at_its_provider(
         assert counts(services) == (0, 0)
         # the imported version is gone from Vault too (transit keeps a generated successor)
         assert transit.read_key(name)["data"]["min_available_version"] == 2
+
+        # material the store cannot record (the id is taken) is destroyed at Vault at once
+        taken, _ = spec_and_lifecycle(services, "key_importvault000002", "local")
+        services.keys.stage_import(taken, lifecycle, secrets.token_bytes(32), WORKFLOW_ID)
+        spec, _ = spec_and_lifecycle(services, taken.key_id, "vault")
+        with pytest.raises(KeyStateError, match="exists already"):
+            services.keys.stage_import(spec, lifecycle, secrets.token_bytes(32), WORKFLOW_ID)
+        name = transit_key_name(spec.key_id)
+        assert transit.read_key(name)["data"]["min_available_version"] == 2
+        assert counts(services) == (1, 1)  # the local one
     finally:
         services.close()
 
