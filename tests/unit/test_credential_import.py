@@ -44,22 +44,25 @@ def workflow_id(credential_id: str) -> str:
     return f"keyrotor/credential/dev/{credential_id}"
 
 
+def first_commit(spec: CredentialSpec, lifecycle: KeyLifecycle) -> CredentialTransitionCommit:
+    """Version 1's commit, as the credential's workflow makes it."""
+    return CredentialTransitionCommit(
+        transition_id=f"{workflow_id(spec.credential_id)}/1",
+        spec=spec,
+        lifecycle=lifecycle,
+        action="credential.imported",
+        event="credentialCreated",
+        at=datetime.now(UTC),
+        version=1,
+        new_version=1,
+    )
+
+
 def import_and_commit(services: Services, credential_id: str, digest: bytes = DIGEST) -> None:
     """Stage an import, then commit version 1 as the credential's workflow does."""
     spec, lifecycle = spec_and_lifecycle(services, credential_id)
     services.credentials.stage_import(spec, lifecycle, digest, workflow_id(credential_id))
-    services.credentials.commit_transition(
-        CredentialTransitionCommit(
-            transition_id=f"{workflow_id(credential_id)}/1",
-            spec=spec,
-            lifecycle=lifecycle,
-            action="credential.imported",
-            event="credentialCreated",
-            at=datetime.now(UTC),
-            version=1,
-            new_version=1,
-        )
-    )
+    services.credentials.commit_transition(first_commit(spec, lifecycle))
 
 
 def stored(store: Store, lookup_id: str) -> CredentialVersionRow:
@@ -173,17 +176,7 @@ def test_a_key_is_imported_once_ever(services: Services) -> None:
 
 def test_a_withdrawn_import_is_never_replaced_by_a_generated_secret(services: Services) -> None:
     spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000010")
-    commit = CredentialTransitionCommit(
-        transition_id=f"{workflow_id(spec.credential_id)}/1",
-        spec=spec,
-        lifecycle=lifecycle,
-        action="credential.imported",
-        event="credentialCreated",
-        at=datetime.now(UTC),
-        version=1,
-        new_version=1,
-    )
     with pytest.raises(ImportWithdrawnError):
-        services.credentials.commit_transition(commit)
+        services.credentials.commit_transition(first_commit(spec, lifecycle))
     with services.store.engine.connect() as db:
         assert db.scalar(select(func.count()).select_from(CredentialVersionRow)) == 0
