@@ -105,6 +105,8 @@ def install(app: FastAPI) -> None:
         for cls, status, code in ERROR_TABLE:
             if isinstance(e, cls):
                 safe = next((m for c, m in SAFE_MESSAGES.items() if isinstance(e, c)), None)
+                if isinstance(e, PolicyError):  # the field and why, not the server's file path
+                    safe = f"{e.field}: {e.reason}"
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
                 return error_response(status, code, safe or str(e), headers)
         raise e

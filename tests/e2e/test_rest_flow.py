@@ -197,6 +197,12 @@ async def test_bad_input_is_4xx_and_changes_nothing(stack: Stack) -> None:
         r = await stack.http.request(method, url, json=body, headers=stack.auth())
         assert r.status_code == status, (url, body, r.text)
         assert set(r.json()) == {"error"} and r.json()["error"]["message"], r.text
+        assert ".toml" not in r.text  # no server path in an answer
+    r = await stack.http.post(f"{API}/keys/generate", json={"type": "nope"}, headers=stack.auth())
+    assert r.json()["error"] == {
+        "code": "INVALID_POLICY",
+        "message": "key_types: unknown key type 'nope'; known: api, encryption, session, signing",
+    }
     after = (await stack.http.get(f"{API}/keys/statistics", headers=stack.auth())).json()
     assert after["statistics"]["totalKeys"] == before["statistics"]["totalKeys"] + 1
     got = (await stack.http.get(f"{API}/keys/{kid}", headers=stack.auth())).json()["key"]
