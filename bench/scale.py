@@ -136,9 +136,11 @@ class Sample:
 class Watcher:
     """Samples the processes every second and polls the store's audit trail."""
 
-    def __init__(self, processes: dict[str, int], metrics_port: int, store: Any) -> None:
+    def __init__(
+        self, processes: dict[str, tuple[int, ...]], metrics_ports: list[int], store: Any
+    ) -> None:
         self.processes = processes
-        self.metrics_port = metrics_port
+        self.metrics_ports = metrics_ports
         self.store = store
         self.samples: list[Sample] = []
         self.seen: dict[tuple[str, int], float] = {}  # (key id, version) -> first seen rotated
@@ -149,13 +151,13 @@ class Watcher:
     def sample(self) -> Sample:
         now = time.time()
         cached = None
-        if self.metrics_port:
-            metrics = scrape(self.metrics_port)
+        if self.metrics_ports:
+            metrics = scrape(self.metrics_ports)
             cached = metrics.get("temporal_sticky_cache_size")
         return Sample(
             now,
-            {name: rss_kib(pid) for name, pid in self.processes.items()},
-            {name: process_cpu(pid) for name, pid in self.processes.items()},
+            {name: sum(map(rss_kib, pids)) for name, pids in self.processes.items()},
+            {name: sum(map(process_cpu, pids)) for name, pids in self.processes.items()},
             cached,
         )
 
@@ -203,13 +205,16 @@ class Watcher:
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{[^}]*\})? ([0-9.eE+-]+|NaN|[+-]Inf)$")
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The worker's SDK metrics, summed over their labels (empty if it does not answer)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return {}
+def scrape(ports: list[int]) -> dict[str, float]:
+    """The workers' SDK metrics, summed over their labels and the worker processes (what a
+    process that does not answer would add is missing)."""
+    text = ""
+    for port in ports:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+                text += answer.read().decode() + "\n"
+        except OSError:
+            pass
     out: dict[str, float] = {}
     for line in text.splitlines():
         m = _METRIC.match(line)
@@ -548,7 +553,9 @@ async def bench(args: argparse.Namespace) -> None:
                 store.migrate()
                 admin_key = AdminKeys(store, keyring).create("bench", Role.ADMIN, "bench")
                 (data / "keyrotor.toml").write_text(policy_text(interval, warning, grace))
-                port, metrics_port = free_port(), 0 if args.plain_worker else free_port()
+                port = free_port()
+                n = args.worker_processes
+                metrics_ports = [] if args.plain_worker else [free_port() for _ in range(n)]
                 child_env = {
                     **os.environ,
                     "KEYROTOR_DATA_DIR": data_dir,
@@ -563,30 +570,34 @@ async def bench(args: argparse.Namespace) -> None:
                 # as bench/lifecycle.py: cache bytecode outside the tree, as a deployment would
                 child_env.pop("PYTHONDONTWRITEBYTECODE", None)
                 child_env["PYTHONPYCACHEPREFIX"] = str(data / "pycache")
-                worker_argv = (
-                    [str(BIN / "keyrotor"), "worker"]
+                cache = str(-1 if args.worker_cache is None else args.worker_cache)
+                flags = [cache, str(int(args.unsandboxed))]
+                workers_argv = (
+                    [[str(BIN / "keyrotor"), "worker"]] * n
                     if args.plain_worker
                     else [
-                        sys.executable,
-                        __file__,
-                        "--serve-worker",
-                        str(metrics_port),
-                        str(-1 if args.worker_cache is None else args.worker_cache),
-                        str(int(args.unsandboxed)),
+                        [sys.executable, __file__, "--serve-worker", str(p), *flags]
+                        for p in metrics_ports
                     ]
                 )
                 api_argv = [str(BIN / "keyrotor"), "api", "--port", str(port)]
                 spawned.append(spawn(api_argv, child_env, data / "api.log"))
-                spawned.append(spawn(worker_argv, child_env, data / "worker.log"))
+                for i, argv in enumerate(workers_argv):
+                    spawned.append(spawn(argv, child_env, data / f"worker-{i}.log"))
                 await wait_listening(port, spawned[0])
-                if metrics_port:
-                    await wait_listening(metrics_port, spawned[1])
-                processes = {"worker": spawned[1].pid, "api": spawned[0].pid}
+                for metrics_port, worker in zip(metrics_ports, spawned[1:], strict=True):
+                    await wait_listening(metrics_port, worker)
+                processes = {
+                    "worker": tuple(w.pid for w in spawned[1:]),
+                    "api": (spawned[0].pid,),
+                }
                 if dev_server:
-                    processes["dev server"] = dev_server[0]
+                    processes["dev server"] = (dev_server[0],)
                 worker_kind = "keyrotor worker" if args.plain_worker else "cli.main.worker"
-                if metrics_port:
+                if metrics_ports:
                     worker_kind += " + SDK metrics"
+                if n > 1:
+                    worker_kind = f"{n} processes of {worker_kind}; RSS and CPU are their sums"
                 if args.worker_cache is not None:
                     worker_kind += f", max_cached_workflows={args.worker_cache}"
                 if args.unsandboxed:
@@ -598,7 +609,7 @@ async def bench(args: argparse.Namespace) -> None:
                     f" {time.perf_counter() - setup_start:.1f} s (logs in {data_dir})",
                     flush=True,
                 )
-                await run(args, env.client, store, processes, metrics_port, port, admin_key, data)
+                await run(args, env.client, store, processes, metrics_ports, port, admin_key, data)
                 store.dispose()
         finally:
             stop(spawned)
@@ -610,8 +621,8 @@ async def run(
     args: argparse.Namespace,
     client: Any,
     store: Any,
-    processes: dict[str, int],
-    metrics_port: int,
+    processes: dict[str, tuple[int, ...]],
+    metrics_ports: list[int],
     port: int,
     admin_key: str,
     logs: Path,
@@ -620,7 +631,7 @@ async def run(
     spread = (
         math.ceil(args.keys / args.create_rate / interval) * interval if args.create_rate else 0.0
     )
-    watcher = Watcher(processes, metrics_port, store)
+    watcher = Watcher(processes, metrics_ports, store)
     watching = asyncio.create_task(watcher.run())
     print(f"\ncreating {args.keys} keys over {spread:.0f} s", flush=True)
     deadline = (
@@ -631,7 +642,7 @@ async def run(
     )
     created = watcher.samples[-1] if watcher.samples else None
     window_start = time.time()
-    metrics_start = scrape(metrics_port) if metrics_port else {}
+    metrics_start = scrape(metrics_ports)
     cpu_start = watcher.sample().cpu
     window_end = window_start + args.measure_seconds
     print(
@@ -655,7 +666,7 @@ async def run(
         )
         seen_before = rotated
     cpu_end = watcher.sample().cpu
-    metrics_end = scrape(metrics_port) if metrics_port else {}
+    metrics_end = scrape(metrics_ports)
     start_dt = datetime.fromtimestamp(window_start, UTC)
     end_dt = datetime.fromtimestamp(window_end, UTC)
     drain_end = time.time() + args.drain_seconds
@@ -873,6 +884,12 @@ def main() -> None:
         "--unsandboxed",
         action="store_true",
         help="experiment: the worker runs workflows without the SDK's sandbox",
+    )
+    parser.add_argument(
+        "--worker-processes",
+        type=int,
+        default=1,
+        help="worker processes on the task queue (as `keyrotor worker --processes N`)",
     )
     parser.add_argument("--serve-worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
