@@ -44,14 +44,31 @@ def dev(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    processes: int = typer.Option(
+        None,
+        min=1,
+        help="worker processes on this machine, each with its own workflow cache and about "
+        "one core (KEYROTOR_WORKER_PROCESSES; default 1)",
+    ),
+) -> None:
     """Run a worker against KEYROTOR_TEMPORAL_ADDRESS and KEYROTOR_DATABASE_URL until SIGINT or
-    SIGTERM."""
+    SIGTERM. With --processes N above 1, run N workers under a supervisor that stops them all
+    together (and exits 1) when one of them exits on its own."""
     from core.runtime import tune_gc
     from worker.main import run_worker
 
     setup_logging()
     services = build_or_exit(Settings())
+    count = processes or services.settings.worker_processes
+    if count > 1:
+        from worker.main import GRACEFUL_SHUTDOWN
+        from worker.processes import STOP_MARGIN, supervise, worker_command
+
+        # checked (and migrated) here once, as `api` does; each process builds its own
+        services.close()
+        stop_timeout = GRACEFUL_SHUTDOWN.total_seconds() + STOP_MARGIN
+        sys.exit(supervise([worker_command()] * count, stop_timeout))
     tune_gc()
     try:
         asyncio.run(run_worker(services))
