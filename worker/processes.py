@@ -43,11 +43,13 @@ def supervise(commands: Sequence[Sequence[str]], stop_timeout: float) -> int:
     signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: signals.append(signum))
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+    # looked up here (the child only calls it); Linux only
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
     supervisor = os.getpid()
 
     def die_with_supervisor() -> None:  # in the child, between fork and exec
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the kernel kills it when the supervisor dies
+        if prctl is not None:  # the kernel kills the child when the supervisor dies
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != supervisor:  # the supervisor died before that
             os._exit(1)
 
