@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     # cached is replayed from its history at each wakeup, which doubles its CPU; keyrotor's
     # commits need it cached while they run, so it cannot be 0.
     worker_cache_size: int = Field(default=1000, ge=1)
+    # processes of `keyrotor worker` on this machine, each a whole worker with its own cache
+    # (`worker_cache_size` each) and sticky queue, about one core each (docs/scaling.md)
+    worker_processes: int = Field(default=1, ge=1)
     # The only environment whose keys this process creates, reads and uses; empty: every one.
     environment: str = ""
     api_host: str = "127.0.0.1"

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from importlib.metadata import version
@@ -60,6 +61,12 @@ from workflows.webhooks import (
 
 ACTIVITY_THREADS = 32
 POLICY_POLL_INTERVAL = 2.0
+# How long a stopping worker lets running activities go on before it cancels them (the SDK's
+# default): none. Every activity is idempotent, and a cancelled one is failed at once as
+# `WorkerShutdown`, so Temporal retries it on another worker without waiting for its timeout.
+# Waiting would hold every stop for this long: the webhook dispatcher's fan-out activity is
+# always running somewhere, waiting up to 30 s for events.
+GRACEFUL_SHUTDOWN = timedelta(0)
 log = logging.getLogger(__name__)
 
 
@@ -151,6 +158,7 @@ def build_worker(client: Client, services: Services, task_queue: str | None = No
             cleanup.finish,
         ],
         max_cached_workflows=services.settings.worker_cache_size,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS),
         max_concurrent_activities=ACTIVITY_THREADS,
         # Without it the SDK hashes the code of every loaded module at start-up.
@@ -201,16 +209,35 @@ async def start_background_workflows(client: Client, services: Services) -> None
         )
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event that SIGINT and SIGTERM set, in place of their usual effect, while the running
+    event loop runs.
+
+    Without it SIGTERM (what docker, systemd and `keyrotor worker --processes` send) killed the
+    worker at once, and its running activities were retried only after their timeouts. SIGINT
+    cannot be the way to stop either: a process started in the background by a non-interactive
+    shell (as CI runners and some process managers start it) ignores it. Before the loop runs
+    (imports, migration) SIGTERM keeps its default action: the process ends at once, with
+    nothing started that needs a graceful stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 async def run_worker(services: Services, stop: asyncio.Event | None = None) -> None:
-    """Connect to Temporal and run the worker until `stop` is set (or forever)."""
+    """Connect to Temporal and run the worker until `stop` is set (default: until SIGINT or
+    SIGTERM); then stop polling, cancel the running activities and return once they ended."""
+    stopping = stop or stop_on_signals()
     s = services.settings
     client = await connect_with(s, services.keyring)
     async with build_worker(client, services):
         await start_background_workflows(client, services)
-        stopping = stop or asyncio.Event()
         while not stopping.is_set():  # take up new policy versions (PUT /config)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), POLICY_POLL_INTERVAL)
+                break
             try:
                 await asyncio.to_thread(services.refresh_policies)
             except Exception as e:  # the store may be briefly unavailable
