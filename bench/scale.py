@@ -108,7 +108,7 @@ def serve_worker(metrics_port: int, cache: int, unsandboxed: int) -> None:
         worker_main.SANDBOX = UnsandboxedWorkflowRunner()  # type: ignore[assignment]
     from cli.main import worker
 
-    worker()
+    worker(processes=1)
 
 
 # --- what the bench watches ------------------------------------------------------------------
@@ -807,7 +807,8 @@ async def run(
     for name in ("worker", "api"):
         problems = [
             line.strip()
-            for line in (logs / f"{name}.log").read_text(errors="replace").splitlines()
+            for log in sorted(logs.glob(f"{name}*.log"))  # worker-0.log, worker-1.log, ...
+            for line in log.read_text(errors="replace").splitlines()
             if "WARNING" in line or "ERROR" in line or "Traceback" in line
         ]
         if problems:
