@@ -807,7 +807,7 @@ async def run(
     for name in ("worker", "api"):
         problems = [
             line.strip()
-            for log in sorted(logs.glob(f"{name}*.log"))  # worker-0.log, worker-1.log, ...
+            for log in sorted(logs.glob(f"{name}*.log"))  # noqa: ASYNC240 (the run is over)
             for line in log.read_text(errors="replace").splitlines()
             if "WARNING" in line or "ERROR" in line or "Traceback" in line
         ]
