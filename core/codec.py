@@ -161,13 +161,15 @@ def _list(value: Any) -> list[Any]:
 
 def _dataclass(cls: type, fields: tuple[dataclasses.Field[Any], ...]) -> Decode:
     hints = typing.get_type_hints(cls)
-    plans: dict[str, Decode] = {}
+    plans: dict[str, Decode] | None = None
 
     def decode(value: Any) -> Any:
+        nonlocal plans
         if not isinstance(value, dict):
             raise TypeError(f"Cannot convert to dataclass {cls}, value is {type(value)} not dict")
-        if not plans:  # planned on first use: a dataclass may refer to itself
-            plans.update((f.name, _plan(hints[f.name])) for f in fields)
+        if plans is None:  # planned on first use (a dataclass may refer to itself), whole:
+            # activity threads decode at the same time, and none may see half a plan
+            plans = {f.name: _plan(hints[f.name]) for f in fields}
         kwargs = {}
         for name, plan in plans.items():
             if name in value:  # unknown keys are ignored, missing ones fail in __init__
