@@ -32,7 +32,7 @@ from core import audit
 from core.credentials import AdminKeys, Role
 from core.services import Services
 from tests.fixtures.database import backend_database_url
-from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
+from tests.fixtures.temporal import make_services, process_env
 from worker.main import build_worker
 
 API = "/api/key-management/credentials"
@@ -60,17 +60,15 @@ def admin_key_env(
 ) -> Iterator[tuple[dict[str, str], str]]:
     # Both processes start with the same KEYROTOR_ADMIN_KEY: the bootstrap insert must not race.
     admin_key = f"kra_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
-    env = {
-        **os.environ,
-        "KEYROTOR_TEMPORAL_ADDRESS": target(dev_env.client),
-        "KEYROTOR_DATABASE_URL": os.environ.get("KEYROTOR_TEST_STACK_DATABASE_URL")
+    env = process_env(
+        dev_env.client,
+        tmp_path,
+        os.environ.get("KEYROTOR_TEST_STACK_DATABASE_URL")
         or backend_database_url()
         or f"sqlite:///{tmp_path / 'shared.db'}",
-        "KEYROTOR_MASTER_KEY": TEST_MASTER_KEY,
-        "KEYROTOR_TASK_QUEUE": f"multi-{uuid.uuid4().hex[:8]}",
-        "KEYROTOR_DATA_DIR": str(tmp_path),
-        "KEYROTOR_ADMIN_KEY": admin_key,
-    }
+        f"multi-{uuid.uuid4().hex[:8]}",
+        KEYROTOR_ADMIN_KEY=admin_key,
+    )
     yield env, admin_key
 
 

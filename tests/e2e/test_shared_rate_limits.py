@@ -5,7 +5,6 @@ VALID verifications between them in one window."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import sys
 import uuid
@@ -21,7 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from core.ratelimit import client_key
 from tests.e2e.test_multi_process import free_port, start_api
 from tests.fixtures.database import backend_database_url
-from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
+from tests.fixtures.temporal import make_services, process_env
 from worker.main import build_worker
 
 API = "/api/key-management/credentials"
@@ -33,16 +32,14 @@ async def test_a_rate_limit_holds_across_two_api_processes(
     dev_env: WorkflowEnvironment, tmp_path: Path, shared_in: str, request: pytest.FixtureRequest
 ) -> None:
     admin_key = f"kra_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
-    env = {
-        **os.environ,
-        "KEYROTOR_TEMPORAL_ADDRESS": target(dev_env.client),
-        "KEYROTOR_DATABASE_URL": backend_database_url() or f"sqlite:///{tmp_path / 'shared.db'}",
-        "KEYROTOR_MASTER_KEY": TEST_MASTER_KEY,
-        "KEYROTOR_TASK_QUEUE": f"limits-{uuid.uuid4().hex[:8]}",
-        "KEYROTOR_DATA_DIR": str(tmp_path),
-        "KEYROTOR_ADMIN_KEY": admin_key,
-        "KEYROTOR_REDIS_URL": request.getfixturevalue("redis_url") if shared_in == "redis" else "",
-    }
+    env = process_env(
+        dev_env.client,
+        tmp_path,
+        backend_database_url() or f"sqlite:///{tmp_path / 'shared.db'}",
+        f"limits-{uuid.uuid4().hex[:8]}",
+        KEYROTOR_ADMIN_KEY=admin_key,
+        KEYROTOR_REDIS_URL=request.getfixturevalue("redis_url") if shared_in == "redis" else "",
+    )
     keyrotor = Path(sys.executable).parent / "keyrotor"
     ports = [free_port(), free_port()]
     procs = [start_api(keyrotor, env, port) for port in ports]

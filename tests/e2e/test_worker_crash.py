@@ -4,7 +4,6 @@ has exactly one new version, one audit record for it, and no material outside a 
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from core import audit
 from core.lifecycle import new_key
 from core.objects import KeySpec
 from core.store.models import AuditRecordRow, KeyVersionRow
-from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
+from tests.fixtures.temporal import make_services, process_env
 from workflows.key_lifecycle import KeyLifecycleWorkflow
 from workflows.types import KeyWorkflowInput, RotateRequest, RotationResult, key_workflow_id
 
@@ -36,14 +35,7 @@ def start_worker(env: dict[str, str]) -> subprocess.Popen[bytes]:
 async def test_worker_killed_mid_rotation(dev_env: WorkflowEnvironment, tmp_path: Path) -> None:
     services = make_services(tmp_path)
     queue = f"crash-{uuid.uuid4().hex[:8]}"
-    env = {
-        **os.environ,
-        "KEYROTOR_TEMPORAL_ADDRESS": target(dev_env.client),
-        "KEYROTOR_DATABASE_URL": services.store.url,
-        "KEYROTOR_MASTER_KEY": TEST_MASTER_KEY,
-        "KEYROTOR_TASK_QUEUE": queue,
-        "KEYROTOR_DATA_DIR": str(tmp_path),
-    }
+    env = process_env(dev_env.client, tmp_path, services.store.url, queue)
     worker = start_worker(env)
     try:
         policy = services.policies.key_type("signing")  # RSA-2048: slow key generation

@@ -25,7 +25,7 @@ from core.lifecycle import new_key
 from core.objects import KeySpec
 from tests.e2e.test_multi_process import wait_for_pollers
 from tests.fixtures.database import backend_database_url
-from tests.fixtures.temporal import TEST_MASTER_KEY, make_services, target
+from tests.fixtures.temporal import make_services, process_env
 from worker.processes import STOP_MARGIN
 from workflows.audit_retention import retention_schedule_id
 from workflows.cleanup import cleanup_schedule_id
@@ -70,15 +70,13 @@ def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 async def supervisor(dev_env: WorkflowEnvironment, tmp_path: Path) -> AsyncIterator[Supervisor]:
     """`keyrotor worker --processes 2` on a task queue and store of its own, logging to a file
     (a pipe nobody reads would block the workers once full)."""
-    env = {
-        **os.environ,
-        "KEYROTOR_TEMPORAL_ADDRESS": target(dev_env.client),
-        "KEYROTOR_DATABASE_URL": backend_database_url() or f"sqlite:///{tmp_path / 'k.db'}",
-        "KEYROTOR_MASTER_KEY": TEST_MASTER_KEY,
-        "KEYROTOR_TASK_QUEUE": f"procs-{uuid.uuid4().hex[:8]}",
-        "KEYROTOR_DATA_DIR": str(tmp_path),
-        "LOG_FORMAT": "text",
-    }
+    env = process_env(
+        dev_env.client,
+        tmp_path,
+        backend_database_url() or f"sqlite:///{tmp_path / 'k.db'}",
+        f"procs-{uuid.uuid4().hex[:8]}",
+        LOG_FORMAT="text",
+    )
     log = tmp_path / "worker.log"
     process = start(env, log)
     try:
