@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from temporalio.api.common.v1 import Payload
 from temporalio.converter import DefaultPayloadConverter, JSONPlainPayloadConverter
 
 import core.lifecycle
@@ -130,12 +131,23 @@ def test_payload_converter_writes_and_reads_what_the_sdks_does(value: Any) -> No
     assert sdk.from_payloads(payloads, [type(value)]) == [value]
 
 
-def test_payload_converter_reads_like_the_sdk_ignoring_unknown_keys() -> None:
-    raw = json.loads(PayloadConverter().to_payloads([VALUES[0]])[0].data)
-    raw["added_by_a_newer_worker"] = 1
-    raw["spec"]["origin_detail"] = "x"
+def commit_json() -> dict[str, Any]:
+    """The first value's JSON, to be changed by a test."""
+    raw: dict[str, Any] = json.loads(PayloadConverter().to_payloads([VALUES[0]])[0].data)
+    return raw
+
+
+def as_payload(raw: dict[str, Any]) -> Payload:
     payload = JSONPlainPayloadConverter().to_payload(raw)
     assert payload is not None
+    return payload
+
+
+def test_payload_converter_reads_like_the_sdk_ignoring_unknown_keys() -> None:
+    raw = commit_json()
+    raw["added_by_a_newer_worker"] = 1
+    raw["spec"]["origin_detail"] = "x"
+    payload = as_payload(raw)
     assert PayloadConverter().from_payloads([payload], [KeyTransitionCommit]) == [VALUES[0]]
 
 
@@ -151,22 +163,20 @@ def test_payload_converter_reads_like_the_sdk_ignoring_unknown_keys() -> None:
     ],
 )
 def test_payload_converter_refuses_what_the_sdk_refuses(path: tuple[str, ...], bad: Any) -> None:
-    raw = json.loads(PayloadConverter().to_payloads([VALUES[0]])[0].data)
+    raw = commit_json()
     node = raw
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = bad
-    payload = JSONPlainPayloadConverter().to_payload(raw)
-    assert payload is not None
+    payload = as_payload(raw)
     for converter in (DefaultPayloadConverter(), PayloadConverter()):
         with pytest.raises((TypeError, ValueError)):
             converter.from_payloads([payload], [KeyTransitionCommit])
 
 
 def test_payload_converter_refuses_a_missing_required_field() -> None:
-    raw = json.loads(PayloadConverter().to_payloads([VALUES[0]])[0].data)
+    raw = commit_json()
     del raw["lifecycle"]
-    payload = JSONPlainPayloadConverter().to_payload(raw)
-    assert payload is not None
+    payload = as_payload(raw)
     with pytest.raises(TypeError, match="lifecycle"):
         PayloadConverter().from_payloads([payload], [KeyTransitionCommit])
