@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -29,10 +28,10 @@ from core.credentials import AdminKeys, Role
 from core.envelope import generate_master_key
 from core.settings import Settings
 from worker.main import build_worker, start_background_workflows
+from worker.processes import die_with_parent
 from workflows.types import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("keyrotor.dev")
-PR_SET_PDEATHSIG = 1
 
 
 class _APIServer(uvicorn.Server):
@@ -60,12 +59,6 @@ def search_attribute_flags() -> list[str]:
     return flags
 
 
-def _die_with_parent() -> None:
-    # Linux: the server gets SIGTERM when this process dies, even on SIGKILL.
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def start_temporal(
     data_dir: Path, port: int, ui_port: int, codec_url: str
 ) -> subprocess.Popen[bytes]:
@@ -83,7 +76,11 @@ def start_temporal(
     ]  # fmt: skip
     log_file = open(data_dir / "temporal.log", "ab")
     return subprocess.Popen(
-        cmd, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        cmd,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        # the server gets SIGTERM when this process dies, even on SIGKILL
+        preexec_fn=die_with_parent(signal.SIGTERM),
     )
 
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 log = logging.getLogger("keyrotor.worker")
 PR_SET_PDEATHSIG = 1
@@ -28,6 +28,23 @@ STOP_MARGIN = 20.0
 # What a child asked to stop may end with: its own clean exit, or SIGTERM's (or a terminal's
 # SIGINT's) default action when it came before the child's event loop took over the signals.
 STOPPED = (0, -signal.SIGTERM, -signal.SIGINT)
+
+
+def die_with_parent(sig: signal.Signals) -> Callable[[], None]:
+    """A `preexec_fn` for a child that must not outlive this process: on Linux the kernel sends
+    it `sig` when this process dies (PR_SET_PDEATHSIG, SIGKILL of this process included), and a
+    child whose parent died before that exits at once. Elsewhere it only does the latter."""
+    # looked up here, in the parent: the child, between fork and exec, only calls it
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    parent = os.getpid()
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(PR_SET_PDEATHSIG, sig)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def worker_command() -> list[str]:
@@ -43,16 +60,7 @@ def supervise(commands: Sequence[Sequence[str]], stop_timeout: float) -> int:
     signals: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, _: signals.append(signum))
-    # looked up here (the child only calls it); Linux only
-    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
-    supervisor = os.getpid()
-
-    def die_with_supervisor() -> None:  # in the child, between fork and exec
-        if prctl is not None:  # the kernel kills the child when the supervisor dies
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != supervisor:  # the supervisor died before that
-            os._exit(1)
-
+    die_with_supervisor = die_with_parent(signal.SIGKILL)
     # the commands are this program's own (worker_command), not input
     children = [
         subprocess.Popen(list(c), preexec_fn=die_with_supervisor)  # noqa: S603
