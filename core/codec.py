@@ -200,17 +200,20 @@ class _DataclassConverter(JSONTypeConverter):
 _CONVERTERS: list[JSONTypeConverter] = [_DataclassConverter()]
 
 
+# Stateless, so shared, as the SDK shares its own: every workflow instance makes a converter.
+_ENCODINGS = tuple(
+    JSONPlainPayloadConverter(encoder=_Encoder, custom_type_converters=_CONVERTERS)
+    if isinstance(c, JSONPlainPayloadConverter)
+    else c
+    for c in DefaultPayloadConverter.default_encoding_payload_converters
+)
+
+
 class PayloadConverter(CompositePayloadConverter):
     """The SDK's default payload converter with the JSON part above."""
 
     def __init__(self) -> None:
-        json_plain = JSONPlainPayloadConverter(encoder=_Encoder, custom_type_converters=_CONVERTERS)
-        super().__init__(
-            *(
-                json_plain if isinstance(c, JSONPlainPayloadConverter) else c
-                for c in DefaultPayloadConverter.default_encoding_payload_converters
-            )
-        )
+        super().__init__(*_ENCODINGS)
 
 
 def data_converter(keyring: MasterKeyring) -> DataConverter:
