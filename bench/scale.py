@@ -519,6 +519,9 @@ async def bench(args: argparse.Namespace) -> None:
     if args.create_rate > 0:
         # whole rotation intervals, so that the keys' rotation times stay evenly spread
         spread = math.ceil(args.keys / args.create_rate / interval) * interval
+    kinds = ["rotations"] + ["warnings"] * bool(warning) + ["grace ends"] * bool(grace)
+    # a grace as long as the interval ends when the next rotation falls due: the same wakeup
+    wakeups = 1 + bool(warning) + (0 < grace != interval)
     info = machine()
     print(
         f"machine: {info['cpus']} CPUs, Python {info['python']}, {info['platform']}\n"
@@ -526,10 +529,9 @@ async def bench(args: argparse.Namespace) -> None:
         f"plan: {args.keys} keys of type {KEY_TYPE!r} (AES-256-GCM, local provider): rotation"
         f" every {interval} s, warning {warning} s before, grace {grace} s; created over"
         f" {spread:.0f} s ({args.keys / spread if spread else math.inf:.1f} keys/s);"
-        f" in steady state {rate:.1f} rotations/s due"
-        f" ({rate * (3 if grace else 2):.1f} timer-driven transitions/s with the"
-        f" warnings{' and grace ends' if grace else ''}); then {args.measure_seconds:.0f} s"
-        f" measured",
+        f" in steady state {rate:.1f} rotations/s due ({rate * len(kinds):.1f} timer-driven"
+        f" transitions/s: {', '.join(kinds)}; {rate * wakeups:.1f} wakeups/s); then"
+        f" {args.measure_seconds:.0f} s measured",
         flush=True,
     )
     master_key = generate_master_key()
@@ -827,7 +829,7 @@ def main() -> None:
         " rotations fall due per second",
     )
     parser.add_argument(
-        "--warning", type=int, help="warning threshold in seconds (default: T / 10)"
+        "--warning", type=int, help="warning threshold in seconds (default: T / 10; 0: none)"
     )
     parser.add_argument(
         "--grace", type=int, help="grace period in seconds (default: T / 10; 0: none)"
@@ -910,8 +912,8 @@ def main() -> None:
         args.measure_seconds = max(30.0, 1.5 * t)
     if args.create_rate is None:
         args.create_rate = args.keys / t
-    if not 0 < args.warning < t or not 0 <= args.grace <= 10 * t:
-        parser.error("need 0 < --warning < --rotation-interval and 0 <= --grace")
+    if not 0 <= args.warning < t or not 0 <= args.grace <= 10 * t:
+        parser.error("need 0 <= --warning < --rotation-interval and 0 <= --grace")
     start = time.perf_counter()
     asyncio.run(bench(args))
     print(f"total: {time.perf_counter() - start:.1f} s")

@@ -123,7 +123,9 @@ class LifecyclePolicy:
 
     def warning_stages(self, target: WarningTarget) -> tuple[int, ...]:
         if target == WarningTarget.ROTATION:
-            return self.rotation_warnings or (self.warning_threshold,)
+            # a threshold of zero gives no notice ahead of rotation: no warning at all
+            threshold = (self.warning_threshold,) if self.warning_threshold else ()
+            return self.rotation_warnings or threshold
         return self.expiry_warnings
 
     def __post_init__(self) -> None:

@@ -249,14 +249,14 @@ def test_manual_rotation_before_the_warning_skips_it() -> None:
 
 
 def test_simultaneous_transitions_apply_in_enum_order() -> None:
-    # warning 0: the warning falls on the rotation; grace = rotation interval: the old
-    # version's grace ends exactly when the new one rotates; key expiry on the same instant.
+    # grace = rotation interval: the old version's grace ends exactly when the new one rotates;
+    # key expiry on the same instant.
     policy = LifecyclePolicy(
         rotation_interval=10, warning_threshold=0, max_lifetime=30, grace_period=10
     )
     key = new_key(policy, T0, expires_at=at(20))
     key, applied = run_due(key, at(10))
-    assert [(t.kind, t.version) for t in applied] == [(K.WARN, 1), (K.ROTATE, 1)]
+    assert [(t.kind, t.version) for t in applied] == [(K.ROTATE, 1)]
     key, applied = run_due(key, at(20))
     assert [(t.kind, t.version, t.at) for t in applied] == [(K.EXPIRE_KEY, 0, at(20))]
     assert key.status == KeyStatus.EXPIRED
@@ -264,13 +264,33 @@ def test_simultaneous_transitions_apply_in_enum_order() -> None:
 
     key, timeline = follow_schedule(new_key(policy, T0), at(20))
     assert timeline == [
-        (K.WARN, at(10), 1),
         (K.ROTATE, at(10), 1),
-        (K.WARN, at(20), 2),
         (K.ROTATE, at(20), 2),
         (K.END_GRACE, at(20), 1),
     ]
     assert states(key) == {1: S.RETIRED, 2: S.GRACE, 3: S.ACTIVE}
+
+
+def test_zero_warning_threshold_raises_no_rotation_warning() -> None:
+    # PT0S gives no notice ahead of rotation, so there is nothing to warn about; expiry
+    # warnings are configured apart and still come.
+    policy = LifecyclePolicy(
+        rotation_interval=10,
+        warning_threshold=0,
+        max_lifetime=100,
+        grace_period=0,
+        expiry_warnings=(5,),
+    )
+    key, timeline = follow_schedule(new_key(policy, T0, expires_at=at(35)), at(40))
+    assert timeline == [
+        (K.ROTATE, at(10), 1),
+        (K.ROTATE, at(20), 2),
+        (K.WARN_EXPIRY, at(30), 0),
+        (K.ROTATE, at(30), 3),
+        (K.EXPIRE_KEY, at(35), 0),
+    ]
+    assert [w.target for w in key.warnings] == [WarningTarget.EXPIRY]
+    assert policy.warning_stages(WarningTarget.ROTATION) == ()
 
 
 def test_rotation_on_the_hard_expiry_comes_before_expiry() -> None:
