@@ -107,8 +107,10 @@ def serve_worker(metrics_port: int, cache: int, unsandboxed: int) -> None:
 
         worker_main.SANDBOX = UnsandboxedWorkflowRunner()  # type: ignore[assignment]
     from cli.main import worker
+    from core.runtime import exit_process
 
     worker(processes=1)
+    exit_process(0)  # as `keyrotor` ends
 
 
 # --- what the bench watches ------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import typer
 from cli import rest
 from core.envelope import MasterKeyring
 from core.logs import setup_logging
+from core.runtime import exit_process
 from core.services import Services
 from core.settings import Settings
 
@@ -21,7 +21,15 @@ app = typer.Typer(help="keyrotor: key lifecycle and rotation on Temporal.", no_a
 
 
 def main() -> None:
-    app()
+    code: str | int | None = 0
+    try:
+        app()
+    except SystemExit as e:
+        code = e.code
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+        code = 1
+    exit_process(code)
 
 
 @app.command()
@@ -76,12 +84,6 @@ def worker(
         pass
     finally:
         services.close()
-    # Stopped and closed. The SDK's Rust threads can still call into Python while the
-    # interpreter finalizes, which aborts the process ("Fatal Python error: PyGILState_Release",
-    # temporalio/sdk-python#300; measured: one stop in five, SIGABRT instead of exit 0): end
-    # without finalizing.
-    logging.shutdown()
-    os._exit(0)
 
 
 @app.command()

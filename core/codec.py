@@ -35,6 +35,7 @@ from temporalio.converter import (
 from temporalio.service import TLSConfig
 
 from core.envelope import MasterKeyring
+from core.runtime import temporal_starting
 from core.settings import Settings
 
 ENCODING = b"binary/encrypted"
@@ -234,6 +235,7 @@ async def connect_client(
     api_key: str | None = None,
 ) -> Client:
     """A Temporal client that encrypts every payload with the keyring's codec key."""
+    temporal_starting()  # the SDK's runtime starts even if the connection then fails
     return await Client.connect(
         address,
         namespace=namespace,

@@ -148,7 +148,7 @@ async def test_two_processes_poll_commit_and_stop_on_sigterm(
     # the supervisor waited for both: neither is left running, nor a zombie
     assert all(not Path(f"/proc/{pid}").exists() or start_time(pid) != started[pid] for pid in pids)
     assert "killed" not in output and "Traceback" not in output, output
-    assert "Fatal Python error" not in output, output  # see cli.main.worker
+    assert "Fatal Python error" not in output, output  # see core.runtime.exit_process
     print(f"stopped in {took:.2f} s")
 
 
