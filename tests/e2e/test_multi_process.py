@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,31 @@ def start_api(keyrotor: Path, env: dict[str, str], port: int) -> subprocess.Pope
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+# seconds; on a busy two-core machine an API process once took more than 10 s to answer
+API_START_TIMEOUT = 60.0
+
+
+async def wait_answering(
+    http: httpx.AsyncClient,
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool] = lambda: True,
+) -> None:
+    """Poll `proc`'s `/livez` until it answers 200 and `ready()` holds; fail at once if the
+    process exits, with what it printed."""
+    deadline = time.monotonic() + API_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            pytest.fail(f"{proc.args} exited with {proc.returncode}:\n{err[-3000:]}")
+        try:
+            if (await http.get("/livez")).status_code == 200 and ready():
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    pytest.fail(f"{proc.args} did not answer within {API_START_TIMEOUT:.0f} s")
 
 
 @pytest.fixture
@@ -93,16 +118,8 @@ async def two_apis(
     services = make_services(tmp_path, env["KEYROTOR_DATABASE_URL"])
     a, b = (httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=30) for p in ports)
     try:
-        for c in (a, b):
-            for _ in range(200):
-                try:
-                    if (await c.get("/livez")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("an API process did not start")
+        for c, proc in zip((a, b), procs, strict=True):
+            await wait_answering(c, proc)
         assert (
             AdminKeys(services.store, services.keyring).authenticate(admin_key).role == Role.ADMIN
         )
@@ -234,15 +251,7 @@ async def test_api_workers_serve_one_port_and_stop_together(
     proc = start_api(keyrotor, {**env, "KEYROTOR_API_WORKERS": "2"}, port)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-            for _ in range(200):
-                try:
-                    if (await c.get("/livez")).status_code == 200 and len(children(proc.pid)) >= 2:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("keyrotor api --workers 2 did not start two processes")
+            await wait_answering(c, proc, lambda: len(children(proc.pid)) >= 2)
         workers = [p for p in children(proc.pid) if b"spawn_main" in _cmdline(p)]
         assert len(workers) == 2, workers
         auth = {"Authorization": f"Bearer {admin_key}"}

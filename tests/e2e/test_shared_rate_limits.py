@@ -18,7 +18,7 @@ from sqlalchemy import text
 from temporalio.testing import WorkflowEnvironment
 
 from core.ratelimit import client_key
-from tests.e2e.test_multi_process import free_port, start_api
+from tests.e2e.test_multi_process import free_port, start_api, wait_answering
 from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import make_services, process_env
 from worker.main import build_worker
@@ -47,16 +47,8 @@ async def test_a_rate_limit_holds_across_two_api_processes(
     auth = {"Authorization": f"Bearer {admin_key}"}
     apis = [httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=30) for p in ports]
     try:
-        for api in apis:
-            for _ in range(200):
-                try:
-                    if (await api.get("/livez")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                pytest.fail("an API process did not start")
+        for api, proc in zip(apis, procs, strict=True):
+            await wait_answering(api, proc)
         async with build_worker(dev_env.client, services, env["KEYROTOR_TASK_QUEUE"]):
             r = await apis[0].post(
                 API,
