@@ -63,7 +63,7 @@ def worker(
     """Run a worker against KEYROTOR_TEMPORAL_ADDRESS and KEYROTOR_DATABASE_URL until SIGINT or
     SIGTERM. With --processes N above 1, run N workers under a supervisor that stops them all
     together (and exits 1) when one of them exits on its own."""
-    from core.runtime import tune_gc
+    from core.runtime import WORKER_FULL_COLLECTION_AFTER, tune_gc
     from worker.main import run_worker
 
     setup_logging()
@@ -77,7 +77,7 @@ def worker(
         services.close()
         stop_timeout = GRACEFUL_SHUTDOWN.total_seconds() + STOP_MARGIN
         sys.exit(supervise([worker_command()] * count, stop_timeout))
-    tune_gc()
+    tune_gc(WORKER_FULL_COLLECTION_AFTER)
     try:
         asyncio.run(run_worker(services))
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from core.runtime import FULL_COLLECTION_AFTER, tune_gc
+from core.runtime import FULL_COLLECTION_AFTER, WORKER_FULL_COLLECTION_AFTER, tune_gc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +31,16 @@ def test_tune_gc_freezes_what_start_made_and_spaces_full_collections() -> None:
     assert gc.get_freeze_count() > 10_000  # the modules and what they built
     assert gc.get_threshold() == (young, middle, FULL_COLLECTION_AFTER)
     assert FULL_COLLECTION_AFTER > 10  # Python's default
+
+
+@pytest.mark.usefixtures("restored_gc")
+def test_the_workers_full_collections_keep_pythons_spacing() -> None:
+    young, middle, _ = gc.get_threshold()
+    gc.unfreeze()
+    tune_gc(WORKER_FULL_COLLECTION_AFTER)
+    assert gc.get_freeze_count() > 10_000
+    assert gc.get_threshold() == (young, middle, WORKER_FULL_COLLECTION_AFTER)
+    assert WORKER_FULL_COLLECTION_AFTER == 10  # Python's default
 
 
 # Prints without a newline to a pipe (buffered until flushed), logs, then exits with argv[2]
