@@ -1,5 +1,5 @@
-"""Process-wide settings of a long-running keyrotor process (`keyrotor api`, `keyrotor worker`,
-`keyrotor dev`)."""
+"""Process-wide settings of the long-running keyrotor processes (`keyrotor api`, `keyrotor
+worker`, `keyrotor dev`), and how every `keyrotor` process ends."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def tune_gc(full_collection_after: int = FULL_COLLECTION_AFTER) -> None:
 
     The worker keeps Python's 10 (WORKER_FULL_COLLECTION_AFTER): a workflow evicted from its
     cache is old cyclic garbage, which only a full collection frees. With 100, 1,500 keys
-    created through a cache of 200 left the worker at 254 MiB RSS with 227,000 unreachable
-    objects waiting, against 198 MiB with 10 (docs/scaling.md)."""
+    created through a cache of 200 left the worker at 246 to 249 MiB RSS, against 193 to 196
+    MiB with 10 (docs/scaling.md)."""
     gc.collect()
     gc.freeze()
     young, middle, _ = gc.get_threshold()
