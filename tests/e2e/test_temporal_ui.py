@@ -138,12 +138,26 @@ def test_an_operator_finds_reads_and_signals_a_key_in_the_ui(dev: Dev, browser: 
         )
     )
     modal.find_element(By.XPATH, ".//button[.//input[@id='signal-select']]").click()
-    options = wait.until(
-        lambda d: [e for e in modal.find_elements(By.XPATH, ".//li") if e.is_displayed()] or None
-    )
-    names = [o.text.strip() for o in options]
-    assert {"emergency_rotate", "revoke", "suspend", "resume", "acknowledge_warning"} <= set(names)
-    options[names.index("emergency_rotate")].click()
+    # every signal is listed. The list fades in: wait until all of it is shown before reading
+    # or clicking (CI once read it mid-animation, with two items not yet displayed)
+    signals = {
+        "acknowledge_warning",
+        "emergency_rotate",
+        "policy_updated",
+        "resume",
+        "revoke",
+        "suspend",
+    }
+
+    def listed(_: Any) -> dict[str, Any] | None:
+        items = modal.find_elements(By.XPATH, ".//li")
+        if not items or not all(e.is_displayed() for e in items):
+            return None
+        return {e.text.strip(): e for e in items}
+
+    options = wait.until(listed)
+    assert signals <= options.keys()
+    options["emergency_rotate"].click()
     editor = modal.find_element(By.CSS_SELECTOR, ".cm-content")
     editor.click()
     editor.send_keys(json.dumps({"reason": "leaked in a ticket", "actor": "ui-operator"}))
