@@ -4,6 +4,7 @@ same API server in the same run, with 100k stored credentials (and as many handl
 Run from the repository root (a benchmark: it prints, it does not assert):
 
     .venv/bin/python bench/verify.py [--credentials N] [--seconds S] [--connections C]
+        [--redis URL]
 
 - Setup: a fresh SQLite store (WAL) in a temporary directory, filled with N API credentials and
   N handle families written straight into the store with the product's own hashing (their
@@ -22,7 +23,12 @@ Run from the repository root (a benchmark: it prints, it does not assert):
   at random; the maximum and the half-rate phases take disjoint halves and the warm-up uses
   others, so every request is a cache miss as long as a phase sends fewer than 20,000);
   `credentials/verify hot` presents 100 of them over and over (a service with a few callers);
-  every validate request presents a different handle. The answers are checked (VALID).
+  `credentials/verify metered` presents 100 others, with a usage limit, over and over; every
+  validate request presents a different handle (each has a max usage and a rate limit). The
+  answers are checked (VALID).
+- `--redis URL`: the server counts rate limits and usage limits in that Redis
+  (`KEYROTOR_REDIS_URL`), not in the store: compare the metered and handle lines of a run
+  with it and one without.
 """
 
 from __future__ import annotations
@@ -67,14 +73,19 @@ SAMPLE = 40_000  # distinct values presented (drawn from the N stored)
 HOT = 100  # the credentials of the "hot" run
 
 
-def fill_store(store: Store, keyring: MasterKeyring, n: int) -> tuple[list[str], list[str]]:
-    """N credentials and N handle families; returns samples of their plaintext values."""
+def fill_store(
+    store: Store, keyring: MasterKeyring, n: int
+) -> tuple[list[str], list[str], list[str]]:
+    """N credentials (HOT of them with a usage limit) and N handle families; returns samples of
+    their plaintext values: credentials, metered credentials, handles."""
     peppers = PepperRing.from_setting(None, keyring)
     policy = load_policies(default_policy_path()).handle_type("session")
     now = datetime.now(UTC)
     far = now + timedelta(days=300)
     keep = set(random.sample(range(n), min(SAMPLE, n)))
+    metered_ids = set(sorted(keep)[-HOT:])
     credentials: list[str] = []
+    metered: list[str] = []
     handles: list[str] = []
     for kind, prefix, out in (
         ("credential", CREDENTIAL_PREFIX, credentials),
@@ -87,6 +98,7 @@ def fill_store(store: Store, keyring: MasterKeyring, n: int) -> tuple[list[str],
             versions: list[dict[str, object]] = []
             for i in range(start, min(n, start + 5000)):
                 cid = f"{'cred' if kind == 'credential' else 'hdl'}_bench{i:015d}"
+                limit = 10**9 if kind == "credential" and i in metered_ids else None
                 lookup, secret, salt = new_lookup_id(), new_secret(size), secrets.token_bytes(16)
                 rows.append(
                     {
@@ -106,6 +118,8 @@ def fill_store(store: Store, keyring: MasterKeyring, n: int) -> tuple[list[str],
                         "user_id": "bench" if kind == "handle" else "",
                         "context": {},
                         "max_usage": 10**9 if kind == "handle" else None,
+                        "usage_limit": limit,
+                        "remaining": limit,
                         "hash_algorithm": algorithm,
                         "anomaly_count": 0,
                         "workflow_id": f"keyrotor/{kind}/dev/{cid}",
@@ -133,11 +147,11 @@ def fill_store(store: Store, keyring: MasterKeyring, n: int) -> tuple[list[str],
                     }
                 )
                 if i in keep:
-                    out.append(format_token(prefix, "dev", lookup, secret))
+                    (metered if limit else out).append(format_token(prefix, "dev", lookup, secret))
             with store.write() as s:
                 s.execute(insert(CredentialRow), rows)
                 s.execute(insert(CredentialVersionRow), versions)
-    return credentials, handles
+    return credentials, metered, handles
 
 
 @dataclass
@@ -269,7 +283,7 @@ async def run(args: argparse.Namespace) -> None:
     store = Store(sqlite_url(data / "keyrotor.db"))
     store.migrate()
     t = time.perf_counter()
-    credentials, handles = fill_store(store, keyring, args.credentials)
+    credentials, metered, handles = fill_store(store, keyring, args.credentials)
     admin_key = AdminKeys(store, keyring).create("bench", Role.SERVICE, "bench")
     metrics_key = AdminKeys(store, keyring).create("bench-metrics", Role.AUDITOR, "bench")
     store.dispose()
@@ -284,7 +298,9 @@ async def run(args: argparse.Namespace) -> None:
         "KEYROTOR_MASTER_KEY": master_key,
         "KEYROTOR_TEMPORAL_ADDRESS": "127.0.0.1:9",  # none: the hot paths never need it
         "LOG_LEVEL": "WARNING",
+        "KEYROTOR_REDIS_URL": args.redis or "",
     }
+    print(f"limits counted in: {'Redis' if args.redis else 'the store'}")
     server = start_api(port, env)
     try:
         await wait_listening(port, server)
@@ -299,6 +315,14 @@ async def run(args: argparse.Namespace) -> None:
             "credentials/verify": (verifies[HOT:], b'"code":"VALID"'),
             # HOT credentials presented over and over, as a service's few callers do
             "credentials/verify hot": (verifies[:HOT], b'"code":"VALID"'),
+            # and HOT with a usage limit: each verification counts a use
+            "credentials/verify metered": (
+                [
+                    request_bytes("POST", f"{API}/credentials/verify", admin_key, {"key": k})
+                    for k in metered
+                ],
+                b'"code":"VALID"',
+            ),
             "handles/validate": (
                 [
                     request_bytes(
@@ -347,7 +371,7 @@ async def run(args: argparse.Namespace) -> None:
             assert r.latencies is not None
             lat[name] = r.latencies
             errors += r.errors
-            served[name], n = server_share(before, after, name.removesuffix(" hot"), 0.005)
+            served[name], n = server_share(before, after, name.split(" ")[0], 0.005)
             print(
                 f"  half  {name:20} {half:8.0f} req/s: p50 {pct(r.latencies, 0.5) * 1e3:.2f} ms"
                 f" p99 {pct(r.latencies, 0.99) * 1e3:.2f} ms; the server answered"
@@ -359,20 +383,23 @@ async def run(args: argparse.Namespace) -> None:
     print("=" * 78)
     print(f"RESULTS: {args.credentials} stored credentials, {args.connections} connections")
     for name in endpoints:
-        print(f"{name + ' max throughput':<46}{rates[name]:>12.0f} req/s")
-    for name in ("credentials/verify", "credentials/verify hot", "handles/validate"):
-        target = " (target >= 0.8)" if name.startswith("credentials") else ""
-        print(f"{'ratio ' + name + ' / livez' + target:<50}{rates[name] / rates['livez']:>8.2f}")
+        print(f"{name + ' max throughput':<56}{rates[name]:>12.0f} req/s")
+    for name in endpoints:
+        if name == "livez":
+            continue
+        targeted = name in ("credentials/verify", "credentials/verify hot")
+        target = " (target >= 0.8)" if targeted else ""
+        print(f"{'ratio ' + name + ' / livez' + target:<60}{rates[name] / rates['livez']:>8.2f}")
     for name in endpoints:
         label = f"{name} at half its max: p50 / p99"
         p50, p99 = pct(lat[name], 0.5) * 1e3, pct(lat[name], 0.99) * 1e3
-        print(f"{label:<46}{p50:>8.2f} / {p99:.2f} ms")
+        print(f"{label:<56}{p50:>8.2f} / {p99:.2f} ms")
     for name in ("credentials/verify", "credentials/verify hot"):
-        print(f"{name + ' p99 at half max (target <= 5 ms)':<46}", end="")
+        print(f"{name + ' p99 at half max (target <= 5 ms)':<56}", end="")
         print(f"{pct(lat[name], 0.99) * 1e3:>12.2f} ms")
     for name in endpoints:
-        print(f"{name + ' served within 5 ms (server)':<46}{served[name]:>12.2%}")
-    print(f"{'unexpected answers':<46}{errors:>12}")
+        print(f"{name + ' served within 5 ms (server)':<56}{served[name]:>12.2%}")
+    print(f"{'unexpected answers':<56}{errors:>12}")
     print(f"after: load average {os.getloadavg()[0]:.2f}")
 
 
@@ -381,6 +408,9 @@ def main() -> None:
     parser.add_argument("--credentials", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--redis", metavar="URL", help="count rate and usage limits in this Redis, not the store"
+    )
     asyncio.run(run(parser.parse_args()))
 
 

@@ -4,10 +4,11 @@
 Each version is one secret with its own lookup id; the store keeps only its keyed hash, plus an
 envelope-encrypted copy until the secret has been handed out once. Verification reads one row
 by lookup id (or finds it in a cache kept fresh by `core.changes`) and never touches Temporal.
-Usage counts are buffered in memory and flushed about once a second (`flush_usage`); usage
-limits and handles' max usage are exact (one conditional UPDATE per successful use). Rate
-limits are shared by the API processes (`core.ratelimit`: Redis when configured, else the
-database); a credential without one pays nothing for them.
+Usage counts are buffered in memory and flushed about once a second (`flush_usage`). Usage
+limits and handles' max usage are exact and shared by the API processes: counted in Redis when
+configured (`core.ratelimit.RedisLimits.use`; the flush adds those uses to the store), else one
+conditional UPDATE per successful use. Rate limits are shared the same way (`core.ratelimit`);
+a credential without limits pays nothing for them.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, delete, func, select, update
+from sqlalchemy import Table, bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core import audit
@@ -59,7 +60,7 @@ from core.lifecycle import (
 )
 from core.objects import CredentialSpec, CredentialTransitionCommit, ImportWithdrawnError
 from core.policy import SecurityPolicies
-from core.ratelimit import DatabaseRateLimiter, RateLimiter
+from core.ratelimit import DatabaseRateLimiter, RateLimiter, RedisLimits
 from core.store.db import Store, newest_first
 from core.store.models import (
     ArchivedCredentialRow,
@@ -263,6 +264,36 @@ _USE_HANDLE = (
     .values(uses=CredentialVersionRow.uses + 1)
     .returning(CredentialVersionRow.uses)
 )
+# With Redis (`RedisLimits.use`) the count lives there; these seed it, and the flush adds the
+# uses each process counted there to the store.
+_CREDENTIAL_LEFT = select(CredentialRow.remaining).where(CredentialRow.id == bindparam("key"))
+_HANDLE_USES = select(CredentialVersionRow.uses).where(
+    CredentialVersionRow.lookup_id == bindparam("key")
+)
+_FLUSH_CREDENTIAL_USES = (
+    update(CredentialRow)
+    .where(CredentialRow.id == bindparam("key"))
+    .values(
+        remaining=case(
+            (CredentialRow.remaining > bindparam("n"), CredentialRow.remaining - bindparam("n")),
+            else_=0,
+        )
+    )
+)
+_FLUSH_HANDLE_USES = (
+    update(CredentialVersionRow)
+    .where(CredentialVersionRow.lookup_id == bindparam("key"))
+    .values(uses=CredentialVersionRow.uses + bindparam("n"))
+)
+
+
+@dataclass(frozen=True)
+class _Usage:
+    """A usage limit's two ways to the store: `seed` reads the uses left, `spend` counts one
+    use there (exact) and returns the uses left after it, -1 when none were left."""
+
+    seed: Callable[[], int]
+    spend: Callable[[], int]
 
 
 class _FailureTally:
@@ -347,6 +378,7 @@ class CredentialService:
         keyring: MasterKeyring,
         peppers: PepperRing,
         limiter: RateLimiter | None = None,
+        redis_limits: RedisLimits | None = None,
     ) -> None:
         self._store = store
         self._keyring = keyring
@@ -356,6 +388,11 @@ class CredentialService:
         self._usage_lock = threading.Lock()
         # credential id -> [successes, failures, last success]
         self._usage: dict[str, list[Any]] = {}
+        # usage limits: counted in Redis when configured (`build_services`), else in the store
+        self._redis_limits = redis_limits
+        # uses counted in Redis and not yet added to the store, by (kind, credential id or
+        # handle value's lookup id)
+        self._redis_uses: dict[tuple[str, str], int] = {}
         self._dummy_salt = secrets.token_bytes(SALT_BYTES)
         self._dummy_hash = secrets.token_bytes(32)
         # verification rows by lookup id, kept fresh by the API's `core.changes.ChangeFeed`
@@ -840,19 +877,17 @@ class CredentialService:
         rotation_required = row.state == VersionState.ACTIVE and now >= row.rotate_at
         if rotation_required and security.enforce_rotation:
             return self._handle_answer(HandleCode.ROTATION_REQUIRED, row, security, None, match)
-        wait = self._limiter.allow(
-            f"handle/{row.lookup_id}", security.rate_limit_per_handle, 60, time.time()
+        wait, left = self._limit(
+            "handle",
+            row.lookup_id,
+            (security.rate_limit_per_handle, 60),
+            self._handle_usage(row.lookup_id, row.max_usage),
         )
         if wait is not None:
             return self._handle_answer(
                 HandleCode.RATE_LIMITED, row, security, "burst", match, retry_after=wait
             )
-        uses = self._store.write_batched(
-            lambda db: db.execute(
-                _USE_HANDLE, {"lookup": row.lookup_id, "max_usage": row.max_usage}
-            ).scalar_one_or_none()
-        )
-        if uses is None:
+        if left is None or left < 0:
             return self._handle_answer(HandleCode.USAGE_EXHAUSTED, row, security, None, match)
         return self._handle_answer(
             HandleCode.VALID,
@@ -860,7 +895,7 @@ class CredentialService:
             security,
             None if match else "context drift",
             match,
-            remaining=row.max_usage - uses,
+            remaining=left,
             rotation_required=rotation_required,
         )
 
@@ -972,20 +1007,72 @@ class CredentialService:
             return VerificationCode.EXPIRED, None, row.remaining
         if not set(required_scopes) <= set(row.scopes):
             return VerificationCode.INSUFFICIENT_SCOPE, None, row.remaining
-        if row.rate_limit is not None and row.rate_limit_window:
-            wait = self._limiter.allow(
-                f"credential/{row.id}", row.rate_limit, row.rate_limit_window, time.time()
-            )
-            if wait is not None:
-                return VerificationCode.RATE_LIMITED, wait, row.remaining
-        if row.remaining is None:
-            return VerificationCode.VALID, None, None
-        left = self._store.write_batched(
-            lambda db: db.execute(_USE_CREDENTIAL, {"cid": row.id}).scalar_one_or_none()
+        rate = (
+            (row.rate_limit, row.rate_limit_window)
+            if row.rate_limit is not None and row.rate_limit_window
+            else None
         )
+        usage = self._credential_usage(row.id) if row.remaining is not None else None
+        wait, left = self._limit("credential", row.id, rate, usage)
+        if wait is not None:
+            return VerificationCode.RATE_LIMITED, wait, row.remaining if left is None else left
         if left is None:
+            return VerificationCode.VALID, None, None
+        if left < 0:
             return VerificationCode.USAGE_EXCEEDED, None, 0
         return VerificationCode.VALID, None, left
+
+    def _credential_usage(self, credential_id: str) -> _Usage:
+        def seed() -> int:
+            row = self._store.read_one(_CREDENTIAL_LEFT, {"key": credential_id})
+            return int(row[0] or 0) if row is not None else 0
+
+        def spend() -> int:
+            left = self._store.write_batched(
+                lambda db: db.execute(_USE_CREDENTIAL, {"cid": credential_id}).scalar_one_or_none()
+            )
+            return -1 if left is None else int(left)
+
+        return _Usage(seed, spend)
+
+    def _handle_usage(self, lookup_id: str, max_usage: int) -> _Usage:
+        def seed() -> int:
+            row = self._store.read_one(_HANDLE_USES, {"key": lookup_id})
+            return max_usage - int(row[0]) if row is not None else 0
+
+        def spend() -> int:
+            uses = self._store.write_batched(
+                lambda db: db.execute(
+                    _USE_HANDLE, {"lookup": lookup_id, "max_usage": max_usage}
+                ).scalar_one_or_none()
+            )
+            return -1 if uses is None else max_usage - int(uses)
+
+        return _Usage(seed, spend)
+
+    def _limit(
+        self, kind: str, key: str, rate: tuple[int, float] | None, usage: _Usage | None
+    ) -> tuple[float | None, int | None]:
+        """Count one request of a credential or handle value (`key`: its id or lookup id)
+        against its rate limit, and when that allows it, one use of its usage limit (either
+        may be None): (the seconds to wait, the uses left if Redis counts them, else None)
+        when rate limited, else (None, the uses left after this one: -1 when none were left;
+        None without a usage limit). Exact, and shared
+        by the API processes: with Redis one round trip for both, else the store's writes."""
+        client = f"{kind}/{key}"
+        if usage is not None and self._redis_limits is not None:
+            counted = self._redis_limits.use(client, usage.seed, rate)
+            if counted is not None:
+                wait, left = counted
+                if wait is None and left is not None and left >= 0:  # a use was counted
+                    with self._usage_lock:
+                        self._redis_uses[(kind, key)] = self._redis_uses.get((kind, key), 0) + 1
+                return wait, left
+        if rate is not None:
+            wait = self._limiter.allow(client, *rate, time.time())
+            if wait is not None:
+                return wait, None
+        return None, usage.spend() if usage is not None else None
 
     def _record(self, credential_id: str, *, ok: bool) -> None:
         with self._usage_lock:
@@ -1031,10 +1118,12 @@ class CredentialService:
         self._limiter.close()
 
     def flush_usage(self) -> int:
-        """Write the buffered usage counts to the store; returns how many credentials."""
+        """Write the buffered usage counts, and the uses counted in Redis, to the store;
+        returns how many rows it updated."""
         with self._usage_lock:
             usage, self._usage = self._usage, {}
-        if not usage:
+            redis_uses, self._redis_uses = self._redis_uses, {}
+        if not usage and not redis_uses:
             return 0
         # one executemany: a busy second touches thousands of credentials
         rows = [
@@ -1052,13 +1141,21 @@ class CredentialService:
                 ),
             )
         )
+        flushes = [(statement, rows)] + [
+            (
+                _FLUSH_CREDENTIAL_USES if kind == "credential" else _FLUSH_HANDLE_USES,
+                [{"key": key, "n": n} for (k, key), n in redis_uses.items() if k == kind],
+            )
+            for kind in ("credential", "handle")
+        ]
         with self._store.write() as s:
-            for start in range(0, len(rows), FLUSH_CHUNK):
-                s.connection().execute(statement, rows[start : start + FLUSH_CHUNK])
-                # This thread holds the GIL while it binds a chunk: let the event loop in
-                # between, so a busy second's flush never stalls verification for long.
-                time.sleep(0)
-        return len(usage)
+            for flush, values in flushes:
+                for start in range(0, len(values), FLUSH_CHUNK):
+                    s.connection().execute(flush, values[start : start + FLUSH_CHUNK])
+                    # This thread holds the GIL while it binds a chunk: let the event loop in
+                    # between, so a busy second's flush never stalls verification for long.
+                    time.sleep(0)
+        return len(usage) + len(redis_uses)
 
     # --- reads -----------------------------------------------------------------------------
 

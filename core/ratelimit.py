@@ -1,5 +1,6 @@
 """Fixed-window rate limits: in this process, or shared by every API process (in Redis when
-`KEYROTOR_REDIS_URL` is set, else in the database).
+`KEYROTOR_REDIS_URL` is set, else in the database). With Redis, usage limits are counted there
+too (`RedisLimits.use`); without it `core.api_credentials` counts them in the database.
 
 Credentials' and handle values' limits are shared: a credential allowed N requests a minute
 gets N from all API processes together. The admin API's limit is counted per process
@@ -13,6 +14,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol, cast
 
 import redis
@@ -131,23 +133,62 @@ if ttl < 0 then
 end
 return {hits, ttl}
 """
+# One request against a rate limit (KEYS[2], when given: as _WINDOW_SCRIPT, limit ARGV[4]) and,
+# when that allows it, one use of a usage limit (KEYS[1], the uses left), in one round trip:
+# {uses left after this one or -1 when none were left, the window's ms left}, or when rate
+# limited {-3, the window's ms left, the uses left}. {-2, 0} when Redis does not hold the uses
+# left and ARGV[1] is empty, before counting anything: the caller reads them from the database
+# and asks again with them as ARGV[1], which seeds the count unless another process seeded it
+# first.
+_USE_SCRIPT = """
+local left = redis.call('GET', KEYS[1])
+if not left then
+  if ARGV[1] == '' then return {-2, 0} end
+  left = ARGV[1]
+end
+local ttl = 0
+if #KEYS == 2 then
+  local hits = redis.call('INCR', KEYS[2])
+  ttl = redis.call('PTTL', KEYS[2])
+  if ttl < 0 then
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    ttl = tonumber(ARGV[3])
+  end
+  if hits > tonumber(ARGV[4]) then return {-3, ttl, tonumber(left)} end
+end
+left = tonumber(left)
+if left <= 0 then
+  redis.call('SET', KEYS[1], 0, 'PX', ARGV[2])
+  return {-1, ttl}
+end
+redis.call('SET', KEYS[1], left - 1, 'PX', ARGV[2])
+return {left - 1, ttl}
+"""
 
 
-class RedisRateLimiter:
-    """Fixed windows in Redis (`<prefix><SHA-256 of the client>`, expiring with the window),
-    shared by every process on that Redis.
+class RedisLimits:
+    """Rate limits and usage limits in Redis, shared by every process on that Redis; no key
+    names a client (`<prefix>rl:` or `<prefix>use:`, then the SHA-256 of the client).
 
-    When Redis does not answer, the limiter fails open to per-process windows: the verify and
-    validate paths keep answering (an outage of the limiter must not become an outage of every
-    application that verifies keys), and each API process still holds each client to the
-    limit, so a client gets at most the limit times the number of processes. It logs that once,
-    tries Redis again every `retry_interval` seconds, and logs once when Redis is back."""
+    - Rate limits: fixed windows, each key expiring with its window.
+    - Usage limits (`use`): the uses left, seeded from the database the first time and then
+      counted here; the caller adds the uses it counted to the database in its periodic flush.
+
+    When Redis does not answer, verification goes on without it (an outage of the limiter must
+    not become an outage of every application that verifies keys): rate limits fail open to
+    per-process windows (each API process still holds each client to the limit, so a client
+    gets at most the limit times the number of processes), usage limits are counted in the
+    database (`use` answers None). It logs that once, tries Redis again every `retry_interval`
+    seconds, and logs once when Redis is back. The usage counts this process sent to the
+    database meanwhile are dropped from Redis then, to be seeded afresh."""
+
+    USE_TTL_MS = 86_400_000  # a usage count idle for a day is read from the database again
 
     def __init__(
         self,
         url: str,
         *,
-        prefix: str = "keyrotor:rl:",
+        prefix: str = "keyrotor:",
         timeout: float = 0.5,
         retry_interval: float = 5.0,
     ) -> None:
@@ -160,30 +201,89 @@ class RedisRateLimiter:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 1),
         )
-        self._script = self._redis.register_script(_WINDOW_SCRIPT)
+        self._window_script = self._redis.register_script(_WINDOW_SCRIPT)
+        self._use_script = self._redis.register_script(_USE_SCRIPT)
         self._prefix = prefix
         self._retry_interval = retry_interval
         self._fallback = ProcessRateLimiter()
         self._lock = threading.Lock()
         self._down = False
         self._down_until = 0.0  # time.monotonic() until which Redis is not asked
+        self._stale: set[str] = set()  # usage counts taken from the database while down
 
     def key(self, client: str) -> str:
-        """The Redis key of `client`'s window."""
-        return self._prefix + client_key(client)
+        """The Redis key of `client`'s rate-limit window."""
+        return f"{self._prefix}rl:{client_key(client)}"
+
+    def use_key(self, client: str) -> str:
+        """The Redis key of `client`'s usage count."""
+        return f"{self._prefix}use:{client_key(client)}"
 
     def allow(self, client: str, limit: int, window: float, now: float) -> float | None:
-        if not self._down or time.monotonic() >= self._down_until:
+        if self._asking():
             try:
-                answer = self._script(keys=[self.key(client)], args=[max(1, round(window * 1000))])
+                answer = self._window_script(
+                    keys=[self.key(client)], args=[max(1, round(window * 1000))]
+                )
             except RedisError as e:
                 self._went_down(e)
             else:
-                if self._down:
-                    self._came_back()
+                self._answered()
                 hits, ttl_ms = cast(list[int], answer)
                 return None if hits <= limit else ttl_ms / 1000
         return self._fallback.allow(client, limit, window, now)
+
+    def use(
+        self,
+        client: str,
+        seed: Callable[[], int],
+        rate: tuple[int, float] | None = None,
+    ) -> tuple[float | None, int | None] | None:
+        """Count one use of `client`'s usage limit, after one request against its rate limit
+        (`rate`: limit and window, as `allow`) when it has one, in one round trip: (the seconds
+        to wait, the uses left) when rate limited, else (None, the uses left after this one: -1
+        when none were left). `seed()` reads the uses left from the database; it is called only when
+        Redis does not hold them. None: Redis does not answer, and nothing was counted: count
+        in the database (and with `allow`, which counts in this process meanwhile)."""
+        keys = [self.use_key(client)] + ([self.key(client)] if rate else [])
+        window = [max(1, round(rate[1] * 1000)), rate[0]] if rate else []
+        if self._asking():
+            try:
+                answer = self._use_script(keys=keys, args=["", self.USE_TTL_MS, *window])
+                if answer[0] == -2:
+                    answer = self._use_script(keys=keys, args=[seed(), self.USE_TTL_MS, *window])
+            except RedisError as e:
+                self._went_down(e)
+            else:
+                self._answered()
+                left, ttl_ms, *still = (int(n) for n in cast(list[int], answer))
+                return (ttl_ms / 1000, still[0]) if left == -3 else (None, left)
+        with self._lock:
+            self._stale.add(keys[0])
+        return None
+
+    def _asking(self) -> bool:
+        """Whether to ask Redis now; when it answers again after being down, this first drops
+        the usage counts that went to the database meanwhile."""
+        if self._down and time.monotonic() < self._down_until:
+            return False
+        if not self._stale:
+            return True
+        with self._lock:
+            stale, self._stale = self._stale, set()
+        if stale:
+            try:
+                self._redis.delete(*stale)
+            except RedisError as e:
+                with self._lock:
+                    self._stale |= stale
+                self._went_down(e)
+                return False
+        return True
+
+    def _answered(self) -> None:
+        if self._down:
+            self._came_back()
 
     def _went_down(self, error: RedisError) -> None:
         with self._lock:
@@ -192,8 +292,8 @@ class RedisRateLimiter:
                 self._down = True
                 # the error's type only: its text may carry the address
                 log.warning(
-                    "Redis does not answer (%s): rate limits are counted per API process until"
-                    " it does (asking again every %g s)",
+                    "Redis does not answer (%s): rate limits are counted per API process and"
+                    " usage limits in the database until it does (asking again every %g s)",
                     type(error).__name__,
                     self._retry_interval,
                 )
@@ -202,7 +302,7 @@ class RedisRateLimiter:
         with self._lock:
             if self._down:
                 self._down = False
-                log.info("Redis answers again: rate limits are shared by the API processes")
+                log.info("Redis answers again: it counts rate limits and usage limits")
 
     def close(self) -> None:
         self._redis.close()

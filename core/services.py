@@ -17,7 +17,7 @@ from core.policy import Policies, default_policy_path, parse_policies, read_poli
 from core.policy_versions import PolicyVersions
 from core.providers.base import KeyProvider
 from core.providers.local import LocalProvider
-from core.ratelimit import DatabaseRateLimiter, RateLimiter, RedisRateLimiter
+from core.ratelimit import DatabaseRateLimiter, RedisLimits
 from core.settings import Settings
 from core.store.db import Store
 from core.webhooks import WebhookService
@@ -91,7 +91,7 @@ def build_services(settings: Settings) -> Services:
         temporal_tls(settings)  # a wrong TLS file stops the start here, not at first connect
     except TemporalTLSError as e:
         raise ConfigurationError(str(e)) from None
-    redis_limiter = redis_rate_limiter(settings)
+    redis_limits = build_redis_limits(settings)
     path = settings.config or default_policy_path()
     text = read_policy_text(path)
     policies = parse_policies(text, str(path))  # a bad file stops the start, whatever is stored
@@ -121,7 +121,9 @@ def build_services(settings: Settings) -> Services:
         store,
         providers,
         KeyService(store, providers, settings.environment or None, policies.pqc),
-        CredentialService(store, keyring, peppers, redis_limiter or DatabaseRateLimiter(store)),
+        CredentialService(
+            store, keyring, peppers, redis_limits or DatabaseRateLimiter(store), redis_limits
+        ),
         WebhookService(store, keyring),
         BulkService(store),
         versions,
@@ -135,13 +137,13 @@ def build_services(settings: Settings) -> Services:
     return services
 
 
-def redis_rate_limiter(settings: Settings) -> RateLimiter | None:
-    """The Redis rate limiter when `KEYROTOR_REDIS_URL` is set. It connects on first use: a
-    Redis that is down at start is not a reason not to serve (`RedisRateLimiter`)."""
+def build_redis_limits(settings: Settings) -> RedisLimits | None:
+    """Rate limits and usage limits in Redis when `KEYROTOR_REDIS_URL` is set. It connects on
+    first use: a Redis that is down at start is not a reason not to serve (`RedisLimits`)."""
     if settings.redis_url is None:
         return None
     try:
-        return RedisRateLimiter(settings.redis_url.get_secret_value())
+        return RedisLimits(settings.redis_url.get_secret_value())
     except ValueError:  # its text may quote the URL, password and all
         raise ConfigurationError(
             "KEYROTOR_REDIS_URL is not a Redis URL: expected redis://[:password@]host[:port][/db]"

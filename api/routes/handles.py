@@ -69,7 +69,7 @@ def handle_view(
         "context": c.context,
         "maxUsage": c.max_usage,
         "remainingUses": (
-            c.max_usage - current.uses if current and c.max_usage is not None else None
+            max(0, c.max_usage - current.uses) if current and c.max_usage is not None else None
         ),
         "rotationDueAt": iso(current.rotate_at) if current else None,
         "createdAt": iso(c.created_at),

@@ -1,6 +1,7 @@
-"""A credential's rate limit holds across API processes: two `keyrotor api` processes on one
+"""Rate limits and usage limits hold across API processes: two `keyrotor api` processes on one
 store, with Redis (`KEYROTOR_REDIS_URL`) and without it (the database), answer exactly `limit`
-VALID verifications between them in one window."""
+VALID verifications between them in one window, and exactly a credential's usage limit and a
+handle value's max usage in all; the store has the uses counted after the processes' flush."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import redis
 from sqlalchemy import text
 from temporalio.testing import WorkflowEnvironment
 
+from core.credentials import HANDLE_PREFIX, parse_token
 from core.ratelimit import client_key
 from tests.e2e.test_multi_process import free_port, start_api, wait_answering
 from tests.fixtures.database import backend_database_url
@@ -24,11 +26,13 @@ from tests.fixtures.temporal import make_services, process_env
 from worker.main import build_worker
 
 API = "/api/key-management/credentials"
+HANDLES = "/api/key-management/handles"
 LIMIT, EXTRA = 10, 7
+DEVICE_MAX_USAGE = 50  # config/keyrotor.toml
 
 
 @pytest.mark.parametrize("shared_in", ["redis", "database"])
-async def test_a_rate_limit_holds_across_two_api_processes(
+async def test_rate_and_usage_limits_hold_across_two_api_processes(
     dev_env: WorkflowEnvironment, tmp_path: Path, shared_in: str, request: pytest.FixtureRequest
 ) -> None:
     admin_key = f"kra_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
@@ -56,6 +60,14 @@ async def test_a_rate_limit_holds_across_two_api_processes(
                 headers=auth,
             )
             assert r.status_code == 201, r.text
+            used = await apis[1].post(
+                API, json={"name": "metered", "usageLimit": LIMIT}, headers=auth
+            )
+            assert used.status_code == 201, used.text
+            handle = await apis[0].post(
+                f"{HANDLES}/generate", json={"type": "device", "userId": "u1"}, headers=auth
+            )
+            assert handle.status_code == 201, handle.text
         cid, key = r.json()["credential"]["id"], r.json()["secret"]
 
         async def verify(n: int) -> str:
@@ -84,6 +96,46 @@ async def test_a_rate_limit_holds_across_two_api_processes(
                     text("SELECT hits FROM rate_limit_windows WHERE client = :c"), {"c": window}
                 )
             assert hits == LIMIT + EXTRA + 2
+
+        # a usage limit and a handle value's max usage, spent from both processes at once
+        metered_id, metered = used.json()["credential"]["id"], used.json()["secret"]
+        value, family = handle.json()["handle"]["id"], handle.json()["handle"]["familyId"]
+
+        async def use(n: int) -> str:
+            r = await apis[n % 2].post(f"{API}/verify", json={"key": metered}, headers=auth)
+            return str(r.json()["verification"]["code"])
+
+        async def validate(n: int) -> str:
+            r = await apis[n % 2].post(
+                f"{HANDLES}/validate", json={"handleId": value, "userId": "u1"}, headers=auth
+            )
+            return str(r.json()["validation"]["code"])
+
+        codes = Counter(await asyncio.gather(*(use(n) for n in range(LIMIT + EXTRA))))
+        assert codes == {"VALID": LIMIT, "USAGE_EXCEEDED": EXTRA}
+        codes = Counter(await asyncio.gather(*(validate(n) for n in range(DEVICE_MAX_USAGE + 7))))
+        assert codes == {"VALID": DEVICE_MAX_USAGE, "USAGE_EXHAUSTED": 7}
+        if shared_in == "redis":  # counted there: nothing left
+            shared = redis.Redis.from_url(env["KEYROTOR_REDIS_URL"])
+            lookup = parse_token(value, HANDLE_PREFIX).lookup_id
+            names = [f"credential/{metered_id}", f"handle/{lookup}"]
+            keys = [f"keyrotor:use:{client_key(name)}" for name in names]
+            try:
+                assert [shared.get(k) for k in keys] == [b"0", b"0"]
+            finally:
+                shared.delete(*keys)
+                shared.close()
+
+        async def stored() -> tuple[int, int]:
+            c = await apis[0].get(f"{API}/{metered_id}", headers=auth)
+            h = await apis[1].get(f"{HANDLES}/{family}", headers=auth)
+            return c.json()["credential"]["remaining"], h.json()["handle"]["remainingUses"]
+
+        for _ in range(50):  # each process writes its counts about once a second
+            if await stored() == (0, 0):
+                break
+            await asyncio.sleep(0.2)
+        assert await stored() == (0, 0)
     finally:
         for api in apis:
             await api.aclose()

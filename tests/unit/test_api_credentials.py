@@ -19,7 +19,7 @@ import secrets
 import string
 import threading
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +28,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
@@ -74,12 +75,12 @@ from core.lifecycle import (
     suspend,
 )
 from core.objects import CredentialSpec, CredentialTransitionCommit
-from core.ratelimit import RedisRateLimiter
+from core.ratelimit import RedisLimits
 from core.services import ConfigurationError, Services, build_services
 from core.settings import Settings
 from core.store.models import AuditRecordRow, CredentialVersionRow, EventRow
 from tests.fixtures.database import _admin_connection, _libpq_url
-from tests.fixtures.redis_server import PrivateRedis
+from tests.fixtures.redis_server import PrivateRedis, delete_keys
 from tests.fixtures.temporal import TEST_MASTER_KEY, make_services
 
 DAY = 86400
@@ -455,6 +456,45 @@ def service_with(services: Services, peppers: PepperRing | None = None) -> Crede
 @pytest.fixture
 def svc(services: Services) -> CredentialService:
     return service_with(services)
+
+
+@pytest.fixture
+def redis_limits(redis_url: str, redis_client: redis.Redis) -> Iterator[Callable[[], RedisLimits]]:
+    """Makes `RedisLimits` on the test Redis, under a key prefix of this test's own (its keys
+    are deleted afterwards)."""
+    prefix = f"keyrotor:test-{secrets.token_hex(4)}:"
+    made: list[RedisLimits] = []
+
+    def make() -> RedisLimits:
+        made.append(RedisLimits(redis_url, prefix=prefix))
+        return made[-1]
+
+    yield make
+    for limits in made:
+        limits.close()
+    delete_keys(redis_client, prefix + "*")
+
+
+@dataclass
+class UsageBackend:
+    """Where services count usage limits: in the store, or in Redis (`KEYROTOR_REDIS_URL`)."""
+
+    name: str
+    make: Callable[[], CredentialService]  # one more API process's service, on the same store
+
+
+@pytest.fixture(params=["database", "redis"])
+def usage_in(request: pytest.FixtureRequest, services: Services) -> UsageBackend:
+    if request.param == "database":
+        return UsageBackend("database", lambda: service_with(services))
+    make_limits = request.getfixturevalue("redis_limits")
+
+    def make() -> CredentialService:
+        ring = PepperRing.from_setting(None, services.keyring)
+        limits = make_limits()
+        return CredentialService(services.store, services.keyring, ring, limits, limits)
+
+    return UsageBackend("redis", make)
 
 
 STATUS_CHANGES = {
@@ -914,8 +954,9 @@ def test_the_rate_limit_is_a_fixed_window_per_credential_across_its_versions(
 
 
 def test_the_usage_limit_is_one_budget_shared_by_the_versions_in_grace(
-    svc: CredentialService,
+    usage_in: UsageBackend,
 ) -> None:
+    svc = usage_in.make()
     cred = create(svc, usage_limit=3)
     old = cred.secret(1)
     first = svc.verify(old)
@@ -934,21 +975,63 @@ def test_the_usage_limit_is_one_budget_shared_by_the_versions_in_grace(
             0,
             False,
         )
+    svc.flush_usage()
     assert svc.get(cred.id)[0].remaining == 0
 
 
 def test_the_usage_limit_is_exact_under_concurrent_verifications(
-    svc: CredentialService,
+    usage_in: UsageBackend,
 ) -> None:
+    """Two services stand for two API processes on one store (and one Redis)."""
+    svc, other = usage_in.make(), usage_in.make()
     cred = create(svc, usage_limit=10)
     secret = cred.secret(1)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda _: svc.verify(secret), range(30)))
+        results = list(pool.map(lambda n: (svc, other)[n % 2].verify(secret), range(30)))
     valid = [r.remaining for r in results if r.code == VerificationCode.VALID]
     assert sorted(r for r in valid if r is not None) == list(range(10))
     assert len(valid) == 10
     assert [r.code for r in results].count(VerificationCode.USAGE_EXCEEDED) == 20
+    if usage_in.name == "redis":
+        # counted in Redis: the store hears of the uses at each process's flush
+        assert svc.get(cred.id)[0].remaining == 10
+        assert svc.flush_usage() + other.flush_usage() >= 3  # usage rows, uses counted in Redis
+        assert svc.flush_usage() + other.flush_usage() == 0
     assert svc.get(cred.id)[0].remaining == 0
+
+
+def test_a_rate_limited_verification_spends_none_of_the_usage_limit(
+    usage_in: UsageBackend,
+) -> None:
+    svc = usage_in.make()
+    secret = create(svc, rate_limit=2, rate_limit_window=60, usage_limit=10).secret(1)
+    answers = [svc.verify(secret) for _ in range(4)]
+    assert [(a.code, a.remaining) for a in answers] == [
+        (VerificationCode.VALID, 9),
+        (VerificationCode.VALID, 8),
+        (VerificationCode.RATE_LIMITED, 8),
+        (VerificationCode.RATE_LIMITED, 8),
+    ]
+    assert all(a.retry_after is not None and 0 < a.retry_after <= 60 for a in answers[2:])
+    svc.flush_usage()
+    assert svc.get(answers[0].credential_id or "")[0].remaining == 8
+
+
+def test_usage_limits_go_to_the_store_while_redis_does_not_answer(
+    services: Services, private_redis: PrivateRedis
+) -> None:
+    limits = RedisLimits(private_redis.url)  # never started: nothing answers there
+    ring = PepperRing.from_setting(None, services.keyring)
+    svc = CredentialService(services.store, services.keyring, ring, limits, limits)
+    secret = create(svc, usage_limit=2).secret(1)
+    answers = [svc.verify(secret) for _ in range(3)]
+    assert [(a.code, a.remaining) for a in answers] == [
+        (VerificationCode.VALID, 1),
+        (VerificationCode.VALID, 0),
+        (VerificationCode.USAGE_EXCEEDED, 0),
+    ]
+    assert svc.get(answers[0].credential_id or "")[0].remaining == 0  # no flush needed
+    svc.close()
 
 
 def test_flush_usage_writes_counts_failures_and_last_use(svc: CredentialService) -> None:
@@ -1315,7 +1398,7 @@ def test_a_credential_without_a_rate_limit_never_asks_the_limiter(
     limit goes to a thread, and is held to its limit by this process (the limiter fails open
     to per-process windows)."""
     ring = PepperRing.from_setting(None, services.keyring)
-    limiter = RedisRateLimiter(private_redis.url)
+    limiter = RedisLimits(private_redis.url)
     svc = CredentialService(services.store, services.keyring, ring, limiter)
     caplog.set_level(logging.WARNING, logger="keyrotor.ratelimit")
     plain = create(svc).secret(1)

@@ -1,7 +1,8 @@
 """Rate limiters: per process, and shared through the database or Redis (real SQLite,
 PostgreSQL and Redis). Two limiter instances stand for two API processes: over a shared
 store they share each client's count; a Redis that does not answer leaves each process
-counting on its own."""
+counting on its own. Usage limits counted in Redis (`RedisLimits.use`): here the counting;
+`test_api_credentials` holds the store's side."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -18,7 +20,7 @@ from core.ratelimit import (
     DatabaseRateLimiter,
     ProcessRateLimiter,
     RateLimiter,
-    RedisRateLimiter,
+    RedisLimits,
     client_key,
 )
 from core.store.db import Store
@@ -125,27 +127,27 @@ def test_database_windows_count_exactly_under_concurrent_requests(
 
 @pytest.fixture
 def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
-    """A key prefix of this test's own, under keyrotor:rl:; its keys are deleted afterwards."""
-    prefix = f"keyrotor:rl:test-{secrets.token_hex(4)}:"
+    """A key prefix of this test's own, under keyrotor:; its keys are deleted afterwards."""
+    prefix = f"keyrotor:test-{secrets.token_hex(4)}:"
     yield prefix
     delete_keys(redis_client, prefix + "*")
 
 
 @pytest.fixture
-def redis_pair(redis_url: str, redis_prefix: str) -> Iterator[tuple[RedisRateLimiter, ...]]:
-    pair = tuple(RedisRateLimiter(redis_url, prefix=redis_prefix) for _ in range(2))
+def redis_pair(redis_url: str, redis_prefix: str) -> Iterator[tuple[RedisLimits, ...]]:
+    pair = tuple(RedisLimits(redis_url, prefix=redis_prefix) for _ in range(2))
     yield pair
     for limiter in pair:
         limiter.close()
 
 
-def test_redis_windows_hold_reset_and_are_shared(redis_pair: tuple[RedisRateLimiter, ...]) -> None:
+def test_redis_windows_hold_reset_and_are_shared(redis_pair: tuple[RedisLimits, ...]) -> None:
     a, b = redis_pair
     check_limit_holds_resets_and_is_shared(a, b, Clock(fake=False))
 
 
 def test_redis_keys_name_no_client(
-    redis_pair: tuple[RedisRateLimiter, ...], redis_client: redis.Redis, redis_prefix: str
+    redis_pair: tuple[RedisLimits, ...], redis_client: redis.Redis, redis_prefix: str
 ) -> None:
     lookup_id = secrets.token_hex(8)
     a, _ = redis_pair
@@ -153,8 +155,8 @@ def test_redis_keys_name_no_client(
     assert a.allow("credential/cred_secretive", 5, 60, time.time()) is None
     keys = {k.decode() for k in redis_client.scan_iter(match=redis_prefix + "*")}
     assert keys == {
-        redis_prefix + client_key(f"handle/{lookup_id}"),
-        redis_prefix + client_key("credential/cred_secretive"),
+        redis_prefix + "rl:" + client_key(f"handle/{lookup_id}"),
+        redis_prefix + "rl:" + client_key("credential/cred_secretive"),
     }
     everything = b" ".join(redis_client.scan_iter(match="*"))
     assert lookup_id.encode() not in everything and b"secretive" not in everything
@@ -169,8 +171,8 @@ def test_a_redis_that_does_not_answer_leaves_each_process_its_own_count(
     holds each client to the limit; one warning, without the URL or its password; once Redis
     answers again (asked every `retry_interval`), the count is shared again."""
     url = f"redis://:hunter2@127.0.0.1:{private_redis.port}/0"
-    a = RedisRateLimiter(url, retry_interval=0.3)
-    b = RedisRateLimiter(url, retry_interval=0.3)
+    a = RedisLimits(url, retry_interval=0.3)
+    b = RedisLimits(url, retry_interval=0.3)
     caplog.set_level(logging.INFO, logger="keyrotor.ratelimit")
     now = time.time()
     assert [a.allow("credential/c", 2, 60, now) for _ in range(2)] == [None, None]
@@ -190,10 +192,84 @@ def test_a_redis_that_does_not_answer_leaves_each_process_its_own_count(
         assert a.allow("credential/d", 1, 60, time.time()) is None
         assert b.allow("credential/d", 1, 60, time.time()) is not None  # shared again
         back = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-        assert back == ["Redis answers again: rate limits are shared by the API processes"] * 2
+        assert back == ["Redis answers again: it counts rate limits and usage limits"] * 2
         server = redis.Redis.from_url(private_redis.url)
         assert server.get(a.key("credential/d")) == b"2"
         server.close()
     finally:
         a.close()
         b.close()
+
+
+# --- usage limits in Redis -----------------------------------------------------------------
+
+
+def test_redis_usage_counts_are_seeded_once_shared_and_exact(
+    redis_pair: tuple[RedisLimits, ...], redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    a, b = redis_pair
+    seeds: list[str] = []
+
+    def seed() -> int:
+        seeds.append("read")
+        return 10
+
+    client = f"credential/cred_{secrets.token_hex(4)}"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        lefts = list(pool.map(lambda n: (a, b)[n % 2].use(client, seed), range(14)))
+    assert sorted(left for _, left in lefts) == [-1] * 4 + list(range(10))  # each seen once
+    assert 1 <= len(seeds) <= 14  # read while Redis had no count; one seed took
+    assert b.use(client, seed) == (None, -1)  # and it stays spent
+    key = a.use_key(client)
+    assert redis_client.get(key) == b"0"
+    assert key == f"{redis_prefix}use:{client_key(client)}"
+    assert 0 < redis_client.pttl(key) <= RedisLimits.USE_TTL_MS
+    assert client.encode() not in b" ".join(redis_client.scan_iter(match="*"))
+    # a count Redis holds is not read from the store again
+    seeds.clear()
+    other = f"handle/{secrets.token_hex(8)}"
+    assert [a.use(other, lambda: 3)[1] for _ in range(4)] == [2, 1, 0, -1]
+    assert [b.use(other, seed) for _ in range(2)] == [(None, -1)] * 2 and seeds == []
+
+
+def test_a_redis_that_does_not_answer_sends_usage_limits_to_the_store_and_reseeds_after(
+    private_redis: PrivateRedis,
+) -> None:
+    """`use` answers None while Redis is down (the caller counts in the store); once Redis
+    answers, the counts this process sent to the store meanwhile are dropped from Redis and
+    seeded again from the store, and the others are left as they are."""
+    private_redis.start()
+    server = redis.Redis.from_url(private_redis.url)
+    limits = RedisLimits(private_redis.url, retry_interval=0.3)
+    try:
+        assert limits.use("credential/a", lambda: 5) == (None, 4)
+        assert limits.use("credential/b", lambda: 5) == (None, 4)
+        private_redis.stop()
+        assert limits.use("credential/a", lambda: 5) is None
+        assert limits.use("credential/a", lambda: 5) is None  # not asked again for a while
+        private_redis.start()  # an empty Redis (no persistence): both counts are gone
+        server.set(limits.use_key("credential/a"), 4)
+        server.set(limits.use_key("credential/b"), 4)
+        time.sleep(0.35)
+        # a was counted in the store while Redis was down: read from the store again (2 left
+        # there, after the two uses the store counted); b was not, and keeps Redis's count
+        assert limits.use("credential/a", lambda: 2) == (None, 1)
+        assert limits.use("credential/b", lambda: 99) == (None, 3)
+    finally:
+        limits.close()
+        server.close()
+
+
+def test_a_redis_rate_limit_and_usage_limit_take_one_round_trip_and_a_limited_request_no_use(
+    redis_pair: tuple[RedisLimits, ...], redis_client: redis.Redis
+) -> None:
+    a, b = redis_pair
+    client = f"handle/{secrets.token_hex(8)}"
+    answers = [(a, b)[n % 2].use(client, lambda: 3, (4, 60)) for n in range(6)]
+    assert [left for _, left in answers] == [2, 1, 0, -1, 0, 0]
+    assert [wait is not None and 0 < wait <= 60 for wait, _ in answers] == [False] * 4 + [True] * 2
+    assert redis_client.get(a.use_key(client)) == b"0"  # limited requests spent nothing more
+    assert redis_client.get(a.key(client)) == b"6"  # every request counted against the rate
+    assert 0 < redis_client.pttl(a.key(client)) <= 60_000
+    # the rate window is the one `allow` counts in
+    assert a.allow(client, 4, 60, time.time()) is not None
