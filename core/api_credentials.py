@@ -1118,8 +1118,9 @@ class CredentialService:
         self._limiter.close()
 
     def flush_usage(self) -> int:
-        """Write the buffered usage counts, and the uses counted in Redis, to the store;
-        returns how many rows it updated."""
+        """Write the buffered usage counts, and the uses counted in Redis, to the store, in one
+        transaction; returns how many rows it updated. If the store fails, they stay buffered
+        for the next flush."""
         with self._usage_lock:
             usage, self._usage = self._usage, {}
             redis_uses, self._redis_uses = self._redis_uses, {}
@@ -1148,13 +1149,24 @@ class CredentialService:
             )
             for kind in ("credential", "handle")
         ]
-        with self._store.write() as s:
-            for flush, values in flushes:
-                for start in range(0, len(values), FLUSH_CHUNK):
-                    s.connection().execute(flush, values[start : start + FLUSH_CHUNK])
-                    # This thread holds the GIL while it binds a chunk: let the event loop in
-                    # between, so a busy second's flush never stalls verification for long.
-                    time.sleep(0)
+        try:
+            with self._store.write() as s:
+                for flush, values in flushes:
+                    for start in range(0, len(values), FLUSH_CHUNK):
+                        s.connection().execute(flush, values[start : start + FLUSH_CHUNK])
+                        # This thread holds the GIL while it binds a chunk: let the event loop
+                        # in between, so a busy second's flush never stalls verification long.
+                        time.sleep(0)
+        except Exception:  # nothing was written: keep it for the next flush
+            with self._usage_lock:
+                for cid, (ok, failed, last) in usage.items():
+                    entry = self._usage.setdefault(cid, [0, 0, None])
+                    entry[0] += ok
+                    entry[1] += failed
+                    entry[2] = max((t for t in (entry[2], last) if t is not None), default=None)
+                for key, n in redis_uses.items():
+                    self._redis_uses[key] = self._redis_uses.get(key, 0) + n
+            raise
         return len(usage) + len(redis_uses)
 
     # --- reads -----------------------------------------------------------------------------

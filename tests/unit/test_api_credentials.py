@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from pydantic import SecretStr
 from sqlalchemy import event, func, select
+from sqlalchemy.exc import OperationalError
 
 from core import api_credentials, audit
 from core import credentials as core_credentials
@@ -1066,6 +1067,32 @@ def test_flush_usage_writes_counts_failures_and_last_use(svc: CredentialService)
     row = svc.get(used.id)[0]
     assert (row.usage_count, row.failure_count) == (3, 2)  # added, not overwritten
     assert row.last_used_at is not None and row.last_used_at >= after
+
+
+def test_a_flush_the_store_refuses_keeps_the_counts_for_the_next_one(
+    usage_in: UsageBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = usage_in.make()
+    cred = create(svc, usage_limit=10)
+    secret = cred.secret(1)
+    assert [svc.verify(secret).remaining for _ in range(2)] == [9, 8]
+    real_write = svc._store.write
+
+    @contextlib.contextmanager
+    def failing_write() -> Iterator[Any]:
+        with real_write() as s:
+            yield s
+            raise OperationalError("UPDATE", {}, Exception("the store went away"))
+
+    monkeypatch.setattr(svc._store, "write", failing_write)
+    with pytest.raises(OperationalError):
+        svc.flush_usage()
+    monkeypatch.setattr(svc._store, "write", real_write)
+    assert svc.verify(secret).remaining == 7  # counted after, and kept with the rest
+    svc.flush_usage()
+    row = svc.get(cred.id)[0]
+    assert (row.usage_count, row.remaining, row.last_used_at is not None) == (3, 7, True)
+    assert svc.flush_usage() == 0
 
 
 def test_an_unclaimed_secret_is_deleted_when_the_previous_grace_ends(
