@@ -1057,8 +1057,8 @@ class CredentialService:
         against its rate limit, and when that allows it, one use of its usage limit (either
         may be None): (the seconds to wait, the uses left if Redis counts them, else None)
         when rate limited, else (None, the uses left after this one: -1 when none were left;
-        None without a usage limit). Exact, and shared
-        by the API processes: with Redis one round trip for both, else the store's writes."""
+        None without a usage limit). Exact, and shared by the API processes: with Redis one
+        round trip for both, else the store's writes."""
         client = f"{kind}/{key}"
         if usage is not None and self._redis_limits is not None:
             counted = self._redis_limits.use(client, usage.seed, rate)
