@@ -74,10 +74,17 @@ WIDTH = 92
 # --- the worker this bench starts (`--serve-worker`) -----------------------------------------
 
 
-def serve_worker(metrics_port: int, cache: int, unsandboxed: int) -> None:
+def serve_worker(metrics_port: int, cache: int, unsandboxed: int, run_events: int) -> None:
     """`keyrotor worker`, with the SDK's metrics on `metrics_port` (0: none) and, when `cache`
     is not negative, that many cached workflows instead of the SDK's default (0: no cache and
-    no sticky task queue); `unsandboxed`: workflows run without the SDK's sandbox."""
+    no sticky task queue); `unsandboxed`: workflows run without the SDK's sandbox;
+    `run_events`, when positive: key workflows continue as new at that many events instead
+    of `MAX_RUN_EVENTS`."""
+    if run_events > 0:
+        import workflows.managed
+
+        # passed through the sandbox: the workflows read the constant of this module
+        workflows.managed.MAX_RUN_EVENTS = run_events
     if metrics_port:
         from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
@@ -575,7 +582,7 @@ async def bench(args: argparse.Namespace) -> None:
                 child_env.pop("PYTHONDONTWRITEBYTECODE", None)
                 child_env["PYTHONPYCACHEPREFIX"] = str(data / "pycache")
                 cache = str(-1 if args.worker_cache is None else args.worker_cache)
-                flags = [cache, str(int(args.unsandboxed))]
+                flags = [cache, str(int(args.unsandboxed)), str(args.max_run_events or 0)]
                 workers_argv = (
                     [[str(BIN / "keyrotor"), "worker"]] * n
                     if args.plain_worker
@@ -606,6 +613,8 @@ async def bench(args: argparse.Namespace) -> None:
                     worker_kind += f", max_cached_workflows={args.worker_cache}"
                 if args.unsandboxed:
                     worker_kind += ", no sandbox"
+                if args.max_run_events:
+                    worker_kind += f", continue as new at {args.max_run_events} events"
                 print(
                     f"setup: dev server ({'SQLite file' if extra else 'in-memory'} persistence),"
                     f" keyrotor api on 127.0.0.1:{port}, worker ({worker_kind}), store"
@@ -896,13 +905,21 @@ def main() -> None:
         default=1,
         help="worker processes on the task queue (as `keyrotor worker --processes N`)",
     )
-    parser.add_argument("--serve-worker", nargs=3, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--max-run-events",
+        type=int,
+        help="experiment: key workflows continue as new at this many events (default: as"
+        " shipped, workflows.managed.MAX_RUN_EVENTS)",
+    )
+    parser.add_argument("--serve-worker", nargs=4, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_worker:
         serve_worker(*args.serve_worker)
         return
-    if args.plain_worker and (args.worker_cache is not None or args.unsandboxed):
-        parser.error("--worker-cache needs the bench's worker (leave out --plain-worker)")
+    if args.plain_worker and (
+        args.worker_cache is not None or args.unsandboxed or args.max_run_events
+    ):
+        parser.error("the experiments need the bench's worker (leave out --plain-worker)")
     if args.rotation_interval is None:
         args.rotation_interval = max(10, round(args.keys / 50))
     t = args.rotation_interval

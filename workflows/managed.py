@@ -75,6 +75,13 @@ MAX_COMMENT = 1000
 MAX_ACTOR = 200
 # histories from before the algorithm search attribute followed migrations replay without it
 ALGORITHM_PATCH = "algorithm-search-attribute"
+# A run continues as new once its history holds this many events (a timer-driven transition
+# adds about seven). Replaying a run costs the worker 3 to 4 ms for each transition in it,
+# and starting the next run costs the server about what one transition does (docs/scaling.md).
+# Running workflows depend on it: a new value needs a new patch id (test_replay fails).
+MAX_RUN_EVENTS = 40
+# runs from before MAX_RUN_EVENTS replay without it (they continue when the server suggests)
+RUN_LENGTH_PATCH = "continue-as-new-by-length"
 
 # The audit action (`<kind>.<action>`) and event name (`<kind><Event>`) of each time-driven
 # transition and status change.
@@ -164,16 +171,18 @@ class ManagedLifecycleWorkflow:
                 self._created = True
         while self._key.status not in TERMINAL_KEY_STATUSES:
             if workflow.info().is_continue_as_new_suggested():
-                await workflow.wait_condition(
-                    lambda: workflow.all_handlers_finished() and not self._lock.locked()
-                )
-                workflow.continue_as_new(self._carry())
+                await self._continue_as_new()
             now = workflow.now()
             due = next_transition(self._key, now, rotation=self._rotation_allowed(now))
             if due is not None and due.at <= now:
                 async with self._lock:
                     await self._apply_due()
                 continue
+            # Rather than sleep, in the task that applied the last transition: a wakeup of a
+            # workflow the worker no longer caches replays the whole run.
+            long_run = workflow.info().get_current_history_length() >= MAX_RUN_EVENTS
+            if long_run and workflow.patched(RUN_LENGTH_PATCH):
+                await self._continue_as_new()
             retry = self._rotation_retry_at
             wakes = [t for t in (due.at if due else None, retry) if t is not None and t > now]
             wake_at = min(wakes) if wakes else None
@@ -188,6 +197,12 @@ class ManagedLifecycleWorkflow:
                 pass
         await workflow.wait_condition(workflow.all_handlers_finished)
         return str(self._key.status)
+
+    async def _continue_as_new(self) -> None:
+        await workflow.wait_condition(
+            lambda: workflow.all_handlers_finished() and not self._lock.locked()
+        )
+        workflow.continue_as_new(self._carry())
 
     async def _apply_due(self) -> None:
         """Apply the transition that is due now (re-read under the lock: a handler may have

@@ -106,14 +106,20 @@ async def test_continue_as_new_keeps_state_and_idempotency(stack: Stack) -> None
     ).json()
     assert early["rotation"] == {"fromVersion": 1, "toVersion": 2}
     version = 2
-    for _ in range(30):  # the dev server suggests continue-as-new after 60 events
+    for _ in range(30):  # a run continues as new at MAX_RUN_EVENTS
         r = await stack.http.post(f"{API}/keys/{key['id']}/rotate", json={}, headers=stack.auth())
         assert r.status_code == 200, r.text
         version += 1
         assert r.json()["rotation"]["toVersion"] == version
         if (await handle.describe()).run_id != first_run:
             break
-    assert (await handle.describe()).run_id != first_run, "never continued as new"
+    desc = await handle.describe()
+    assert desc.run_id != first_run, "never continued as new"
+    # the next run has the search attributes the last commit left
+    assert desc.typed_search_attributes.get(SA_STATE) == "active"
+    assert desc.typed_search_attributes.get(SA_NEXT_ROTATION) == datetime.fromisoformat(
+        r.json()["key"]["nextRotationAt"]
+    )
     again = (
         await stack.http.post(f"{API}/keys/{key['id']}/rotate", json={}, headers=headers)
     ).json()

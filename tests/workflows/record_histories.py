@@ -19,7 +19,7 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from core.codec import data_converter
-from core.lifecycle import new_key
+from core.lifecycle import LifecyclePolicy, new_key
 from core.objects import CredentialSpec, KeySpec
 from core.services import Services
 from tests.fixtures.temporal import BIN, TEST_KEYRING, make_services
@@ -96,6 +96,28 @@ async def key_staged_warnings(env: WorkflowEnvironment, services: Services) -> s
     await handle.query(KeyLifecycleWorkflow.describe)
     assert await handle.result() == "expired"
     return (await handle.fetch_history()).to_json()
+
+
+async def key_continued_as_new(env: WorkflowEnvironment, services: Services) -> str:
+    """The first run of a daily-rotating key: it continues as new at MAX_RUN_EVENTS."""
+    now = await env.get_current_time()
+    spec = KeySpec("key_recordedcontinued1", "dev", "encryption", "AES-256-GCM", "local", 256)
+    daily = LifecyclePolicy(
+        rotation_interval=86400, warning_threshold=0, max_lifetime=90 * 86400, grace_period=0
+    )
+    handle = await env.client.start_workflow(
+        KeyLifecycleWorkflow.run,
+        KeyWorkflowInput(spec=spec, lifecycle=new_key(daily, now), publish_search_attributes=False),
+        id=f"keyrotor/key/dev/{spec.key_id}",
+        task_queue="record",
+    )
+    await handle.execute_update(KeyLifecycleWorkflow.wait_created)
+    first = (await handle.describe()).run_id
+    await env.sleep(timedelta(days=10))
+    history = await env.client.get_workflow_handle(handle.id, run_id=first).fetch_history()
+    assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+    await handle.terminate("recorded")
+    return history.to_json()
 
 
 async def credential_lifecycle_full(env: WorkflowEnvironment, services: Services) -> str:
@@ -209,6 +231,7 @@ Recorder = Callable[[WorkflowEnvironment, Services], Awaitable[str]]
 RECORDERS: dict[str, Recorder] = {
     "key_lifecycle_full": key_lifecycle_full,
     "key_staged_warnings": key_staged_warnings,
+    "key_continued_as_new": key_continued_as_new,
     "credential_lifecycle_full": credential_lifecycle_full,
     "handle_lifecycle_full": handle_lifecycle_full,
 }

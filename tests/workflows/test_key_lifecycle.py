@@ -27,6 +27,7 @@ from core.services import Services
 from core.store.models import AuditRecordRow, EventRow, KeyRow, KeyVersionRow, WarningRow
 from worker.main import build_worker
 from workflows.key_lifecycle import KeyLifecycleWorkflow
+from workflows.managed import MAX_RUN_EVENTS
 from workflows.types import (
     AcknowledgeWarning,
     KeyDescription,
@@ -254,6 +255,38 @@ async def test_key_expiry_ends_the_workflow(
     assert await handle.result() == "expired"  # the test server skips the 45 days
     assert versions(services, spec.key_id) == {1: "retired", 2: "expired"}
     assert actions(services, spec.key_id)[-1] == "key.expired"
+
+
+async def test_a_long_lived_key_continues_as_new_with_short_runs(
+    env: WorkflowEnvironment, services: Services, task_queue: str
+) -> None:
+    """A wakeup of an evicted workflow replays its run: runs end at MAX_RUN_EVENTS, and the
+    next one goes on with the same versions, each rotation once."""
+    daily = LifecyclePolicy(
+        rotation_interval=DAY, warning_threshold=0, max_lifetime=90 * DAY, grace_period=0
+    )
+    handle, spec, _ = await start_key(env, task_queue, policy=daily)
+    first = (await handle.describe()).run_id
+    await env.sleep(timedelta(days=20, hours=12))
+    d = await _wait(handle, lambda d: d.lifecycle.last_version == 21)
+    assert d.created
+    assert versions(services, spec.key_id) == {n: "retired" for n in range(1, 21)} | {21: "active"}
+    assert actions(services, spec.key_id).count("key.rotated") == 20
+    lengths, run_id = [], first
+    while run_id:
+        history = await env.client.get_workflow_handle(handle.id, run_id=run_id).fetch_history()
+        lengths.append(len(history.events))
+        last = history.events[-1]
+        run_id = (
+            last.workflow_execution_continued_as_new_event_attributes.new_execution_run_id
+            if last.HasField("workflow_execution_continued_as_new_event_attributes")
+            else ""
+        )
+    assert len(lengths) >= 3, lengths
+    # A run ends in the first task that starts at or past the limit: past it by at most the
+    # last transition's events and that task's own.
+    assert all(MAX_RUN_EVENTS <= n <= MAX_RUN_EVENTS + 10 for n in lengths[:-1]), lengths
+    assert lengths[-1] < MAX_RUN_EVENTS
 
 
 async def _wait(
