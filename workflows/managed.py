@@ -78,7 +78,8 @@ ALGORITHM_PATCH = "algorithm-search-attribute"
 # A run continues as new once its history holds this many events (a timer-driven transition
 # adds about seven). Replaying a run costs the worker 3 to 4 ms for each transition in it,
 # and starting the next run costs the server about what one transition does (docs/scaling.md).
-# Running workflows depend on it: a new value needs a new patch id (test_replay fails).
+# Read when a workflow task starts: requests handled together in one task can take a run past
+# it until the next. Running workflows depend on it: a new value needs a new patch id.
 MAX_RUN_EVENTS = 40
 # runs from before MAX_RUN_EVENTS replay without it (they continue when the server suggests)
 RUN_LENGTH_PATCH = "continue-as-new-by-length"

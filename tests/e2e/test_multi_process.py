@@ -334,7 +334,10 @@ async def test_two_workers_and_two_apis_under_concurrent_requests(
         assert r.status_code == 201, r.text
         credentials.append((r.json()["credential"]["id"], r.json()["secret"]))
 
-    rotations = 8  # per key, through both APIs at once: a run continues as new amid them
+    # per key, through both APIs at once; the first key's nine often take its run past
+    # MAX_RUN_EVENTS, to continue as new amid them (not always: the length is read when a
+    # workflow task starts, and requests that arrive together share a task)
+    rotations = 8
 
     async def rotate(client: httpx.AsyncClient, key_id: str, idempotency: str) -> tuple[int, int]:
         r = await client.post(
@@ -427,7 +430,3 @@ async def test_two_workers_and_two_apis_under_concurrent_requests(
             if e.HasField("workflow_task_started_event_attributes")
         }
     assert {i.split("@")[0] for i in identities} >= {str(pid) for pid in two_workers}
-    # The first key's nine rotations crossed a continue-as-new (MAX_RUN_EVENTS).
-    events = (await dev_env.client.get_workflow_handle(workflow_ids[0]).fetch_history()).events
-    started = events[0].workflow_execution_started_event_attributes
-    assert started.continued_execution_run_id, len(events)
