@@ -122,25 +122,30 @@ class DatabaseRateLimiter:
         pass
 
 
-# INCR, and the window's expiry on its first request: one round trip, atomic. Redis keeps the
-# time (the key's TTL), so the API processes' clocks do not matter.
-_WINDOW_SCRIPT = """
-local hits = redis.call('INCR', KEYS[1])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
+# A request against a fixed window: INCR, and the window's expiry on its first request (hits,
+# the window's ms left). Redis keeps the time (the key's TTL), so the API processes' clocks do
+# not matter.
+_WINDOW = """
+local function window(key, ms)
+  local hits = redis.call('INCR', key)
+  local ttl = redis.call('PTTL', key)
+  if ttl < 0 then
+    redis.call('PEXPIRE', key, ms)
+    ttl = tonumber(ms)
+  end
+  return hits, ttl
 end
-return {hits, ttl}
 """
-# One request against a rate limit (KEYS[2], when given: as _WINDOW_SCRIPT, limit ARGV[4]) and,
-# when that allows it, one use of a usage limit (KEYS[1], the uses left), in one round trip:
-# {uses left after this one or -1 when none were left, the window's ms left}, or when rate
-# limited {-3, the window's ms left, the uses left}. {-2, 0} when Redis does not hold the uses
-# left and ARGV[1] is empty, before counting anything: the caller reads them from the database
-# and asks again with them as ARGV[1], which seeds the count unless another process seeded it
-# first.
-_USE_SCRIPT = """
+# A rate limit alone, atomic in one round trip: {hits, the window's ms left}.
+_WINDOW_SCRIPT = _WINDOW + "return {window(KEYS[1], ARGV[1])}"
+# One request against a rate limit (KEYS[2], when given: its window ARGV[3] ms, limit ARGV[4])
+# and, when that allows it, one use of a usage limit (KEYS[1], the uses left), in one round
+# trip: {uses left after this one or -1 when none were left, the window's ms left}, or when
+# rate limited {-3, the window's ms left, the uses left}. {-2, 0} when Redis does not hold the
+# uses left and ARGV[1] is empty, before counting anything: the caller reads them from the
+# database and asks again with them as ARGV[1], which seeds the count unless another process
+# seeded it first.
+_USE = """
 local left = redis.call('GET', KEYS[1])
 if not left then
   if ARGV[1] == '' then return {-2, 0} end
@@ -148,12 +153,8 @@ if not left then
 end
 local ttl = 0
 if #KEYS == 2 then
-  local hits = redis.call('INCR', KEYS[2])
-  ttl = redis.call('PTTL', KEYS[2])
-  if ttl < 0 then
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
-    ttl = tonumber(ARGV[3])
-  end
+  local hits
+  hits, ttl = window(KEYS[2], ARGV[3])
   if hits > tonumber(ARGV[4]) then return {-3, ttl, tonumber(left)} end
 end
 left = tonumber(left)
@@ -164,6 +165,7 @@ end
 redis.call('SET', KEYS[1], left - 1, 'PX', ARGV[2])
 return {left - 1, ttl}
 """
+_USE_SCRIPT = _WINDOW + _USE
 
 
 class RedisLimits:

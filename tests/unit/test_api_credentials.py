@@ -28,7 +28,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import redis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
@@ -81,7 +80,7 @@ from core.services import ConfigurationError, Services, build_services
 from core.settings import Settings
 from core.store.models import AuditRecordRow, CredentialVersionRow, EventRow
 from tests.fixtures.database import _admin_connection, _libpq_url
-from tests.fixtures.redis_server import PrivateRedis, delete_keys
+from tests.fixtures.redis_server import PrivateRedis
 from tests.fixtures.temporal import TEST_MASTER_KEY, make_services
 
 DAY = 86400
@@ -460,20 +459,17 @@ def svc(services: Services) -> CredentialService:
 
 
 @pytest.fixture
-def redis_limits(redis_url: str, redis_client: redis.Redis) -> Iterator[Callable[[], RedisLimits]]:
-    """Makes `RedisLimits` on the test Redis, under a key prefix of this test's own (its keys
-    are deleted afterwards)."""
-    prefix = f"keyrotor:test-{secrets.token_hex(4)}:"
+def redis_limits(redis_url: str, redis_prefix: str) -> Iterator[Callable[[], RedisLimits]]:
+    """Makes `RedisLimits` on the test Redis, under the test's own key prefix."""
     made: list[RedisLimits] = []
 
     def make() -> RedisLimits:
-        made.append(RedisLimits(redis_url, prefix=prefix))
+        made.append(RedisLimits(redis_url, prefix=redis_prefix))
         return made[-1]
 
     yield make
     for limits in made:
         limits.close()
-    delete_keys(redis_client, prefix + "*")
 
 
 @dataclass

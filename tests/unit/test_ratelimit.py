@@ -24,7 +24,7 @@ from core.ratelimit import (
     client_key,
 )
 from core.store.db import Store
-from tests.fixtures.redis_server import PrivateRedis, delete_keys
+from tests.fixtures.redis_server import PrivateRedis
 
 
 class Clock:
@@ -123,14 +123,6 @@ def test_database_windows_count_exactly_under_concurrent_requests(
 
 
 # --- Redis ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_prefix(redis_client: redis.Redis) -> Iterator[str]:
-    """A key prefix of this test's own, under keyrotor:; its keys are deleted afterwards."""
-    prefix = f"keyrotor:test-{secrets.token_hex(4)}:"
-    yield prefix
-    delete_keys(redis_client, prefix + "*")
 
 
 @pytest.fixture
