@@ -130,7 +130,7 @@ async def generate_key(
 async def import_key(
     body: schemas.ImportKeyRequest, svc: Svc, who: Admin, request: Request
 ) -> dict[str, Any]:
-    """Bring an existing key under keyrotor's lifecycle (BYOK, local provider): its material
+    """Bring an existing key under keyrotor's lifecycle (BYOK): its material
     becomes version 1, checked first (it must work as a key of the algorithm), stored sealed,
     and its workflow rotates it from then on like any other key. Audited as `key.imported`."""
     material = _b64("material", body.material)
@@ -187,10 +187,11 @@ def _new_key(
     if not svc.keys.provider(provider).supports(algorithm):
         raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
     if origin == "imported" and not imports(svc.providers[provider]):
+        importing = ", ".join(name for name, p in svc.providers.items() if imports(p))
         raise APIError(
             400,
             "IMPORT_NOT_SUPPORTED",
-            f"provider {provider} cannot import material (local, vault and pkcs11 can)",
+            f"provider {provider} cannot import material; configured ones that can: {importing}",
         )
     now = datetime.now(UTC)
     expires_at = body.expires_at

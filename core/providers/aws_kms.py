@@ -20,6 +20,9 @@ The associated data of AES-256-GCM goes into the KMS encryption context, so decr
 other aad fails. KMS's Encrypt takes at most 4096 bytes of plaintext; larger requests are refused
 as bad requests (AlgorithmError) before any call.
 
+A key brought in (BYOK, `import_version`) becomes version 1 as a KMS key of origin EXTERNAL; its
+material reaches KMS only wrapped to the wrapping key KMS issues for that key.
+
 The boto3 client is built with few SDK retries and short timeouts: the activity that calls the
 provider has its own retry policy, and ProviderUnavailableError tells it to use it.
 """
@@ -48,6 +51,8 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
     NoRegionError,
     PartialCredentialsError,
 )
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from core.algorithms import (
     Algorithm,
@@ -58,6 +63,7 @@ from core.algorithms import (
     UnsupportedOperationError,
 )
 from core.providers.base import (
+    OAEP_SHA256,
     ProviderConfigurationError,
     ProviderError,
     ProviderHealth,
@@ -68,6 +74,7 @@ from core.providers.base import (
     VersionMaterial,
     held,
     holds,
+    rsa_aes_key_wrap,
 )
 
 # KMS's limits on RAW messages (Sign, GenerateMac) and on Encrypt's plaintext.
@@ -276,25 +283,87 @@ class AWSKMSProvider:
 
         metadata = self._describe(alias, what, missing_ok=True)
         if metadata is None:
-            metadata = self._create_key_behind_alias(alias, key_id, number, algo, spec, what)
+            metadata = self._create_key_behind_alias(alias, key_id, number, algo, spec, what, None)
         if metadata.get("KeySpec") != spec.key_spec or metadata.get("KeyUsage") != spec.key_usage:
             raise ProviderOperationError(
                 f"aws-kms {what}: {alias} already names a {metadata.get('KeySpec')} key, "
                 f"not a {spec.key_spec} key for {algo.name}"
             )
+        return self._version_material(metadata, spec, what)
+
+    def _version_material(
+        self, metadata: dict[str, Any], spec: _KMSSpec, what: str
+    ) -> VersionMaterial:
         arn = str(metadata["Arn"])
-        public = None
-        if spec.key_usage == "SIGN_VERIFY":
-            public = self._get_public_key(arn, what)
+        public = self._get_public_key(arn, what) if spec.key_usage == "SIGN_VERIFY" else None
         return VersionMaterial(provider_key_ref=arn, wrapped_material=None, public_key=public)
 
+    def import_version(
+        self, key_id: str, number: int, algorithm: str, material: bytes
+    ) -> VersionMaterial:
+        """Version 1 of a key made of material brought in (BYOK): a KMS key of origin EXTERNAL
+        behind the version's alias, its material never expiring. The material reaches KMS only
+        wrapped to the RSA-4096 wrapping key KMS issues for that key: with RSAES_OAEP_SHA_256
+        (symmetric and HMAC keys), or under an ephemeral AES key (RSA_AES_KEY_WRAP_SHA_256, which
+        KMS requires for private keys). Later versions are generated in KMS as usual.
+        `material`: the raw key (symmetric, HMAC) or PKCS#8 DER (asymmetric)."""
+        algo, spec = self._spec(algorithm)
+        if number != 1:
+            raise ProviderOperationError("only the first version of a key can be imported")
+        alias = self.alias_name(key_id, number)
+        what = f"key {key_id} v{number}"
+        if self._describe(alias, what, missing_ok=True) is not None:
+            raise ProviderOperationError(f"aws-kms {what}: {alias} exists already")
+        metadata = self._create_key_behind_alias(alias, key_id, number, algo, spec, what, material)
+        return self._version_material(metadata, spec, what)
+
+    def _import_material(self, kms_key_id: str, spec: _KMSSpec, material: bytes, what: str) -> None:
+        private = spec.key_usage == "SIGN_VERIFY"
+        wrapping_algorithm = "RSA_AES_KEY_WRAP_SHA_256" if private else "RSAES_OAEP_SHA_256"
+        parameters = self._call(
+            "GetParametersForImport",
+            what,
+            self._client.get_parameters_for_import,
+            KeyId=kms_key_id,
+            WrappingAlgorithm=wrapping_algorithm,
+            WrappingKeySpec="RSA_4096",
+        )
+        wrapping = serialization.load_der_public_key(bytes(parameters["PublicKey"]))
+        if not isinstance(wrapping, rsa.RSAPublicKey):
+            raise ProviderOperationError(f"aws-kms {what}: the wrapping key is not an RSA key")
+        wrapped = (
+            rsa_aes_key_wrap(wrapping, material)
+            if private
+            else wrapping.encrypt(material, OAEP_SHA256)
+        )
+        self._call(
+            "ImportKeyMaterial",
+            what,
+            self._client.import_key_material,
+            KeyId=kms_key_id,
+            ImportToken=parameters["ImportToken"],
+            EncryptedKeyMaterial=wrapped,
+            ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE",
+        )
+
     def _create_key_behind_alias(
-        self, alias: str, key_id: str, number: int, algo: Algorithm, spec: _KMSSpec, what: str
+        self,
+        alias: str,
+        key_id: str,
+        number: int,
+        algo: Algorithm,
+        spec: _KMSSpec,
+        what: str,
+        material: bytes | None,
     ) -> dict[str, Any]:
+        """A new KMS key behind `alias`: generated by KMS, or made of `material` (imported
+        before the alias names it, so an alias never names a key without material)."""
+        origin: dict[str, Any] = {} if material is None else {"Origin": "EXTERNAL"}
         created = self._call(
             "CreateKey",
             what,
             self._client.create_key,
+            **origin,
             KeySpec=spec.key_spec,
             KeyUsage=spec.key_usage,
             Description=f"keyrotor {key_id} v{number} ({algo.name})",
@@ -306,6 +375,12 @@ class AWSKMSProvider:
             ],
         )
         metadata: dict[str, Any] = created["KeyMetadata"]
+        if material is not None:
+            try:
+                self._import_material(metadata["KeyId"], spec, material, what)
+            except ProviderError:
+                self._discard(metadata["KeyId"], what)
+                raise
         try:
             self._call(
                 "CreateAlias",
@@ -318,6 +393,8 @@ class AWSKMSProvider:
         except ClientError:
             # A concurrent attempt won the alias: keep its key, schedule ours for deletion.
             self._discard(metadata["KeyId"], what)
+            if material is not None:
+                raise ProviderOperationError(f"aws-kms {what}: {alias} exists already") from None
             winner = self._describe(alias, what, missing_ok=False)
             assert winner is not None
             return winner

@@ -17,6 +17,8 @@ associated data, so it cannot bind keyrotor's aad; encrypting raises Unsupported
 A standard-tier vault holds no symmetric, HMAC, Ed25519 or post-quantum keys: those algorithms
 are refused with UnsupportedAlgorithmError at creation.
 
+A key brought in (BYOK, `import_version`) becomes version 1 through Key Vault's key import.
+
 Key Vault signs digests, so the provider hashes the message with SHA-256 first. Verification is
 done here with `cryptography` against the public key Key Vault returns for the pinned version
 (as the SDK itself does): fetching it also makes Key Vault refuse a disabled version.
@@ -48,7 +50,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
+from azure.keyvault.keys import JsonWebKey, KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
 from azure.keyvault.keys.crypto import CryptographyClient, SignatureAlgorithm
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -91,6 +93,7 @@ _DEFAULT_CLIENT_KWARGS: dict[str, Any] = {
     "read_timeout": 8,
 }
 _MAX_CACHED_CLIENTS = 256
+_NOT_FOUND = (ResourceNotFoundError,)
 
 _T = TypeVar("_T")
 
@@ -255,6 +258,34 @@ class AzureKeyVaultProvider:
         assert key.id is not None
         return VersionMaterial(
             provider_key_ref=key.id, wrapped_material=None, public_key=_spki(key, what)
+        )
+
+    def import_version(
+        self, key_id: str, number: int, algorithm: str, material: bytes
+    ) -> VersionMaterial:
+        """Version 1 of a key made of material brought in (BYOK): Key Vault's key import, the
+        private key as a JSON web key in the request body (over the client's TLS, as Key Vault's
+        own import takes it), tagged like a generated version. Later versions are generated in
+        Key Vault as usual. `material`: the private key as PKCS#8 DER."""
+        algo, spec = self._spec(algorithm)
+        if number != 1:
+            raise ProviderOperationError("only the first version of a key can be imported")
+        name = key_vault_key_name(key_id)
+        what = f"key {key_id} v{number}"
+        try:
+            self._call("get key", what, lambda: self._client.get_key(name), raw=_NOT_FOUND)
+        except _NOT_FOUND:
+            pass
+        else:  # Key Vault would add the material as a new version of that key
+            raise ProviderOperationError(f"azure-keyvault {what}: {name} exists already")
+        jwk = _private_jwk(material, spec, what)
+        tags = {VERSION_TAG: str(number), KEY_ID_TAG: key_id, ALGORITHM_TAG: algo.name}
+        imported = self._call(
+            "import key", what, lambda: self._client.import_key(name, jwk, tags=tags)
+        )
+        assert imported.id is not None
+        return VersionMaterial(
+            provider_key_ref=imported.id, wrapped_material=None, public_key=_spki(imported, what)
         )
 
     def _tagged_version(self, name: str, key_id: str, number: int, what: str) -> KeyVaultKey | None:
@@ -522,6 +553,50 @@ def _mapped(operation: str, what: str, e: HttpResponseError) -> ProviderError:
 
 def _what(version: VersionHandle) -> str:
     return f"key {version.key_id} v{version.number}"
+
+
+def _private_jwk(material: bytes, spec: _AKVSpec, what: str) -> JsonWebKey:
+    """The JSON web key of a PKCS#8 private key of `spec`'s type (signing operations only)."""
+    try:
+        private = serialization.load_der_private_key(material, None)
+    except ValueError:
+        raise ProviderOperationError(f"azure-keyvault {what}: not a PKCS#8 private key") from None
+    if spec.kty == "EC" and isinstance(private, ec.EllipticCurvePrivateKey):
+        if not isinstance(private.curve, ec.SECP256R1):
+            raise ProviderOperationError(f"azure-keyvault {what}: not a {spec.curve} key")
+        numbers = private.private_numbers()
+        point = numbers.public_numbers
+        return JsonWebKey(
+            kty="EC",
+            crv=spec.curve,
+            key_ops=["sign", "verify"],
+            d=numbers.private_value.to_bytes(32, "big"),
+            x=point.x.to_bytes(32, "big"),
+            y=point.y.to_bytes(32, "big"),
+        )
+    if spec.kty == "RSA" and isinstance(private, rsa.RSAPrivateKey):
+        if private.key_size != spec.key_bits:
+            raise ProviderOperationError(f"azure-keyvault {what}: not a {spec.key_bits}-bit key")
+        rsa_numbers = private.private_numbers()
+        public = rsa_numbers.public_numbers
+        return JsonWebKey(
+            kty="RSA",
+            key_ops=["sign", "verify"],
+            **{
+                field: value.to_bytes((value.bit_length() + 7) // 8, "big")
+                for field, value in (
+                    ("n", public.n),
+                    ("e", public.e),
+                    ("d", rsa_numbers.d),
+                    ("p", rsa_numbers.p),
+                    ("q", rsa_numbers.q),
+                    ("dp", rsa_numbers.dmp1),
+                    ("dq", rsa_numbers.dmq1),
+                    ("qi", rsa_numbers.iqmp),
+                )
+            },
+        )
+    raise ProviderOperationError(f"azure-keyvault {what}: not a {spec.kty} private key")
 
 
 def _spki(key: KeyVaultKey, what: str) -> bytes:

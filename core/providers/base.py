@@ -8,9 +8,14 @@ AlgorithmErrors for bad requests (bad key size, operation the algorithm lacks).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Protocol, TypeGuard
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
 from core.algorithms import Algorithm, UnknownAlgorithmError, resolve
 
@@ -164,6 +169,20 @@ class KeyProvider(Protocol):
 def imports(provider: object) -> TypeGuard[ImportingProvider]:
     """Whether `provider` can make a version of material brought in (BYOK)."""
     return callable(getattr(provider, "import_version", None))
+
+
+OAEP_SHA256 = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+
+
+def rsa_aes_key_wrap(wrapping_key: rsa.RSAPublicKey, material: bytes) -> bytes:
+    """`material` wrapped for a provider's import (CKM_RSA_AES_KEY_WRAP, as Vault's transit
+    import and KMS's RSA_AES_KEY_WRAP_SHA_256 take it): an ephemeral AES-256 key under the
+    provider's RSA wrapping key with OAEP-SHA256, then the material under that key with AES key
+    wrap with padding (RFC 5649)."""
+    ephemeral = os.urandom(32)
+    return wrapping_key.encrypt(ephemeral, OAEP_SHA256) + aes_key_wrap_with_padding(
+        ephemeral, material
+    )
 
 
 class ImportingProvider(Protocol):

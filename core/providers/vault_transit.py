@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -21,9 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import hvac  # type: ignore[import-untyped]
 import requests
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from hvac import exceptions as hvac_errors
 
 from core.algorithms import (
@@ -45,6 +43,7 @@ from core.providers.base import (
     VersionMaterial,
     held,
     holds,
+    rsa_aes_key_wrap,
 )
 
 KEY_NAME_PREFIX = "keyrotor-"
@@ -361,11 +360,8 @@ class VaultTransitProvider:
         wrapping = serialization.load_pem_public_key(response["data"]["public_key"].encode())
         if not isinstance(wrapping, rsa.RSAPublicKey):
             raise ProviderOperationError("Vault's transit wrapping key is not an RSA key")
-        ephemeral = os.urandom(32)
-        oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
-        wrapped = wrapping.encrypt(ephemeral, oaep) + aes_key_wrap_with_padding(ephemeral, material)
         body: dict[str, Any] = {
-            "ciphertext": _b64(wrapped),
+            "ciphertext": _b64(rsa_aes_key_wrap(wrapping, material)),
             "type": spec.key_type,
             "hash_function": "SHA256",
             "allow_rotation": True,

@@ -9,8 +9,8 @@ import secrets
 from pathlib import Path
 
 import hvac
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
@@ -22,6 +22,7 @@ from core.providers.vault_transit import transit_key_name
 from core.store.models import KeyVersionRow
 from tests.e2e.conftest import Stack, build_stack, keyrotor, serve
 from tests.e2e.test_rest_flow import API, b64
+from tests.fixtures.moto_kms import REGION, kms_client
 
 
 async def test_import_an_ed25519_key_and_rotate_it(stack: Stack) -> None:
@@ -185,3 +186,76 @@ async def test_import_into_vault_transit(
         bad = {"type": "encryption", "provider": "vault", "material": b64(b"k" * 31)}
         r = await s.http.post(f"{API}/keys/import", json=bad, headers=s.auth())
         assert r.status_code == 400, r.text
+
+
+async def test_import_into_aws_kms(
+    dev_env: WorkflowEnvironment, moto_kms: str, tmp_path: Path
+) -> None:
+    async with build_stack(dev_env, tmp_path, aws_endpoint_url=moto_kms, aws_region=REGION) as s:
+        private = ec.generate_private_key(ec.SECP256R1())
+        der = private.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        body = {
+            "type": "signing",
+            "algorithm": "ECDSA-P256",
+            "provider": "aws-kms",
+            "material": b64(der),
+        }
+        r = await s.http.post(f"{API}/keys/import", json=body, headers=s.auth())
+        assert r.status_code == 201, r.text
+        key = r.json()["key"]
+        assert (key["provider"], key["version"], key["status"]) == ("aws-kms", 1, "active")
+        # KMS holds it (not the store): a key of origin EXTERNAL behind version 1's alias
+        kms = kms_client(moto_kms)
+        alias = f"alias/keyrotor/{key['id']}/v1"
+        meta = kms.describe_key(KeyId=alias)["KeyMetadata"]
+        assert (meta["Origin"], meta["KeyState"]) == ("EXTERNAL", "Enabled")
+        with s.services.store.engine.connect() as db:
+            stored = db.scalar(
+                select(KeyVersionRow.wrapped_material).where(KeyVersionRow.key_id == key["id"])
+            )
+        assert stored is None
+        # KMS signs with the material brought in
+        message = b"release 1.0"
+        r = await s.http.post(
+            f"{API}/keys/{key['id']}/sign", json={"message": b64(message)}, headers=s.auth()
+        )
+        assert r.status_code == 200, r.text
+        token = r.json()["signature"]
+        number, signature = parse_token(token, key["id"])
+        assert number == 1
+        private.public_key().verify(signature, message, ec.ECDSA(hashes.SHA256()))
+        # it rotates like any key: version 2 is KMS's own, version 1 still verifies
+        r = await s.http.post(f"{API}/keys/{key['id']}/rotate", json={}, headers=s.auth())
+        assert r.json()["rotation"] == {"fromVersion": 1, "toVersion": 2}
+        meta2 = kms.describe_key(KeyId=f"alias/keyrotor/{key['id']}/v2")["KeyMetadata"]
+        assert meta2["Origin"] == "AWS_KMS"
+        r = await s.http.post(
+            f"{API}/keys/{key['id']}/verify",
+            json={"message": b64(message), "signature": token},
+            headers=s.auth(),
+        )
+        assert r.json() == {"valid": True, "version": 1}
+        with s.services.store.engine.connect() as db:
+            records = audit.list_records(
+                db, audit.RecordFilter(object_id=key["id"], action="key.imported"), None, 10
+            )
+        assert len(records) == 1
+        # material that is not a key of the algorithm: 400, nothing stored, nothing sent to KMS
+        listed = await s.http.get(f"{API}/keys", headers=s.auth())
+        before = {k["KeyId"] for k in kms.list_keys(Limit=1000)["Keys"]}
+        other = rsa.generate_private_key(65537, 2048).private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        r = await s.http.post(
+            f"{API}/keys/import", json={**body, "material": b64(other)}, headers=s.auth()
+        )
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["code"] == "INVALID_MATERIAL"
+        assert (await s.http.get(f"{API}/keys", headers=s.auth())).json() == listed.json()
+        assert {k["KeyId"] for k in kms.list_keys(Limit=1000)["Keys"]} == before

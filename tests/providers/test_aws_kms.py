@@ -5,6 +5,8 @@ and destroy, version pinning, RSA signing keys, and the mapping of failures onto
 
 from __future__ import annotations
 
+import hmac
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -269,6 +271,78 @@ def test_rsa_2048_versions_sign_with_pss_and_refuse_encryption(provider: AWSKMSP
     with pytest.raises(ProviderOperationError):
         provider.sign(v1, MESSAGE)
     assert provider.public_key(v1) == v1.public_key  # still served for verifiers
+
+
+# -- import (BYOK); GetParametersForImport and ImportKeyMaterial are the fixture's stand-in ----
+
+
+def pkcs8(private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def imported(provider: AWSKMSProvider, algorithm: str, material: bytes) -> VersionHandle:
+    key_id = new_key_id()
+    made = provider.import_version(key_id, 1, algorithm, material)
+    return VersionHandle(key_id, 1, algorithm, made.provider_key_ref, None, made.public_key)
+
+
+def test_imported_material_is_what_kms_uses(provider: AWSKMSProvider, moto_kms_client: Any) -> None:
+    # HMAC (wrapped with RSAES_OAEP_SHA_256): KMS's MAC is the one the material computes
+    mac_key = os.urandom(32)
+    v = imported(provider, "HMAC-SHA256", mac_key)
+    assert provider.sign(v, MESSAGE) == hmac.new(mac_key, MESSAGE, "sha256").digest()
+    meta = metadata(moto_kms_client, v)
+    assert (meta["Origin"], meta["KeyState"], meta["KeySpec"]) == (
+        "EXTERNAL",
+        "Enabled",
+        "HMAC_256",
+    )
+    assert aliases_of(moto_kms_client, v.key_id) == {f"alias/keyrotor/{v.key_id}/v1": meta["KeyId"]}
+
+    # private keys (wrapped with RSA_AES_KEY_WRAP_SHA_256): KMS signs with the holder's key
+    ecdsa = ec.generate_private_key(ec.SECP256R1())
+    v = imported(provider, "ECDSA-P256", pkcs8(ecdsa))
+    assert v.public_key == ecdsa.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    ecdsa.public_key().verify(provider.sign(v, MESSAGE), MESSAGE, ec.ECDSA(hashes.SHA256()))
+    rsa_key = rsa.generate_private_key(65537, 2048)
+    v = imported(provider, "RSA-2048", pkcs8(rsa_key))
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO)
+    rsa_key.public_key().verify(provider.sign(v, MESSAGE), MESSAGE, pss, hashes.SHA256())
+
+    # AES: KMS's ciphertexts are its own format; they open under the imported key only
+    aes = imported(provider, "AES-256-GCM", os.urandom(32))
+    ciphertext = provider.encrypt(aes, MESSAGE, AAD)
+    assert provider.decrypt(aes, ciphertext, AAD) == MESSAGE
+    # later versions are generated in KMS as usual: an imported key rotates
+    v2 = new_version(provider, "AES-256-GCM", 2, key_id=aes.key_id)
+    assert metadata(moto_kms_client, v2)["Origin"] == "AWS_KMS"
+    with pytest.raises(DecryptionError):
+        provider.decrypt(v2, ciphertext, AAD)
+
+
+def test_a_refused_import_leaves_no_alias_and_no_usable_key(
+    provider: AWSKMSProvider, moto_kms_client: Any
+) -> None:
+    with pytest.raises(ProviderOperationError, match="first version"):
+        provider.import_version(new_key_id(), 2, "AES-256-GCM", os.urandom(32))
+    existing = new_version(provider, "AES-256-GCM")
+    with pytest.raises(ProviderOperationError, match="exists already"):
+        provider.import_version(existing.key_id, 1, "AES-256-GCM", os.urandom(32))
+
+    # KMS refuses the material (HMAC_512 takes 64 to 128 bytes): its key goes, no alias names it
+    key_id, material = new_key_id(), os.urandom(32)
+    before = all_key_ids(moto_kms_client)
+    with pytest.raises(ProviderOperationError, match="IncorrectKeyMaterialException") as refused:
+        provider.import_version(key_id, 1, "HMAC-SHA512", material)
+    assert material.hex() not in str(refused.value) and repr(material) not in str(refused.value)
+    (made,) = all_key_ids(moto_kms_client) - before
+    meta = moto_kms_client.describe_key(KeyId=made)["KeyMetadata"]
+    assert (meta["Origin"], meta["KeyState"]) == ("EXTERNAL", "PendingDeletion")
+    assert aliases_of(moto_kms_client, key_id) == {}
 
 
 def test_operations_the_algorithm_lacks_are_refused(provider: AWSKMSProvider) -> None:

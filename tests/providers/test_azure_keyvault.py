@@ -95,6 +95,71 @@ def test_create_is_idempotent_and_pins_the_tagged_version(
     assert len(azure_keyvault.versions(key_vault_key_name(key_id))) == 2
 
 
+def _pkcs8(private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.mark.parametrize("algorithm", ["ECDSA-P256", "RSA-2048"])
+def test_imported_material_is_what_key_vault_signs_with(
+    provider: AzureKeyVaultProvider, azure_keyvault: KeyVaultStandIn, algorithm: str
+) -> None:
+    private: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey = (
+        ec.generate_private_key(ec.SECP256R1())
+        if algorithm == "ECDSA-P256"
+        else rsa.generate_private_key(65537, 2048)
+    )
+    key_id = _new_key_id()
+    made = provider.import_version(key_id, 1, algorithm, _pkcs8(private))
+    assert made.public_key == private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    name = key_vault_key_name(key_id)
+    (held,) = azure_keyvault.versions(name)
+    assert held["tags"] == {
+        "keyrotor-version": "1",
+        "keyrotor-key-id": key_id,
+        "keyrotor-algorithm": algorithm,
+    }
+    assert made.provider_key_ref == f"{azure_keyvault.url}/keys/{name}/{held['version']}"
+    # Key Vault holds the very key: its signatures verify outside with the material's public key
+    v = VersionHandle(key_id, 1, algorithm, made.provider_key_ref, None, made.public_key)
+    signature = provider.sign(v, MESSAGE)
+    if isinstance(private, ec.EllipticCurvePrivateKey):
+        private.public_key().verify(signature, MESSAGE, ec.ECDSA(hashes.SHA256()))
+    else:
+        pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+        private.public_key().verify(signature, MESSAGE, pss, hashes.SHA256())
+    # later versions are Key Vault's own: an imported key rotates
+    v2 = _version(provider, key_id, 2, algorithm)
+    assert v2.public_key != made.public_key
+    assert len(azure_keyvault.versions(name)) == 2
+
+
+def test_an_import_is_refused_for_a_later_version_an_existing_key_or_other_material(
+    provider: AzureKeyVaultProvider, azure_keyvault: KeyVaultStandIn
+) -> None:
+    ecdsa = _pkcs8(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(ProviderOperationError, match="first version"):
+        provider.import_version(_new_key_id(), 2, "ECDSA-P256", ecdsa)
+    existing = _version(provider, _new_key_id(), 1)
+    with pytest.raises(ProviderOperationError, match="exists already"):
+        provider.import_version(existing.key_id, 1, "ECDSA-P256", ecdsa)
+    assert len(azure_keyvault.versions(key_vault_key_name(existing.key_id))) == 1
+    key_id = _new_key_id()
+    for algorithm, material in (
+        ("RSA-4096", _pkcs8(rsa.generate_private_key(65537, 2048))),
+        ("RSA-2048", ecdsa),
+        ("ECDSA-P256", _pkcs8(ec.generate_private_key(ec.SECP384R1()))),
+        ("ECDSA-P256", b"not a key"),
+    ):
+        with pytest.raises(ProviderOperationError) as refused:
+            provider.import_version(key_id, 1, algorithm, material)
+        assert material.hex() not in str(refused.value)
+    assert not azure_keyvault.has_key(key_vault_key_name(key_id))
+
+
 def test_signatures_verify_with_cryptography_against_the_public_key(
     provider: AzureKeyVaultProvider,
 ) -> None:
