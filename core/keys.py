@@ -558,8 +558,8 @@ class KeyService:
         workflow's first commit then finds the version made and activates it (audited as
         `key.imported`) instead of generating one. The provider must be able to import (local:
         sealed under the master key; Vault/OpenBao transit and AWS KMS: wrapped to the
-        provider's wrapping key; Azure Key Vault: its key import; PKCS#11: AES and HMAC keys, as
-        token objects).
+        provider's wrapping key; Azure Key Vault: its key import; PKCS#11: token objects made by
+        value).
         The material must be a key of `spec.algorithm` (the raw key for symmetric and MAC
         algorithms, PKCS#8 DER for asymmetric ones) and must work: it is used once here before
         it is sent anywhere."""

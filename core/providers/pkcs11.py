@@ -1,9 +1,9 @@
 """The PKCS#11 provider: keys generated on an HSM token (tested against SoftHSM2).
 
 Every keyrotor version is one token object (secret key) or one key pair, generated on the token
-as a persistent object that is sensitive and not extractable, and found again by a label and id
-derived from the key id and version number. Material never leaves the token; only public keys
-do (as SubjectPublicKeyInfo DER).
+(or, for a key brought in, created there by value) as persistent objects that are sensitive and
+not extractable, and found again by a label and id derived from the key id and version number.
+Material never leaves the token; only public keys do (as SubjectPublicKeyInfo DER).
 """
 
 from __future__ import annotations
@@ -315,40 +315,71 @@ class PKCS11Provider:
     def import_version(
         self, key_id: str, number: int, algorithm: str, material: bytes
     ) -> VersionMaterial:
-        """A version made on the token of secret-key material brought in (BYOK: AES, HMAC),
-        protected like a generated one (sensitive, not extractable). Private keys of key pairs
-        are not imported: that would take the token's unwrap mechanism, which tokens differ on.
-        """
+        """A version made on the token of material brought in (BYOK), protected like a
+        generated one (secret and private halves sensitive, not extractable): a secret key
+        (AES, HMAC: the raw key) or a key pair (PKCS#8 DER of the private key), created by value
+        (C_CreateObject). A token that takes no private keys by value refuses it, and nothing is
+        left on it."""
         algo = self._algorithm(algorithm)
-        if algo.name != "AES-256-GCM" and algo.name not in _HMAC_MECHANISM:
-            raise ProviderOperationError(
-                f"the pkcs11 provider imports secret keys (AES, HMAC) only, not {algo.name}"
-            )
         ref = object_label(key_id, number)
-        usage = (
-            {Attribute.ENCRYPT: True, Attribute.DECRYPT: True}
-            if algo.name == "AES-256-GCM"
-            else {Attribute.SIGN: True, Attribute.VERIFY: True}
-        )
+        protected = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.KEY_TYPE: self._key_type(algo),
+            Attribute.LABEL: ref,
+            Attribute.ID: object_id(ref),
+        }
+        if self._main_class(algo) == ObjectClass.SECRET_KEY:
+            usage = (Attribute.ENCRYPT, Attribute.DECRYPT)
+            if algo.name in _HMAC_MECHANISM:
+                usage = (Attribute.SIGN, Attribute.VERIFY)
+            templates = [
+                {
+                    **protected,
+                    Attribute.CLASS: ObjectClass.SECRET_KEY,
+                    Attribute.VALUE: material,
+                    **dict.fromkeys(usage, True),
+                }
+            ]
+        else:
+            private, public = _pair_values(algo, material)
+            templates = [
+                {
+                    **protected,
+                    Attribute.CLASS: ObjectClass.PRIVATE_KEY,
+                    Attribute.SIGN: True,
+                    **private,
+                },
+                {
+                    **{
+                        a: protected[a] for a in (Attribute.KEY_TYPE, Attribute.LABEL, Attribute.ID)
+                    },
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: False,
+                    Attribute.VERIFY: True,
+                    **public,
+                },
+            ]
 
         def create(session: pkcs11.Session) -> VersionMaterial:
             if self._objects(session, ref):
                 raise ProviderOperationError(f"PKCS#11 object {ref} exists already")
-            session.create_object(
-                {
-                    Attribute.CLASS: ObjectClass.SECRET_KEY,
-                    Attribute.KEY_TYPE: self._key_type(algo),
-                    Attribute.VALUE: material,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: True,
-                    Attribute.SENSITIVE: True,
-                    Attribute.EXTRACTABLE: False,
-                    Attribute.LABEL: ref,
-                    Attribute.ID: object_id(ref),
-                    **usage,
-                }
+            made = []
+            try:
+                for template in templates:
+                    made.append(session.create_object(template))
+            except p11e.PKCS11Error:
+                for obj in made:  # no half of a pair stays behind
+                    obj.destroy()
+                raise
+            return VersionMaterial(
+                provider_key_ref=ref,
+                wrapped_material=None,
+                public_key=self._spki(session, algo, ref),
             )
-            return VersionMaterial(provider_key_ref=ref, wrapped_material=None, public_key=None)
 
         return self._call(f"import {algo.name} key", create)
 
@@ -640,6 +671,66 @@ def _decryption_errors() -> Iterator[None]:
         yield
     except _DECRYPTION_ERRORS:
         raise DecryptionError("decryption failed") from None
+
+
+def _pair_values(
+    algo: Algorithm, material: bytes
+) -> tuple[dict[Attribute, Any], dict[Attribute, Any]]:
+    """The value attributes of the private and public key objects of a PKCS#8 private key of
+    `algo` (ProviderOperationError if it is not one)."""
+    try:
+        private = serialization.load_der_private_key(material, None)
+    except ValueError:
+        raise ProviderOperationError(f"not a PKCS#8 {algo.name} private key") from None
+    if (
+        algo.name == "RSA-2048"
+        and isinstance(private, rsa.RSAPrivateKey)
+        and private.key_size == _RSA_BITS
+    ):
+        n = private.private_numbers()
+        values = {
+            Attribute.PRIVATE_EXPONENT: n.d,
+            Attribute.PRIME_1: n.p,
+            Attribute.PRIME_2: n.q,
+            Attribute.EXPONENT_1: n.dmp1,
+            Attribute.EXPONENT_2: n.dmq1,
+            Attribute.COEFFICIENT: n.iqmp,
+        }
+        public = {
+            Attribute.MODULUS: _big_endian(n.public_numbers.n),
+            Attribute.PUBLIC_EXPONENT: _big_endian(n.public_numbers.e),
+        }
+        return {**public, **{a: _big_endian(v) for a, v in values.items()}}, public
+    if algo.name == "ECDSA-P256" and isinstance(private, ec.EllipticCurvePrivateKey):
+        if isinstance(private.curve, ec.SECP256R1):
+            point = private.public_key().public_bytes(
+                serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+            )
+            value = private.private_numbers().private_value.to_bytes(_P256_COORDINATE_BYTES, "big")
+            return {Attribute.EC_PARAMS: _P256_PARAMS, Attribute.VALUE: value}, {
+                Attribute.EC_PARAMS: _P256_PARAMS,
+                Attribute.EC_POINT: _octet_string(point),
+            }
+    if algo.name == "Ed25519" and isinstance(private, ed25519.Ed25519PrivateKey):
+        raw = serialization.Encoding.Raw
+        seed = private.private_bytes(
+            raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        point = private.public_key().public_bytes(raw, serialization.PublicFormat.Raw)
+        return {Attribute.EC_PARAMS: _ED25519_PARAMS, Attribute.VALUE: seed}, {
+            Attribute.EC_PARAMS: _ED25519_PARAMS,
+            Attribute.EC_POINT: _octet_string(point),
+        }
+    raise ProviderOperationError(f"not a PKCS#8 {algo.name} private key")
+
+
+def _big_endian(value: int) -> bytes:
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
+def _octet_string(value: bytes) -> bytes:
+    """A short DER OCTET STRING (CKA_EC_POINT's encoding): the points here are under 128 bytes."""
+    return bytes((0x04, len(value))) + value
 
 
 def _unwrap_octet_string(value: bytes) -> bytes:

@@ -334,5 +334,54 @@ def test_imported_secret_keys_are_used_on_the_token_and_protected(
 
     with pytest.raises(ProviderOperationError, match="exists already"):
         provider.import_version(key_id, 1, "AES-256-GCM", material)
-    with pytest.raises(ProviderOperationError, match="secret keys"):
-        provider.import_version(key_id, 3, "Ed25519", b"der")
+
+
+@pytest.mark.parametrize("algorithm", ["ECDSA-P256", "Ed25519", "RSA-2048"])
+def test_imported_key_pairs_sign_on_the_token_and_are_protected(
+    provider: PKCS11Provider, inspector: pkcs11.Session, algorithm: str
+) -> None:
+    private: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey = {
+        "ECDSA-P256": lambda: ec.generate_private_key(ec.SECP256R1()),
+        "Ed25519": ed25519.Ed25519PrivateKey.generate,
+        "RSA-2048": lambda: rsa.generate_private_key(65537, 2048),
+    }[algorithm]()
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    key_id = f"key_p11import{uuid.uuid4().hex[:10]}"
+    made = provider.import_version(key_id, 1, algorithm, der)
+    assert made.public_key == private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    v = VersionHandle(key_id, 1, algorithm, made.provider_key_ref, None, made.public_key)
+    [key] = secret_objects(inspector, v)
+    assert key.object_class == ObjectClass.PRIVATE_KEY
+    assert key[Attribute.SENSITIVE] and not key[Attribute.EXTRACTABLE]
+    # the token signs with the key brought in: the signature verifies outside with its public key
+    signature = provider.sign(v, MESSAGE)
+    resolve(algorithm).verify(der, MESSAGE, signature)  # raises unless made with that key
+    provider.verify(v, MESSAGE, signature)
+    with pytest.raises(InvalidSignatureError):
+        provider.verify(v, MESSAGE + b"!", signature)
+
+
+def test_material_that_is_not_a_key_of_the_algorithm_leaves_nothing_on_the_token(
+    provider: PKCS11Provider, inspector: pkcs11.Session
+) -> None:
+    key_id = f"key_p11import{uuid.uuid4().hex[:10]}"
+    p384 = ec.generate_private_key(ec.SECP384R1()).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    rsa_3072 = rsa.generate_private_key(65537, 3072).private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    for algorithm, material in (
+        ("ECDSA-P256", p384),
+        ("Ed25519", p384),
+        ("RSA-2048", rsa_3072),
+        ("RSA-2048", b"der"),
+    ):
+        with pytest.raises(ProviderOperationError, match="not a PKCS#8"):
+            provider.import_version(key_id, 1, algorithm, material)
+    v = VersionHandle(key_id, 1, "ECDSA-P256", object_label(key_id, 1), None, None)
+    assert objects(inspector, v) == []
