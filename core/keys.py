@@ -48,7 +48,6 @@ from core.providers.base import (
     ProviderError,
     VersionHandle,
     VersionMaterial,
-    imports,
 )
 from core.providers.measured import MeasuredProvider
 from core.store.db import Store, newest_first
@@ -563,9 +562,7 @@ class KeyService:
         The material must be a key of `spec.algorithm` (the raw key for symmetric and MAC
         algorithms, PKCS#8 DER for asymmetric ones) and must work: it is used once here before
         it is sent anywhere."""
-        provider = self._providers.get(spec.provider)
-        if not imports(provider):
-            raise InvalidMaterialError(f"provider {spec.provider} cannot import material")
+        provider = self.provider(spec.provider)
         _check_material(resolve(spec.algorithm), material, spec.key_bits)
         try:
             made = provider.import_version(spec.key_id, 1, spec.algorithm, material)
@@ -581,7 +578,7 @@ class KeyService:
         except Exception:
             if made.provider_key_ref:  # do not leave the material at the provider unowned
                 with contextlib.suppress(ProviderError):
-                    self.provider(spec.provider).destroy_version(
+                    provider.destroy_version(
                         VersionHandle(
                             spec.key_id,
                             1,

@@ -41,7 +41,6 @@ from core.keys import (
 from core.lifecycle import KeyLifecycle, LifecycleError, RotationReason, iso, may_rotate, new_key
 from core.objects import KeySpec
 from core.policy import PolicyError, parse_duration
-from core.providers.base import imports
 from core.services import Services
 from core.store.models import KeyRow, KeyVersionRow
 from workflows.types import (
@@ -186,13 +185,6 @@ def _new_key(
         )
     if not svc.keys.provider(provider).supports(algorithm):
         raise APIError(400, "UNSUPPORTED_ALGORITHM", f"provider {provider} cannot hold {algorithm}")
-    if origin == "imported" and not imports(svc.providers[provider]):
-        importing = ", ".join(name for name, p in svc.providers.items() if imports(p))
-        raise APIError(
-            400,
-            "IMPORT_NOT_SUPPORTED",
-            f"provider {provider} cannot import material; configured ones that can: {importing}",
-        )
     now = datetime.now(UTC)
     expires_at = body.expires_at
     if expires_at is not None and expires_at.tzinfo is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Protocol, TypeGuard
+from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -130,6 +130,14 @@ class KeyProvider(Protocol):
         """Generate version `number` of `key_id`; UnsupportedAlgorithmError if it cannot."""
         ...
 
+    def import_version(
+        self, key_id: str, number: int, algorithm: str, material: bytes
+    ) -> VersionMaterial:
+        """Make version 1 of a new key of material brought in (BYOK: the raw key for symmetric
+        and MAC algorithms, PKCS#8 DER for asymmetric ones); ProviderOperationError if the
+        version exists already or the provider refuses the material."""
+        ...
+
     def encrypt(self, version: VersionHandle, plaintext: bytes, aad: bytes) -> bytes:
         """Encrypt with this version."""
         ...
@@ -166,11 +174,6 @@ class KeyProvider(Protocol):
         ...
 
 
-def imports(provider: object) -> TypeGuard[ImportingProvider]:
-    """Whether `provider` can make a version of material brought in (BYOK)."""
-    return callable(getattr(provider, "import_version", None))
-
-
 OAEP_SHA256 = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
 
 
@@ -183,11 +186,3 @@ def rsa_aes_key_wrap(wrapping_key: rsa.RSAPublicKey, material: bytes) -> bytes:
     return wrapping_key.encrypt(ephemeral, OAEP_SHA256) + aes_key_wrap_with_padding(
         ephemeral, material
     )
-
-
-class ImportingProvider(Protocol):
-    """A provider that can make version 1 of a key from material brought in (BYOK)."""
-
-    def import_version(
-        self, key_id: str, number: int, algorithm: str, material: bytes
-    ) -> VersionMaterial: ...

@@ -49,6 +49,14 @@ class MeasuredProvider:
             lambda: self.inner.create_version(key_id, number, algorithm, key_bits),
         )
 
+    def import_version(
+        self, key_id: str, number: int, algorithm: str, material: bytes
+    ) -> VersionMaterial:
+        return self._measure(
+            "import_version",
+            lambda: self.inner.import_version(key_id, number, algorithm, material),
+        )
+
     def encrypt(self, version: VersionHandle, plaintext: bytes, aad: bytes) -> bytes:
         return self._measure("encrypt", lambda: self.inner.encrypt(version, plaintext, aad))
 
