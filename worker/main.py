@@ -25,7 +25,7 @@ from temporalio.client import (
     ScheduleSpec,
 )
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.converter import SerializationContext
+from temporalio.converter import SerializationContext, StorageDriverStoreContext
 from temporalio.worker import Worker, WorkflowInstance, WorkflowInstanceDetails
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from temporalio.worker.workflow_sandbox._runner import _Instance
@@ -83,10 +83,11 @@ class _LeanInstance(_Instance):
 
     - The snippets the instance runs in the sandbox are compiled once per worker, not at every
       call (one per activation, and more per payload).
-    - The serialization context of each payload (for the payload codec) is asked of the
-      instance directly. The SDK enters the sandbox for it, with its import hooks and patched
-      builtins, although the answer is a plain lookup in the SDK's own code (its `temporalio`
-      modules are passed through, so they are the same objects inside and out).
+    - The serialization context of each payload (for the payload codec) and the external
+      storage context of each payload sequence are asked of the instance directly. The SDK
+      enters the sandbox for each, with its import hooks and patched builtins, although the
+      answer is a plain lookup in the SDK's own code (its `temporalio` modules are passed
+      through, so they are the same objects inside and out).
     """
 
     def _run_code(self, code: str, **extra_globals: Any) -> None:
@@ -94,6 +95,11 @@ class _LeanInstance(_Instance):
 
     def get_serialization_context(self, command_info: Any) -> SerializationContext | None:
         return self.globals_and_locals["__temporal_in_sandbox"].get_serialization_context(  # type: ignore[no-any-return,attr-defined]
+            command_info
+        )
+
+    def get_external_store_context(self, command_info: Any) -> StorageDriverStoreContext:
+        return self.globals_and_locals["__temporal_in_sandbox"].get_external_store_context(  # type: ignore[no-any-return,attr-defined]
             command_info
         )
 

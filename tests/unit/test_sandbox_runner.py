@@ -46,3 +46,7 @@ async def test_the_serialization_context_is_the_sdks() -> None:
         assert instance.get_serialization_context(info) == expected
         # the SDK's own way, through the sandbox
         assert _Instance.get_serialization_context(instance, info) == expected
+        # the external storage context: this workflow, as the SDK answers it
+        store_context = instance.get_external_store_context(info)
+        assert store_context == _Instance.get_external_store_context(instance, info)
+        assert store_context.target is not None and store_context.target.id == WORKFLOW_ID
