@@ -29,7 +29,7 @@ measures for M seconds:
 The worker is `keyrotor worker`'s own entry function (`cli.main.worker`) in a process this
 file starts with `--serve-worker`: the same settings and code, plus a Prometheus endpoint for
 the SDK's metrics, and, only when `--worker-cache` is given, a different `max_cached_workflows`
-(an experiment: the product's worker does not set it, so it has the SDK's default, 1000).
+(an experiment, 0 included; the product's worker takes KEYROTOR_WORKER_CACHE_SIZE, default 500).
 `--plain-worker` runs the `keyrotor` binary itself instead (no metrics).
 """
 
@@ -549,6 +549,8 @@ async def bench(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="keyrotor-scale-") as data_dir:
         data = Path(data_dir)
         extra = ["--db-filename", str(data / "temporal.db")] if args.temporal_db_file else []
+        for setting in args.server_config:
+            extra += ["--dynamic-config-value", setting]
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(BIN / "temporal"),
             search_attributes=SEARCH_ATTRIBUTE_KEYS,
@@ -616,7 +618,8 @@ async def bench(args: argparse.Namespace) -> None:
                 if args.max_run_events:
                     worker_kind += f", continue as new at {args.max_run_events} events"
                 print(
-                    f"setup: dev server ({'SQLite file' if extra else 'in-memory'} persistence),"
+                    f"setup: dev server ({'SQLite file' if args.temporal_db_file else 'in-memory'}"
+                    f" persistence{''.join(', ' + c for c in args.server_config)}),"
                     f" keyrotor api on 127.0.0.1:{port}, worker ({worker_kind}), store"
                     f" {'PostgreSQL' if args.postgres else 'SQLite'} in"
                     f" {time.perf_counter() - setup_start:.1f} s (logs in {data_dir})",
@@ -884,10 +887,18 @@ def main() -> None:
         help="the dev server keeps its state in a SQLite file (default: in memory)",
     )
     parser.add_argument(
+        "--server-config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dynamic configuration value for the dev server (repeatable), e.g."
+        " history.cacheMaxSize=12000",
+    )
+    parser.add_argument(
         "--worker-cache",
         type=int,
-        help="experiment: the worker's max_cached_workflows (default: as shipped, the SDK's"
-        " 1000; 0: no cache, no sticky queue)",
+        help="experiment: the worker's max_cached_workflows (default: as shipped,"
+        " KEYROTOR_WORKER_CACHE_SIZE or 500; 0: no cache, no sticky queue)",
     )
     parser.add_argument(
         "--plain-worker",

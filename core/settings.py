@@ -38,10 +38,11 @@ class Settings(BaseSettings):
     temporal_tls_server_name: str = ""
     temporal_api_key: SecretStr | None = None
     task_queue: str = "keyrotor"
-    # Workflows a worker keeps in memory (about 105 KiB each, docs/scaling.md). A workflow not
-    # cached is replayed from its history at each wakeup, which doubles its CPU; keyrotor's
-    # commits need it cached while they run, so it cannot be 0.
-    worker_cache_size: int = Field(default=1000, ge=1)
+    # Workflows a worker keeps in memory (about 90 to 105 KiB each, docs/scaling.md); 500 keeps
+    # one worker under 300 MB (the SDK's default of 1000 does not). A workflow not cached is
+    # replayed from its history at each wakeup, which doubles its CPU; keyrotor's commits need
+    # it cached while they run, so it cannot be 0.
+    worker_cache_size: int = Field(default=500, ge=1)
     # processes of `keyrotor worker` on this machine, each a whole worker with its own cache
     # (`worker_cache_size` each) and sticky queue, about one core each (docs/scaling.md)
     worker_processes: int = Field(default=1, ge=1)

@@ -17,7 +17,7 @@ async def test_the_cache_size_is_the_setting(
 ) -> None:
     client = time_skipping_env.client
     as_shipped = build_worker(client, services, "cache-as-shipped")
-    assert as_shipped.config()["max_cached_workflows"] == 1000
+    assert as_shipped.config()["max_cached_workflows"] == 500
     services.settings.worker_cache_size = 12_000
     sized = build_worker(client, services, "cache-sized")
     assert sized.config()["max_cached_workflows"] == 12_000
