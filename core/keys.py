@@ -150,7 +150,7 @@ def _check_material(algo: Algorithm, material: bytes, key_bits: int) -> None:
     """Refuse imported `material` unless it works as a key of `algo`: symmetric and MAC keys
     must be exactly `key_bits` long, asymmetric ones must parse (PKCS#8), and an encryption or
     signature with it must come back."""
-    what = f"the material is not a {algo.name} key"
+    what = f"the material is not a key of {algo.name}"
     if algo.kind in (AlgorithmKind.SYMMETRIC, AlgorithmKind.MAC) and len(material) * 8 != key_bits:
         raise InvalidMaterialError(f"{what}: {len(material) * 8} bits, expected {key_bits}")
     try:
