@@ -112,6 +112,7 @@ OPERATIONS: tuple[Operation, ...] = (
             F("type", required=True),
             # a file, never an argument: arguments show in process lists and shell history
             F("material-file", "material", "binfile", required=True),
+            F("provider"),
             *NEW_KEY,
         ),
     ),

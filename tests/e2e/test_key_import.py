@@ -198,15 +198,16 @@ async def test_import_into_aws_kms(
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        body = {
-            "type": "signing",
-            "algorithm": "ECDSA-P256",
-            "provider": "aws-kms",
-            "material": b64(der),
-        }
-        r = await s.http.post(f"{API}/keys/import", json=body, headers=s.auth())
-        assert r.status_code == 201, r.text
-        key = r.json()["key"]
+        (tmp_path / "key.der").write_bytes(der)
+        async with serve(s) as url:  # through the command line, which names the provider
+            code, out, err = await keyrotor(
+                url,
+                s.admin_key,
+                *("keys", "import", "--type", "signing", "--algorithm", "ECDSA-P256"),
+                *("--provider", "aws-kms", "--material-file", str(tmp_path / "key.der"), "--json"),
+            )
+        assert code == 0, err
+        key = json.loads(out)["key"]
         assert (key["provider"], key["version"], key["status"]) == ("aws-kms", 1, "active")
         # KMS holds it (not the store): a key of origin EXTERNAL behind version 1's alias
         kms = kms_client(moto_kms)
@@ -252,6 +253,7 @@ async def test_import_into_aws_kms(
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+        body = {"type": "signing", "algorithm": "ECDSA-P256", "provider": "aws-kms"}
         r = await s.http.post(
             f"{API}/keys/import", json={**body, "material": b64(other)}, headers=s.auth()
         )
