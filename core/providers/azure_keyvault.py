@@ -71,6 +71,7 @@ from core.providers.base import (
     UnsupportedAlgorithmError,
     VersionHandle,
     VersionMaterial,
+    big_endian,
     held,
     holds,
 )
@@ -583,7 +584,7 @@ def _private_jwk(material: bytes, spec: _AKVSpec, what: str) -> JsonWebKey:
             kty="RSA",
             key_ops=["sign", "verify"],
             **{
-                field: value.to_bytes((value.bit_length() + 7) // 8, "big")
+                field: big_endian(value)
                 for field, value in (
                     ("n", public.n),
                     ("e", public.e),

@@ -174,6 +174,11 @@ class KeyProvider(Protocol):
         ...
 
 
+def big_endian(value: int) -> bytes:
+    """A non-negative integer as the shortest big-endian bytes (JWK and PKCS#11 key numbers)."""
+    return value.to_bytes((value.bit_length() + 7) // 8, "big")
+
+
 OAEP_SHA256 = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
 
 

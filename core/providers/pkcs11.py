@@ -41,6 +41,7 @@ from core.providers.base import (
     ProviderUnavailableError,
     VersionHandle,
     VersionMaterial,
+    big_endian,
     held,
     holds,
 )
@@ -66,6 +67,15 @@ SUPPORTED_ALGORITHMS = frozenset(
 # padding oracle waiting to happen), RSA keys on a token sign and verify only.
 _NO_RSA_ENCRYPTION = "RSA-2048 keys of the pkcs11 provider sign and verify only"
 _HMAC_MECHANISM = {"HMAC-SHA256": Mechanism.SHA256_HMAC, "HMAC-SHA512": Mechanism.SHA512_HMAC}
+
+# Secret and private halves: on the token, only usable there, never readable.
+_PROTECTED = {
+    Attribute.TOKEN: True,
+    Attribute.PRIVATE: True,
+    Attribute.SENSITIVE: True,
+    Attribute.EXTRACTABLE: False,
+}
+_PUBLIC = {Attribute.TOKEN: True, Attribute.PRIVATE: False}
 
 # CKR_KEY_FUNCTION_NOT_PERMITTED has no exception class in python-pkcs11.
 _CKR_KEY_FUNCTION_NOT_PERMITTED = "0x68"
@@ -322,11 +332,7 @@ class PKCS11Provider:
         left on it."""
         algo = self._algorithm(algorithm)
         ref = object_label(key_id, number)
-        protected = {
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
+        identity = {
             Attribute.KEY_TYPE: self._key_type(algo),
             Attribute.LABEL: ref,
             Attribute.ID: object_id(ref),
@@ -337,7 +343,8 @@ class PKCS11Provider:
                 usage = (Attribute.SIGN, Attribute.VERIFY)
             templates = [
                 {
-                    **protected,
+                    **_PROTECTED,
+                    **identity,
                     Attribute.CLASS: ObjectClass.SECRET_KEY,
                     Attribute.VALUE: material,
                     **dict.fromkeys(usage, True),
@@ -347,18 +354,16 @@ class PKCS11Provider:
             private, public = _pair_values(algo, material)
             templates = [
                 {
-                    **protected,
+                    **_PROTECTED,
+                    **identity,
                     Attribute.CLASS: ObjectClass.PRIVATE_KEY,
                     Attribute.SIGN: True,
                     **private,
                 },
                 {
-                    **{
-                        a: protected[a] for a in (Attribute.KEY_TYPE, Attribute.LABEL, Attribute.ID)
-                    },
+                    **_PUBLIC,
+                    **identity,
                     Attribute.CLASS: ObjectClass.PUBLIC_KEY,
-                    Attribute.TOKEN: True,
-                    Attribute.PRIVATE: False,
                     Attribute.VERIFY: True,
                     **public,
                 },
@@ -395,21 +400,13 @@ class PKCS11Provider:
         }[algo.name]
 
     def _generate(self, session: pkcs11.Session, algo: Algorithm, bits: int, ref: str) -> None:
-        # Secret and private halves: on the token, only usable there, never readable.
-        protected = {
-            Attribute.TOKEN: True,
-            Attribute.PRIVATE: True,
-            Attribute.SENSITIVE: True,
-            Attribute.EXTRACTABLE: False,
-        }
-        public = {Attribute.TOKEN: True, Attribute.PRIVATE: False}
         oid = object_id(ref)
         if algo.name == "AES-256-GCM":
             session.generate_key(
                 KeyType.AES,
                 bits,
                 capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
-                template=protected,
+                template=_PROTECTED,
                 id=oid,
                 label=ref,
                 store=True,
@@ -419,7 +416,7 @@ class PKCS11Provider:
                 KeyType.GENERIC_SECRET,
                 bits,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                template=protected,
+                template=_PROTECTED,
                 id=oid,
                 label=ref,
                 store=True,
@@ -428,8 +425,8 @@ class PKCS11Provider:
             session.generate_keypair(
                 KeyType.EC,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                public_template={**public, Attribute.EC_PARAMS: _P256_PARAMS},
-                private_template=protected,
+                public_template={**_PUBLIC, Attribute.EC_PARAMS: _P256_PARAMS},
+                private_template=_PROTECTED,
                 id=oid,
                 label=ref,
                 store=True,
@@ -439,8 +436,8 @@ class PKCS11Provider:
                 KeyType.EC_EDWARDS,
                 mechanism=Mechanism.EC_EDWARDS_KEY_PAIR_GEN,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                public_template={**public, Attribute.EC_PARAMS: _ED25519_PARAMS},
-                private_template=protected,
+                public_template={**_PUBLIC, Attribute.EC_PARAMS: _ED25519_PARAMS},
+                private_template=_PROTECTED,
                 id=oid,
                 label=ref,
                 store=True,
@@ -450,8 +447,8 @@ class PKCS11Provider:
                 KeyType.RSA,
                 bits,
                 capabilities=MechanismFlag.SIGN | MechanismFlag.VERIFY,
-                public_template={**public, Attribute.PUBLIC_EXPONENT: b"\x01\x00\x01"},
-                private_template=protected,
+                public_template={**_PUBLIC, Attribute.PUBLIC_EXPONENT: b"\x01\x00\x01"},
+                private_template=_PROTECTED,
                 id=oid,
                 label=ref,
                 store=True,
@@ -697,10 +694,10 @@ def _pair_values(
             Attribute.COEFFICIENT: n.iqmp,
         }
         public = {
-            Attribute.MODULUS: _big_endian(n.public_numbers.n),
-            Attribute.PUBLIC_EXPONENT: _big_endian(n.public_numbers.e),
+            Attribute.MODULUS: big_endian(n.public_numbers.n),
+            Attribute.PUBLIC_EXPONENT: big_endian(n.public_numbers.e),
         }
-        return {**public, **{a: _big_endian(v) for a, v in values.items()}}, public
+        return {**public, **{a: big_endian(v) for a, v in values.items()}}, public
     if algo.name == "ECDSA-P256" and isinstance(private, ec.EllipticCurvePrivateKey):
         if isinstance(private.curve, ec.SECP256R1):
             point = private.public_key().public_bytes(
@@ -722,10 +719,6 @@ def _pair_values(
             Attribute.EC_POINT: _octet_string(point),
         }
     raise ProviderOperationError(f"not a PKCS#8 {algo.name} private key")
-
-
-def _big_endian(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8, "big")
 
 
 def _octet_string(value: bytes) -> bytes:
