@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, case, delete, func, select, update
+from sqlalchemy import Connection, Table, bindparam, case, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from core import audit
@@ -1126,10 +1126,12 @@ class CredentialService:
             redis_uses, self._redis_uses = self._redis_uses, {}
         if not usage and not redis_uses:
             return 0
-        # one executemany: a busy second touches thousands of credentials
+        # one executemany: a busy second touches thousands of credentials. In the order of
+        # their ids, as every process does: two processes' flushes then lock shared rows in
+        # the same order (PostgreSQL), and the deadlock left between the statements is retried.
         rows = [
             {"cid": cid, "ok": ok, "failed": failed, "last": last}
-            for cid, (ok, failed, last) in usage.items()
+            for cid, (ok, failed, last) in sorted(usage.items())
         ]
         statement = (
             update(CredentialRow)
@@ -1145,18 +1147,21 @@ class CredentialService:
         flushes = [(statement, rows)] + [
             (
                 _FLUSH_CREDENTIAL_USES if kind == "credential" else _FLUSH_HANDLE_USES,
-                [{"key": key, "n": n} for (k, key), n in redis_uses.items() if k == kind],
+                [{"key": key, "n": n} for (k, key), n in sorted(redis_uses.items()) if k == kind],
             )
             for kind in ("credential", "handle")
         ]
+
+        def write(connection: Connection) -> None:
+            for flush, values in flushes:
+                for start in range(0, len(values), FLUSH_CHUNK):
+                    connection.execute(flush, values[start : start + FLUSH_CHUNK])
+                    # This thread holds the GIL while it binds a chunk: let the event loop in
+                    # between, so a busy second's flush never stalls verification long.
+                    time.sleep(0)
+
         try:
-            with self._store.write() as s:
-                for flush, values in flushes:
-                    for start in range(0, len(values), FLUSH_CHUNK):
-                        s.connection().execute(flush, values[start : start + FLUSH_CHUNK])
-                        # This thread holds the GIL while it binds a chunk: let the event loop
-                        # in between, so a busy second's flush never stalls verification long.
-                        time.sleep(0)
+            self._store.write_retried(write)
         except Exception:  # nothing was written: keep it for the next flush
             with self._usage_lock:
                 for cid, (ok, failed, last) in usage.items():

@@ -658,8 +658,9 @@ class KeyService:
             uses, self._grace_uses = self._grace_uses, {}
         if not uses:
             return 0
-        with self._store.write() as s:
-            s.connection().execute(
+        # in key order, and retried on a deadlock, as the credentials' usage flush
+        self._store.write_retried(
+            lambda connection: connection.execute(
                 update(_VERSIONS)
                 .where(
                     _VERSIONS.c.key_id == bindparam("k"),
@@ -670,8 +671,9 @@ class KeyService:
                     ),
                 )
                 .values(last_used_at=bindparam("t")),
-                [{"k": k, "n": n, "t": t} for (k, n), t in uses.items()],
+                [{"k": k, "n": n, "t": t} for (k, n), t in sorted(uses.items())],
             )
+        )
         return len(uses)
 
     def last_used(self, key_id: str, number: int) -> datetime | None:

@@ -149,6 +149,19 @@ class Store:
         with self._write_lock, self._write_sessions() as session, session.begin():
             yield session
 
+    def write_retried(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in a write transaction, and run it again whole when PostgreSQL rolled
+        the transaction back for a deadlock (up to DEADLOCK_ATTEMPTS runs): two processes can
+        lock the same rows in opposite orders. `work` must be safe to run again."""
+        for attempt in range(1, DEADLOCK_ATTEMPTS + 1):
+            try:
+                with self.write() as session:
+                    return work(session.connection())
+            except DBAPIError as e:
+                if attempt == DEADLOCK_ATTEMPTS or not _deadlock(e):
+                    raise
+        raise AssertionError("unreachable")
+
     def write_batched(self, statement: Callable[[Connection], T]) -> T:
         """Run `statement` in a write transaction shared with the statements other threads
         submit meanwhile (group commit): one commit, so one fsync, for every statement that
@@ -166,18 +179,12 @@ class Store:
                 self._committing = True
         if not mine.done:
             try:
-                for attempt in range(1, BATCH_ATTEMPTS + 1):
-                    try:
-                        with self.write() as session:
-                            connection = session.connection()
-                            for item in batch:
-                                item.result = item.statement(connection)
-                        break
-                    except DBAPIError as e:
-                        # two processes' batches can lock the same rows in opposite orders:
-                        # PostgreSQL then rolls one back, which is safe to run again whole
-                        if attempt == BATCH_ATTEMPTS or not _deadlock(e):
-                            raise
+
+                def run(connection: Connection) -> None:
+                    for item in batch:
+                        item.result = item.statement(connection)
+
+                self.write_retried(run)
             except Exception as e:
                 for item in batch:
                     item.error = e
@@ -279,7 +286,7 @@ def _switch_to_wal(cursor: sqlite3.Cursor, busy_timeout_ms: int) -> None:
             time.sleep(0.01)
 
 
-BATCH_ATTEMPTS = 3
+DEADLOCK_ATTEMPTS = 3
 
 
 def _deadlock(e: DBAPIError) -> bool:

@@ -1065,6 +1065,34 @@ def test_flush_usage_writes_counts_failures_and_last_use(svc: CredentialService)
     assert row.last_used_at is not None and row.last_used_at >= after
 
 
+def test_two_processes_flushing_the_same_credentials_at_once_lose_nothing(
+    usage_in: UsageBackend,
+) -> None:
+    """Two API processes that used the same credentials in opposite orders flush at the same
+    moment, as at a shutdown of both: on PostgreSQL each flush locks the credentials' rows, and
+    neither may fail on the other (a deadlock) or lose a count."""
+    svc, other = usage_in.make(), usage_in.make()
+    creds = [create(svc, usage_limit=1000) for _ in range(40)]
+    secrets_of = [c.secret(1) for c in creds]
+    start = threading.Barrier(2)  # each round's two flushes set off together
+
+    def flush(service: CredentialService) -> int:
+        start.wait()
+        return service.flush_usage()
+
+    rounds = 8
+    for _ in range(rounds):
+        for secret in secrets_of:
+            assert svc.verify(secret).valid
+        for secret in reversed(secrets_of):
+            assert other.verify(secret).valid
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            flushed = list(pool.map(flush, (svc, other)))
+        assert flushed == [40, 40] if usage_in.name == "database" else [80, 80]
+    rows = [svc.get(c.id)[0] for c in creds]
+    assert {(r.usage_count, r.remaining) for r in rows} == {(2 * rounds, 1000 - 2 * rounds)}
+
+
 def test_a_flush_the_store_refuses_keeps_the_counts_for_the_next_one(
     usage_in: UsageBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
