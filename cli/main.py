@@ -228,7 +228,10 @@ def restore(
             started = asyncio.run(start())
         finally:
             services.close()
-        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(started.items())) or "none"
+        counts = (
+            ", ".join(f"{n} {kind}{'s' * (n != 1)}" for kind, n in sorted(started.items()))
+            or "none"
+        )
         typer.echo(f"started the workflows of what has not ended: {counts}")
 
 

@@ -68,6 +68,7 @@ from core.store.models import (
     CredentialVersionRow,
     EventRow,
     ImportedLookupRow,
+    StoreSecretRow,
     UTCDateTime,
 )
 from core.warnings import event_data, project_warnings
@@ -196,6 +197,14 @@ def new_credential_id(prefix: str = "cred_") -> str:
 def secret_context(credential_id: str, number: int) -> bytes:
     """The envelope context that binds a sealed pending secret to one credential version."""
     return f"keyrotor/credential/{credential_id}/v{number}".encode()
+
+
+def store_secret_context(name: str) -> bytes:
+    """The envelope context that binds one of the store's own secrets to its name."""
+    return f"keyrotor/store-secret/{name}".encode()
+
+
+LOOKUP_KEY = "imported-lookup"  # the store secret keying imported API keys' lookup ids
 
 
 _VERIFY_COLUMNS = (
@@ -398,6 +407,8 @@ class CredentialService:
         # verification rows by lookup id, kept fresh by the API's `core.changes.ChangeFeed`
         self.rows = RowCache(CACHE_ENTRIES)
         self._failures = _FailureTally()
+        self._lookup_key: bytes | None = None  # once it exists (`_imported_lookup_key`)
+        self._unkeyed_imports: bool | None = None  # once read (`_unkeyed_lookup_ids`)
         # one statement object, executed with a parameter: SQLAlchemy then reuses its compiled
         # form and result map as they are (a new `.where()` per call costs ~1 ms to adapt)
         self._verify_query = (
@@ -544,10 +555,12 @@ class CredentialService:
         AlreadyImportedError names the credential that took it, and says whether that one is
         only staged (its workflow has not committed it yet)."""
         first = lifecycle.versions[0]
-        lookup_id = imported_lookup_id(key_sha256)
+        lookup_id = imported_lookup_id(self._imported_lookup_key(make=True), key_sha256)
+        # the same key imported before migration 0013, under its unkeyed id
+        unkeyed = imported_lookup_id(None, key_sha256) if self._unkeyed_lookup_ids() else None
         try:
             with self._store.write() as s:
-                self._refuse_taken(s, lookup_id)
+                self._refuse_taken(s, lookup_id, unkeyed)
                 s.add(_new_credential_row(spec, workflow_id, first.created_at))
                 s.flush()
                 s.add(
@@ -577,12 +590,14 @@ class CredentialService:
                 )
         except IntegrityError:  # another process imported the same key at the same instant
             with self._store.session() as s:
-                self._refuse_taken(s, lookup_id)
+                self._refuse_taken(s, lookup_id, unkeyed)
             raise
 
     @staticmethod
-    def _refuse_taken(s: Any, lookup_id: str) -> None:
-        taken = s.get(ImportedLookupRow, lookup_id)
+    def _refuse_taken(s: Any, *lookup_ids: str | None) -> None:
+        taken = next(
+            (t for i in lookup_ids if i is not None and (t := s.get(ImportedLookupRow, i))), None
+        )
         if taken is None:
             return
         cred = s.get(CredentialRow, taken.credential_id)
@@ -668,9 +683,10 @@ class CredentialService:
         except MalformedCredentialError:
             if presented.startswith(f"{CREDENTIAL_PREFIX}_"):
                 return Verification(VerificationCode.NOT_FOUND)  # a typo: no lookup
-            p = parse_imported(presented)
-            if not writes and not self.rows.get(p.lookup_id)[0]:
-                raise WriteNeeded from None  # an uncached read: not on the event loop
+            imported = self._presented_import(presented, writes=writes)
+            if imported is None:
+                return Verification(VerificationCode.NOT_FOUND)
+            p = imported
         row, _ = self._lookup(p, "credential")
         if row is None:
             return Verification(VerificationCode.NOT_FOUND)
@@ -700,6 +716,69 @@ class CredentialService:
             retry_after=retry_after,
         )
 
+    def _presented_import(self, presented: str, *, writes: bool) -> PresentedCredential | None:
+        """A presented key not in keyrotor's format, as an imported key; None when no key has
+        been imported (no lookup key), so that it is nobody's. An uncached read raises
+        WriteNeeded when `writes` is False: not on the event loop."""
+        key = self._imported_lookup_key() if writes else self._lookup_key
+        if key is None and not writes:
+            raise WriteNeeded
+        if key is None and not self._unkeyed_lookup_ids():
+            return None
+        p = parse_imported(key, presented)
+        if not writes and not self.rows.get(p.lookup_id)[0]:
+            raise WriteNeeded
+        return p
+
+    def _imported_lookup_key(self, *, make: bool = False) -> bytes | None:
+        """The key of imported API keys' lookup ids (`imported_lookup_id`): 32 random bytes
+        made by the first import (`make`), kept in the store sealed under the master key. None
+        while no import has made it. Read once per process once it exists: it never changes."""
+        if self._lookup_key is None:
+            blob = self._read_lookup_key()
+            if blob is None and make:
+                sealed = seal(
+                    self._keyring, secrets.token_bytes(32), store_secret_context(LOOKUP_KEY)
+                )
+                try:
+                    with self._store.write() as s:
+                        s.add(
+                            StoreSecretRow(
+                                name=LOOKUP_KEY, sealed=sealed, created_at=datetime.now(UTC)
+                            )
+                        )
+                except IntegrityError:
+                    pass  # another process made it at the same moment: theirs is the key
+                blob = self._read_lookup_key()
+            if blob is not None:
+                self._lookup_key = open_envelope(
+                    self._keyring, blob, store_secret_context(LOOKUP_KEY)
+                )
+        return self._lookup_key
+
+    def _read_lookup_key(self) -> bytes | None:
+        row = self._store.read_one(
+            select(StoreSecretRow.sealed).where(StoreSecretRow.name == bindparam("name")),
+            {"name": LOOKUP_KEY},
+        )
+        return None if row is None else bytes(row[0])
+
+    def _unkeyed_lookup_ids(self) -> bool:
+        """Whether keys imported before migration 0013 exist: their lookup ids stay unkeyed,
+        so a presented key is also looked up by its unkeyed id. Read once per process: no
+        more are made."""
+        if self._unkeyed_imports is None:
+            self._unkeyed_imports = (
+                self._store.read_one(
+                    select(ImportedLookupRow.lookup_id)
+                    .where(ImportedLookupRow.keyed.is_(False))
+                    .limit(1),
+                    {},
+                )
+                is not None
+            )
+        return self._unkeyed_imports
+
     def _lookup(self, p: PresentedCredential, kind: str) -> tuple[Any, Any]:
         """(the row of the presented secret if it matches, else None; the row of its lookup id
         if the secret is wrong) - one read and one HMAC either way. A wrong secret for a known
@@ -708,6 +787,10 @@ class CredentialService:
         if not hit:
             generation = self.rows.generation
             row = self._store.read_one(self._verify_query, {"lookup": p.lookup_id})
+            if row is None and p.prefix == IMPORTED_PREFIX and self._unkeyed_lookup_ids():
+                unkeyed = parse_imported(None, p.secret).lookup_id  # imported before 0013
+                if unkeyed != p.lookup_id:
+                    row = self._store.read_one(self._verify_query, {"lookup": unkeyed})
             # Not what an imported key did not find: the key may be imported later, and only
             # a credential's own changes drop its cached rows.
             if row is not None or p.prefix != IMPORTED_PREFIX:
@@ -742,7 +825,7 @@ class CredentialService:
         with self._store.write() as s:
             s.execute(
                 update(CredentialVersionRow)
-                .where(CredentialVersionRow.lookup_id == p.lookup_id)
+                .where(CredentialVersionRow.lookup_id == row.lookup_id)
                 .values(
                     salt=salt,
                     secret_hash=secret_hash(

@@ -192,11 +192,19 @@ def rehash(pepper: bytes, stored: bytes, algorithm: str) -> bytes:
     return hmac.new(pepper, b"keyrotor pepper rehash\0" + stored, _HASHES[algorithm]).digest()
 
 
-def imported_lookup_id(key_sha256: bytes) -> str:
+def imported_lookup_id(lookup_key: bytes | None, key_sha256: bytes) -> str:
     """The lookup id of an imported API key (one not in keyrotor's format), from the SHA-256 of
     the key: what the system it came from stored, and what verification computes from the
-    presented key. 16 base32 characters (80 bits), like a generated lookup id."""
-    digest = hashlib.sha256(b"keyrotor imported lookup\0" + key_sha256).digest()
+    presented key. 16 base32 characters (80 bits), like a generated lookup id.
+
+    Keyed: an HMAC under the store's lookup key (`CredentialService`, sealed under the master
+    key), so that the database alone does not let anyone test guesses of a key against it.
+    `lookup_key=None` gives the unkeyed id that imports made before migration 0013 keep."""
+    message = b"keyrotor imported lookup\0" + key_sha256
+    if lookup_key is None:
+        digest = hashlib.sha256(message).digest()
+    else:
+        digest = hmac.new(lookup_key, message, hashlib.sha256).digest()
     return base64.b32encode(digest).decode().lower()[:16]
 
 
@@ -207,11 +215,12 @@ def imported_hash(pepper: bytes, key_sha256: bytes) -> bytes:
     return rehash(pepper, key_sha256, "SHA-256")
 
 
-def parse_imported(text: str) -> PresentedCredential:
+def parse_imported(lookup_key: bytes | None, text: str) -> PresentedCredential:
     """A presented key that is not in keyrotor's format, as an imported key: found by the
-    SHA-256 of the whole text. Its environment is the credential's (the key does not say)."""
+    SHA-256 of the whole text (`imported_lookup_id`). Its environment is the credential's (the
+    key does not say)."""
     digest = hashlib.sha256(text.encode()).digest()
-    return PresentedCredential("", imported_lookup_id(digest), text, IMPORTED_PREFIX)
+    return PresentedCredential("", imported_lookup_id(lookup_key, digest), text, IMPORTED_PREFIX)
 
 
 def format_token(prefix: str, environment: str, lookup_id: str, secret: str) -> str:

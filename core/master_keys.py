@@ -27,7 +27,7 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, select, tuple_, update
 
 from core import audit
-from core.api_credentials import secret_context
+from core.api_credentials import secret_context, store_secret_context
 from core.envelope import EnvelopeError, MasterKeyring, envelope_key_id, open_envelope, seal
 from core.providers.local import material_context
 from core.store.db import Store
@@ -35,6 +35,7 @@ from core.store.models import (
     CredentialVersionRow,
     KeyVersionRow,
     MasterKeyRetirementRow,
+    StoreSecretRow,
     WebhookRow,
 )
 
@@ -77,6 +78,13 @@ SEALED = (
         ("credential_id", "number"),
     ),
     SealedColumn("webhooks", _table(WebhookRow), ("id",), "sealed_secret", lambda r: r.id.encode()),
+    SealedColumn(
+        "store_secrets",
+        _table(StoreSecretRow),
+        ("name",),
+        "sealed",
+        lambda r: store_secret_context(r.name),
+    ),
 )
 _BY_NAME = {s.name: s for s in SEALED}
 _RETIREMENTS = _table(MasterKeyRetirementRow)

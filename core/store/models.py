@@ -468,3 +468,17 @@ class ImportedLookupRow(Base):
     lookup_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     credential_id: Mapped[str] = mapped_column(String(64))
     imported_at: Mapped[datetime]
+    # False for the imports made before the lookup id was keyed (migration 0013): their
+    # lookup id stays the unkeyed hash (`core.credentials.imported_lookup_id`)
+    keyed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=false())
+
+
+class StoreSecretRow(Base):
+    """The store's own secrets, by name, sealed under the master key (its rotation re-seals
+    them, backups carry them sealed): the key of imported API keys' lookup ids."""
+
+    __tablename__ = "store_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]

@@ -6,6 +6,7 @@ verify and keys rotate through their restarted workflows."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from tests.e2e.conftest import build_stack
 from tests.e2e.test_rest_flow import API
 from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import TEST_MASTER_KEY, target
+
+LEGACY_KEY = "sk_live_restored_" + "k" * 24  # a key from another system, imported by its hash
 
 KEYROTOR = Path(sys.executable).parent / "keyrotor"
 
@@ -67,6 +70,11 @@ async def test_backup_then_restore_into_a_fresh_instance(
         assert r.status_code == 200, r.text
         r = await old.http.post(f"{API}/credentials", json={"name": "kept"}, headers=auth)
         credential, secret = r.json()["credential"], r.json()["secret"]
+        # an API key brought from another system: found through the store's sealed lookup key
+        imported = {"name": "brought", "sha256": hashlib.sha256(LEGACY_KEY.encode()).hexdigest()}
+        r = await old.http.post(f"{API}/credentials/import", json=imported, headers=auth)
+        assert r.status_code == 201, r.text
+        imported_workflow = r.json()["credential"]["workflowId"]
         r = await old.http.post(
             f"{API}/handles/generate", json={"type": "workflow", "userId": "ann"}, headers=auth
         )
@@ -90,6 +98,7 @@ async def test_backup_then_restore_into_a_fresh_instance(
         for workflow_id in (
             key["workflowId"],
             credential["workflowId"],
+            imported_workflow,
             handle_workflow.json()["handle"]["workflowId"],
         ):
             await old.client.get_workflow_handle(workflow_id).terminate("instance lost")
@@ -104,7 +113,7 @@ async def test_backup_then_restore_into_a_fresh_instance(
     }
     code, out, err = await run(env, "restore", str(backup))
     assert code == 0, err
-    assert "started the workflows of what has not ended: 1 credential, 1 handle, 1 key" in out, out
+    assert "started the workflows of what has not ended: 2 credentials, 1 handle, 1 key" in out, out
     code, _, err = await run(env, "restore", str(backup), "--no-workflows")
     assert code == 1 and "not empty" in err
 
@@ -117,8 +126,11 @@ async def test_backup_then_restore_into_a_fresh_instance(
                 f"{API}/keys/{key['id']}/decrypt", json={"ciphertext": ciphertext}, headers=auth
             )
             assert (r.status_code, r.json().get("plaintext")) == (200, plaintext), r.text
-        r = await new.http.post(f"{API}/credentials/verify", json={"key": secret}, headers=auth)
-        assert r.json()["verification"]["code"] == "VALID"
+        for presented in (secret, LEGACY_KEY):
+            r = await new.http.post(
+                f"{API}/credentials/verify", json={"key": presented}, headers=auth
+            )
+            assert r.json()["verification"]["code"] == "VALID", presented
         # the handle validates, and its restarted workflow exchanges it for the next value
         validate = {"handleId": handle["id"], "userId": "ann"}
         r = await new.http.post(f"{API}/handles/validate", json=validate, headers=auth)

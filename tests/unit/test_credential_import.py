@@ -10,21 +10,29 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from core import audit
 from core.api_credentials import (
+    LOOKUP_KEY,
     AlreadyImportedError,
     CredentialService,
     VerificationCode,
     WriteNeeded,
+    store_secret_context,
 )
 from core.credentials import PepperRing, imported_lookup_id
+from core.envelope import open_envelope
 from core.lifecycle import KeyLifecycle, new_key
 from core.objects import CredentialSpec, CredentialTransitionCommit, ImportWithdrawnError
 from core.services import Services
 from core.store.db import Store
-from core.store.models import CredentialRow, CredentialVersionRow
+from core.store.models import (
+    CredentialRow,
+    CredentialVersionRow,
+    ImportedLookupRow,
+    StoreSecretRow,
+)
 from tests.fixtures.temporal import TEST_KEYRING
 
 LEGACY_KEY = "sk_live_" + secrets.token_urlsafe(24)  # what the holder keeps presenting
@@ -65,6 +73,18 @@ def import_and_commit(services: Services, credential_id: str, digest: bytes = DI
     services.credentials.commit_transition(first_commit(spec, lifecycle))
 
 
+def lookup_of(store: Store, credential_id: str) -> str:
+    """The lookup id the store keeps for the key imported as `credential_id`."""
+    with store.session() as s:
+        found = s.scalar(
+            select(ImportedLookupRow.lookup_id).where(
+                ImportedLookupRow.credential_id == credential_id
+            )
+        )
+    assert found is not None
+    return found
+
+
 def stored(store: Store, lookup_id: str) -> CredentialVersionRow:
     with store.session() as s:
         row = s.get(CredentialVersionRow, lookup_id)
@@ -84,7 +104,7 @@ def test_an_imported_key_verifies_as_presented_and_moves_to_a_salted_hash(
         credentials.verify(LEGACY_KEY, writes=False)
     assert credentials.verify(LEGACY_KEY).code == VerificationCode.NOT_FOUND
     import_and_commit(services, "cred_imported000000001")
-    lookup = imported_lookup_id(DIGEST)
+    lookup = lookup_of(services.store, "cred_imported000000001")
     row = stored(services.store, lookup)
     assert (row.state, row.number) == ("active", 1)
     assert row.pepper_id == f"{credentials.current_pepper_id}/imported-sha256"
@@ -146,7 +166,7 @@ def test_an_imported_hash_survives_a_forced_pepper_rehash(services: Services) ->
     rotated = CredentialService(services.store, TEST_KEYRING, ring)
     batch = rotated.rehash_batch("", 100)
     assert batch.rehashed == 1
-    lookup = imported_lookup_id(DIGEST)
+    lookup = lookup_of(services.store, "cred_imported000000006")
     assert stored(services.store, lookup).pepper_id.endswith("/imported-sha256")
     status = rotated.pepper_status()
     assert "imported-sha256" not in {p["id"] for p in status["peppers"]}
@@ -180,3 +200,66 @@ def test_a_withdrawn_import_is_never_replaced_by_a_generated_secret(services: Se
         services.credentials.commit_transition(first_commit(spec, lifecycle))
     with services.store.engine.connect() as db:
         assert db.scalar(select(func.count()).select_from(CredentialVersionRow)) == 0
+
+
+def test_the_lookup_id_is_keyed_by_a_secret_the_database_keeps_only_sealed(
+    services: Services,
+) -> None:
+    """A reader of the database alone cannot test a guess of an imported key: its lookup id is
+    an HMAC under a key sealed by the master key, not a hash anyone can compute."""
+    import_and_commit(services, "cred_imported000000011")
+    lookup = lookup_of(services.store, "cred_imported000000011")
+    with services.store.session() as s:
+        secrets_kept = s.execute(select(StoreSecretRow.name, StoreSecretRow.sealed)).all()
+    assert [name for name, _ in secrets_kept] == [LOOKUP_KEY]
+    key = open_envelope(TEST_KEYRING, secrets_kept[0][1], store_secret_context(LOOKUP_KEY))
+    assert key not in secrets_kept[0][1]
+    assert lookup == imported_lookup_id(key, DIGEST) != imported_lookup_id(None, DIGEST)
+    assert lookup != imported_lookup_id(secrets.token_bytes(32), DIGEST)
+    # another process (its own service) finds the same key, and imports under it
+    other = CredentialService(services.store, TEST_KEYRING, services.credentials._peppers)
+    assert other.verify(LEGACY_KEY).code == VerificationCode.VALID
+    digest = hashlib.sha256(b"a second legacy key").digest()
+    spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000012")
+    other.stage_import(spec, lifecycle, digest, workflow_id(spec.credential_id))
+    other.commit_transition(first_commit(spec, lifecycle))
+    assert lookup_of(services.store, "cred_imported000000012") == imported_lookup_id(key, digest)
+    assert services.credentials.verify("a second legacy key").code == VerificationCode.VALID
+    with services.store.session() as s:
+        assert s.scalar(select(func.count()).select_from(StoreSecretRow)) == 1
+
+
+def test_keys_imported_before_the_lookup_key_keep_verifying(services: Services) -> None:
+    """Imports made before migration 0013 keep their unkeyed lookup id: a process that finds
+    such rows also looks a presented key up by it, and refuses to import that key again."""
+    import_and_commit(services, "cred_imported000000013")
+    keyed = lookup_of(services.store, "cred_imported000000013")
+    unkeyed = imported_lookup_id(None, DIGEST)
+    with services.store.write() as s:  # as the import was stored before 0013
+        s.execute(
+            update(CredentialVersionRow)
+            .where(CredentialVersionRow.lookup_id == keyed)
+            .values(lookup_id=unkeyed)
+        )
+        s.execute(
+            update(ImportedLookupRow)
+            .where(ImportedLookupRow.lookup_id == keyed)
+            .values(lookup_id=unkeyed, keyed=False)
+        )
+        s.execute(delete(StoreSecretRow))
+    before = stored(services.store, unkeyed).pepper_id
+    fresh = CredentialService(services.store, TEST_KEYRING, services.credentials._peppers)
+    assert fresh.verify(LEGACY_KEY).code == VerificationCode.VALID
+    assert fresh.verify(LEGACY_KEY + "x").code == VerificationCode.NOT_FOUND
+    after = stored(services.store, unkeyed)  # moved to a salted hash, under the same id
+    assert before.endswith("/imported-sha256") and after.pepper_id == fresh.current_pepper_id
+    spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000014")
+    with pytest.raises(AlreadyImportedError, match="cred_imported000000013"):
+        fresh.stage_import(spec, lifecycle, DIGEST, workflow_id(spec.credential_id))
+    # another key imported now gets a keyed id, and both verify
+    digest = hashlib.sha256(b"imported after 0013").digest()
+    fresh.stage_import(spec, lifecycle, digest, workflow_id(spec.credential_id))
+    fresh.commit_transition(first_commit(spec, lifecycle))
+    assert lookup_of(services.store, "cred_imported000000014") != imported_lookup_id(None, digest)
+    assert fresh.verify("imported after 0013").code == VerificationCode.VALID
+    assert fresh.verify(LEGACY_KEY).code == VerificationCode.VALID

@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import insert, select, update
 
-from core.api_credentials import secret_context
+from core.api_credentials import VerificationCode, secret_context
 from core.envelope import EnvelopeError, MasterKeyring, envelope_key_id, open_envelope, seal
 from core.lifecycle import new_key
 from core.master_keys import SEALED, MasterKeyError
@@ -20,6 +20,7 @@ from core.settings import Settings
 from core.store.models import CredentialRow, CredentialVersionRow, KeyVersionRow, WebhookRow
 from tests.fixtures.database import backend_database_url
 from tests.fixtures.temporal import TEST_KEYRING, TEST_MASTER_KEY
+from tests.unit.test_credential_import import LEGACY_KEY, import_and_commit
 
 NEW_MASTER_KEY = base64.b64encode(bytes(range(100, 132))).decode()
 NEW_ID = MasterKeyring.parse(NEW_MASTER_KEY).current_id
@@ -110,16 +111,17 @@ def test_rotation_reseals_everything_then_refuses_the_old_key(
         ciphertext = old.keys.encrypt(key_ids[0], b"kept across the rotation", b"").value
         _, webhook_secret = old.webhooks.create("https://hooks.example/", "", [], None, "test")
         pending = add_pending_secret(old)
+        import_and_commit(old, "cred_importedbefore01")  # makes the imported lookup key
         with old.store.engine.connect() as db:
             old_material = db.scalar(select(KeyVersionRow.wrapped_material).limit(1))
-        assert old.master_keys.census() == {OLD_ID: 7}
+        assert old.master_keys.census() == {OLD_ID: 8}
     finally:
         old.close()
 
     svc = build(tmp_path, f"{NEW_MASTER_KEY},{TEST_MASTER_KEY}", database_url)
     try:
         with pytest.raises(
-            MasterKeyError, match=f"still sealed under older master keys: 7 under {OLD_ID}"
+            MasterKeyError, match=f"still sealed under older master keys: 8 under {OLD_ID}"
         ):
             svc.master_keys.retire_old("alice", "too early", "rotation-early")
         totals = {}
@@ -131,18 +133,25 @@ def test_rotation_reseals_everything_then_refuses_the_old_key(
                 if not cursor:
                     break
             totals[sealed.name] = (batches, resealed)
-        assert totals == {"key_versions": (3, 5), "credential_versions": (1, 1), "webhooks": (1, 1)}
-        assert svc.master_keys.census() == {NEW_ID: 7}
+        assert totals == {
+            "key_versions": (3, 5),
+            "credential_versions": (2, 1),  # the imported key has no sealed secret
+            "webhooks": (1, 1),
+            "store_secrets": (1, 1),
+        }
+        assert svc.master_keys.census() == {NEW_ID: 8}
         # again: nothing left to do
         assert svc.master_keys.reseal_batch("key_versions", "", 100).resealed == 0
 
         assert svc.master_keys.retire_old("alice", "scheduled", "rotation-1") == [OLD_ID]
         assert svc.master_keys.retire_old("alice", "scheduled", "rotation-2") == []
         status = {k["id"]: (k["state"], k["sealed"]) for k in svc.master_keys.status()["keys"]}
-        assert status == {NEW_ID: ("current", 7), OLD_ID: ("retired", 0)}
+        assert status == {NEW_ID: ("current", 8), OLD_ID: ("retired", 0)}
 
         # everything still works, under the new key
         assert svc.keys.decrypt(key_ids[0], ciphertext, b"").value == b"kept across the rotation"
+        # the imported key's lookup key was re-sealed, not replaced: the key is still found
+        assert svc.credentials.verify(LEGACY_KEY).code == VerificationCode.VALID
         with svc.store.engine.connect() as db:
             blobs = {
                 name: db.scalar(select(column))

@@ -38,6 +38,7 @@ EXPECTED_TABLES = {
     "rate_limit_windows",
     "archived_credentials",
     "imported_lookups",
+    "store_secrets",
 }
 NOW = datetime(2025, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 
@@ -123,7 +124,7 @@ def test_migrate_twice_is_a_no_op(store: Store) -> None:
     assert schema_diff(store) == []
     assert count(store, AdminKeyRow) == 1
     with store.session() as s:
-        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0012"]
+        assert s.scalars(text("SELECT version_num FROM alembic_version")).all() == ["0013"]
 
 
 def test_concurrent_migrations_on_a_new_database_migrate_once(database_url: str) -> None:

@@ -27,6 +27,7 @@ from worker.main import build_worker
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
+from workflows.master_key import MasterKeyRotationInput, MasterKeyRotationWorkflow
 from workflows.types import (
     SEARCH_ATTRIBUTE_KEYS,
     AcknowledgeWarning,
@@ -227,11 +228,30 @@ async def key_with_search_attributes(
 
 
 Recorder = Callable[[WorkflowEnvironment, Services], Awaitable[str]]
+
+
 # recorded on the time-skipping test server (timers pass at once, no custom search attributes)
+async def master_key_rotation(env: WorkflowEnvironment, services: Services) -> str:
+    """A re-seal job, one row a batch over three webhook secrets, to its end (recorded when
+    the sealed columns were key_versions, credential_versions and webhooks)."""
+    for n in range(3):
+        services.webhooks.create(f"https://hooks.example/{n}", "", [], None, "recorder")
+    result = await env.client.execute_workflow(
+        MasterKeyRotationWorkflow.run,
+        MasterKeyRotationInput(reason="recorded", batch_size=1),
+        id="keyrotor/master-key/recorded",
+        task_queue="record",
+    )
+    assert result.done
+    handle = env.client.get_workflow_handle("keyrotor/master-key/recorded")
+    return (await handle.fetch_history()).to_json()
+
+
 RECORDERS: dict[str, Recorder] = {
     "key_lifecycle_full": key_lifecycle_full,
     "key_staged_warnings": key_staged_warnings,
     "key_continued_as_new": key_continued_as_new,
+    "master_key_rotation": master_key_rotation,
     "credential_lifecycle_full": credential_lifecycle_full,
     "handle_lifecycle_full": handle_lifecycle_full,
 }

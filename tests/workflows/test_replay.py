@@ -14,6 +14,7 @@ from worker.main import SANDBOX
 from workflows.credential_lifecycle import CredentialLifecycleWorkflow
 from workflows.handle_lifecycle import HandleLifecycleWorkflow
 from workflows.key_lifecycle import KeyLifecycleWorkflow
+from workflows.master_key import MasterKeyRotationWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -25,6 +26,7 @@ def test_histories_are_committed() -> None:
         "key_continued_as_new",
         "credential_lifecycle_full",
         "handle_lifecycle_full",
+        "master_key_rotation",
     }, "missing recorded histories: run python -m tests.workflows.record_histories"
 
 
@@ -33,7 +35,12 @@ async def test_replay(path: Path) -> None:
     history = WorkflowHistory.from_json("replayed", path.read_text())
     assert len(history.events) > 40
     replayer = Replayer(
-        workflows=[KeyLifecycleWorkflow, CredentialLifecycleWorkflow, HandleLifecycleWorkflow],
+        workflows=[
+            KeyLifecycleWorkflow,
+            CredentialLifecycleWorkflow,
+            HandleLifecycleWorkflow,
+            MasterKeyRotationWorkflow,
+        ],
         data_converter=data_converter(TEST_KEYRING),
         workflow_runner=SANDBOX,  # as the worker runs them
     )
