@@ -198,8 +198,9 @@ class Store:
             raise mine.error
         return cast(T, mine.result)
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision; a no-op when it is already there.
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest Alembic revision (or to `revision`); a no-op when it
+        is already there.
 
         Runs in one transaction that first takes a database-wide lock (an advisory lock on
         PostgreSQL, the write lock on SQLite), so that processes starting together migrate once.
@@ -217,7 +218,7 @@ class Store:
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY}
                     )
                 config.attributes["connection"] = connection
-                command.upgrade(config, "head")
+                command.upgrade(config, revision)
 
     def dispose(self) -> None:
         """Close every pooled connection."""

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from core.store.db import Store, normalize_url, sqlite_url
-from core.store.models import AdminKeyRow, Base, KeyRow, KeyVersionRow
+from core.store.models import AdminKeyRow, Base, ImportedLookupRow, KeyRow, KeyVersionRow
 
 EXPECTED_TABLES = {
     "keys",
@@ -148,6 +148,36 @@ def test_concurrent_migrations_on_a_new_database_migrate_once(database_url: str)
     finally:
         for s in stores:
             s.dispose()
+
+
+def test_imports_stored_before_migration_0013_are_marked_unkeyed(database_url: str) -> None:
+    """Their lookup ids were an unkeyed hash: 0013 marks them so, and verification keeps
+    looking presented keys up that way (core.api_credentials)."""
+    store = Store(database_url)
+    try:
+        store.migrate("0012")
+        with store.write() as s:
+            s.execute(
+                text(
+                    "INSERT INTO imported_lookups (lookup_id, credential_id, imported_at)"
+                    " VALUES ('before0013', 'cred_before', :at)"
+                ),
+                {"at": NOW},
+            )
+        store.migrate()
+        with store.write() as s:
+            s.add(
+                ImportedLookupRow(
+                    lookup_id="after0013", credential_id="cred_after", imported_at=NOW
+                )
+            )
+        with store.session() as s:
+            keyed = dict(
+                s.execute(select(ImportedLookupRow.lookup_id, ImportedLookupRow.keyed)).all()
+            )
+        assert keyed == {"before0013": False, "after0013": True}
+    finally:
+        store.dispose()
 
 
 # -- SQLite settings ----------------------------------------------------------------------------
