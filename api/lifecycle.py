@@ -19,6 +19,11 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
+from temporalio.common import (
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
@@ -108,11 +113,34 @@ async def run_update(request: Request, workflow_id: str, name: str, arg: Any, **
 
 
 async def start_and_wait_created(
-    request: Request, start: WithStartWorkflowOperation[Any, str], what: str
+    request: Request,
+    workflow: str,
+    input: Any,
+    *,
+    workflow_id: str,
+    search_attributes: TypedSearchAttributes,
+    name: str,
+    summary: str,
+    what: str,
+    id_conflict_policy: WorkflowIDConflictPolicy = WorkflowIDConflictPolicy.USE_EXISTING,
 ) -> None:
-    """Start a lifecycle workflow (or find the one an idempotent retry started) and wait
-    until its first version is committed. The client is asked for only now, after the route
-    has validated the request: bad input is a 4xx even while Temporal is down."""
+    """Start the lifecycle workflow `workflow_id` (or, with USE_EXISTING, find the one an
+    idempotent retry started) and wait until its first version is committed. The memo holds
+    the display `name`; the UI shows `summary`. The client is asked for only now, after the
+    route has validated the request: bad input is a 4xx even while Temporal is down."""
+    services: Services = request.app.state.services
+    start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
+        workflow,
+        input,
+        id=workflow_id,
+        task_queue=services.settings.task_queue,
+        id_conflict_policy=id_conflict_policy,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        search_attributes=search_attributes,
+        memo={"name": name},
+        static_summary=summary,
+        result_type=str,
+    )
     client = await temporal(request)
     try:
         await asyncio.wait_for(

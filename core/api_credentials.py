@@ -676,7 +676,8 @@ class CredentialService:
         not the lookup id exists, so timing does not tell a wrong secret from an unknown key.
 
         With `writes=False` (the event loop's fast path) a credential that would need a write
-        or a round trip (its usage limit, its rate limit, a re-hash under a new pepper) raises
+        or a round trip (its usage limit, its rate limit, a re-hash under a new pepper, a move
+        to a keyed lookup id) raises
         `WriteNeeded` before anything is counted: call again on a thread."""
         try:
             p = parse_credential(presented)
@@ -690,10 +691,17 @@ class CredentialService:
         row, _ = self._lookup(p, "credential")
         if row is None:
             return Verification(VerificationCode.NOT_FOUND)
+        # imported before migration 0013: found by its unkeyed lookup id, moved when it verifies
+        unkeyed = (
+            p.prefix == IMPORTED_PREFIX
+            and self._unkeyed_imports is True
+            and row.lookup_id == parse_imported(None, p.secret).lookup_id
+        )
         if not writes and (
             row.remaining is not None
             or (row.rate_limit is not None and row.rate_limit_window)
             or row.pepper_id != self._peppers.current_id
+            or unkeyed
         ):
             raise WriteNeeded
         code, retry_after, remaining = self._check(row, required_scopes)
@@ -702,6 +710,8 @@ class CredentialService:
             return Verification(code)
         if code == VerificationCode.VALID:
             self._upgrade_hash(row, p)
+            if unkeyed:
+                self._key_lookup_id(row, p)
         return Verification(
             code=code,
             credential_id=row.id,
@@ -720,11 +730,14 @@ class CredentialService:
         """A presented key not in keyrotor's format, as an imported key; None when no key has
         been imported (no lookup key), so that it is nobody's. An uncached read raises
         WriteNeeded when `writes` is False: not on the event loop."""
-        key = self._imported_lookup_key() if writes else self._lookup_key
-        if key is None and not writes:
-            raise WriteNeeded
-        if key is None and not self._unkeyed_lookup_ids():
-            return None
+        if writes:
+            key = self._imported_lookup_key()
+            if key is None and not self._unkeyed_lookup_ids():
+                return None
+        else:
+            key = self._lookup_key
+            if key is None and self._unkeyed_imports is not True:
+                raise WriteNeeded  # not known yet: read on a thread
         p = parse_imported(key, presented)
         if not writes and not self.rows.get(p.lookup_id)[0]:
             raise WriteNeeded
@@ -750,6 +763,8 @@ class CredentialService:
                 except IntegrityError:
                     pass  # another process made it at the same moment: theirs is the key
                 blob = self._read_lookup_key()
+                if blob is None:
+                    raise RuntimeError("the imported lookup key was stored but is not found")
             if blob is not None:
                 self._lookup_key = open_envelope(
                     self._keyring, blob, store_secret_context(LOOKUP_KEY)
@@ -815,6 +830,25 @@ class CredentialService:
     def forget(self, credential_id: str) -> None:
         """Drop a credential's cached rows now (this process made a change to it)."""
         self.rows.drop([credential_id])
+
+    def _key_lookup_id(self, row: Any, p: PresentedCredential) -> None:
+        """Move a key imported before migration 0013 from its unkeyed lookup id to the keyed
+        one, now that it has been presented (the id needs the key's SHA-256, which the store
+        does not keep). Makes the lookup key if no import has yet."""
+        key = self._imported_lookup_key(make=True)
+        keyed = parse_imported(key, p.secret).lookup_id
+        self.forget(row.id)
+        with self._store.write() as s:
+            s.execute(
+                update(CredentialVersionRow)
+                .where(CredentialVersionRow.lookup_id == row.lookup_id)
+                .values(lookup_id=keyed)
+            )
+            s.execute(
+                update(ImportedLookupRow)
+                .where(ImportedLookupRow.lookup_id == row.lookup_id)
+                .values(lookup_id=keyed, keyed=True)
+            )
 
     def _upgrade_hash(self, row: Any, p: PresentedCredential) -> None:
         """Move a hash made under an old pepper to the current one (pepper rotation)."""

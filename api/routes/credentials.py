@@ -16,8 +16,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from api import schemas
@@ -314,7 +312,8 @@ async def _start_credential(
     request: Request, svc: Services, spec: CredentialSpec, lifecycle: KeyLifecycle
 ) -> None:
     """Start the credential's workflow and wait until it has committed version 1."""
-    start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
+    await start_and_wait_created(
+        request,
         CREDENTIAL_WORKFLOW,
         CredentialWorkflowInput(
             spec=spec,
@@ -322,16 +321,12 @@ async def _start_credential(
             policy_version=svc.policy_version,
             skip_unchanged_search_attributes=True,
         ),
-        id=credential_workflow_id(spec.environment, spec.credential_id),
-        task_queue=svc.settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        workflow_id=credential_workflow_id(spec.environment, spec.credential_id),
         search_attributes=credential_search_attributes(spec, "active", None),
-        memo={"name": spec.name or spec.credential_id},
-        static_summary=f"API credential {spec.name or spec.credential_id}",
-        result_type=str,
+        name=spec.name or spec.credential_id,
+        summary=f"API credential {spec.name or spec.credential_id}",
+        what=f"credential {spec.credential_id}",
     )
-    await start_and_wait_created(request, start, f"credential {spec.credential_id}")
 
 
 @router.get("")

@@ -19,8 +19,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDConflictPolicy
 
 from api import schemas
 from api.auth import Permission, hot_request
@@ -194,7 +193,8 @@ async def generate_handle(
         secret_bytes=policy.handle_length,
         created_by=who.name,
     )
-    start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
+    await start_and_wait_created(
+        request,
         HANDLE_WORKFLOW,
         CredentialWorkflowInput(
             spec=spec,
@@ -202,16 +202,13 @@ async def generate_handle(
             policy_version=svc.policy_version,
             skip_unchanged_search_attributes=True,
         ),
-        id=credential_workflow_id(environment, spec.credential_id, "handle"),
-        task_queue=svc.settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        workflow_id=credential_workflow_id(environment, spec.credential_id, "handle"),
         search_attributes=credential_search_attributes(spec, "active", None),
-        memo={"name": spec.credential_id},
-        static_summary=f"{policy.name} handle of {user_id}",
-        result_type=str,
+        name=spec.credential_id,
+        summary=f"{policy.name} handle of {user_id}",
+        what=f"handle {spec.credential_id}",
+        id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
     )
-    await start_and_wait_created(request, start, f"handle {spec.credential_id}")
     value = await run_in_threadpool(svc.credentials.claim_secret, spec.credential_id, 1, who.name)
     row, versions = await run_in_threadpool(svc.credentials.get, spec.credential_id, "handle")
     if value is None:  # a new family's first value: only this request can have taken it

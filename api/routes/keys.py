@@ -11,8 +11,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
-from temporalio.client import WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from api import schemas
 from api.auth import Permission, hot_request
@@ -212,7 +210,8 @@ def _new_key(
 async def _start_key(
     request: Request, svc: Services, spec: KeySpec, lifecycle: KeyLifecycle
 ) -> None:
-    start: WithStartWorkflowOperation[Any, str] = WithStartWorkflowOperation(
+    await start_and_wait_created(
+        request,
         KEY_WORKFLOW,
         KeyWorkflowInput(
             spec=spec,
@@ -220,16 +219,12 @@ async def _start_key(
             policy_version=svc.policy_version,
             skip_unchanged_search_attributes=True,
         ),
-        id=key_workflow_id(spec.environment, spec.key_id),
-        task_queue=svc.settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        workflow_id=key_workflow_id(spec.environment, spec.key_id),
         search_attributes=key_search_attributes(spec, "active", lifecycle.versions[0].rotate_at),
-        memo={"name": spec.name or spec.key_id},
-        static_summary=f"{spec.type} key {spec.name or spec.key_id} ({spec.algorithm})",
-        result_type=str,
+        name=spec.name or spec.key_id,
+        summary=f"{spec.type} key {spec.name or spec.key_id} ({spec.algorithm})",
+        what=f"key {spec.key_id}",
     )
-    await start_and_wait_created(request, start, f"key {spec.key_id}")
 
 
 @router.get("")

@@ -1088,7 +1088,7 @@ def test_two_processes_flushing_the_same_credentials_at_once_lose_nothing(
             assert other.verify(secret).valid
         with ThreadPoolExecutor(max_workers=2) as pool:
             flushed = list(pool.map(flush, (svc, other)))
-        assert flushed == [40, 40] if usage_in.name == "database" else [80, 80]
+        assert flushed == ([40, 40] if usage_in.name == "database" else [80, 80])
     rows = [svc.get(c.id)[0] for c in creds]
     assert {(r.usage_count, r.remaining) for r in rows} == {(2 * rounds, 1000 - 2 * rounds)}
 

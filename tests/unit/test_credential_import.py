@@ -230,8 +230,9 @@ def test_the_lookup_id_is_keyed_by_a_secret_the_database_keeps_only_sealed(
 
 
 def test_keys_imported_before_the_lookup_key_keep_verifying(services: Services) -> None:
-    """Imports made before migration 0013 keep their unkeyed lookup id: a process that finds
-    such rows also looks a presented key up by it, and refuses to import that key again."""
+    """Imports made before migration 0013 have an unkeyed lookup id: a process that finds such
+    rows also looks a presented key up by it, refuses to import that key again, and moves the
+    key to its keyed id when it verifies (the first such move makes the lookup key)."""
     import_and_commit(services, "cred_imported000000013")
     keyed = lookup_of(services.store, "cred_imported000000013")
     unkeyed = imported_lookup_id(None, DIGEST)
@@ -249,17 +250,34 @@ def test_keys_imported_before_the_lookup_key_keep_verifying(services: Services) 
         s.execute(delete(StoreSecretRow))
     before = stored(services.store, unkeyed).pepper_id
     fresh = CredentialService(services.store, TEST_KEYRING, services.credentials._peppers)
-    assert fresh.verify(LEGACY_KEY).code == VerificationCode.VALID
-    assert fresh.verify(LEGACY_KEY + "x").code == VerificationCode.NOT_FOUND
-    after = stored(services.store, unkeyed)  # moved to a salted hash, under the same id
-    assert before.endswith("/imported-sha256") and after.pepper_id == fresh.current_pepper_id
+    fresh.rows.polled_at = time.monotonic() + 3600  # the cache in use, as in the API
+    with pytest.raises(WriteNeeded):  # nothing known yet: not on the event loop
+        fresh.verify(LEGACY_KEY, writes=False)
     spec, lifecycle = spec_and_lifecycle(services, "cred_imported000000014")
     with pytest.raises(AlreadyImportedError, match="cred_imported000000013"):
         fresh.stage_import(spec, lifecycle, DIGEST, workflow_id(spec.credential_id))
+    assert fresh.verify(LEGACY_KEY + "x").code == VerificationCode.NOT_FOUND
+
+    assert fresh.verify(LEGACY_KEY).code == VerificationCode.VALID
+    # moved to a salted hash, and to the keyed id under the lookup key this made
+    with services.store.session() as s:
+        assert s.scalar(select(func.count()).select_from(StoreSecretRow)) == 1
+        assert s.get(CredentialVersionRow, unkeyed) is None
+        marks = s.execute(select(ImportedLookupRow.lookup_id, ImportedLookupRow.keyed)).all()
+    [(moved, is_keyed)] = marks
+    assert moved not in (unkeyed, keyed) and is_keyed
+    after = stored(services.store, moved)
+    assert before.endswith("/imported-sha256") and after.pepper_id == fresh.current_pepper_id
+    assert fresh.verify(LEGACY_KEY).code == VerificationCode.VALID
+    assert fresh.verify(LEGACY_KEY, writes=False).code == VerificationCode.VALID  # cached
+    other = CredentialService(services.store, TEST_KEYRING, services.credentials._peppers)
+    assert other.verify(LEGACY_KEY).code == VerificationCode.VALID
+    with pytest.raises(AlreadyImportedError, match="cred_imported000000013"):
+        other.stage_import(spec, lifecycle, DIGEST, workflow_id(spec.credential_id))
+
     # another key imported now gets a keyed id, and both verify
     digest = hashlib.sha256(b"imported after 0013").digest()
     fresh.stage_import(spec, lifecycle, digest, workflow_id(spec.credential_id))
     fresh.commit_transition(first_commit(spec, lifecycle))
     assert lookup_of(services.store, "cred_imported000000014") != imported_lookup_id(None, digest)
     assert fresh.verify("imported after 0013").code == VerificationCode.VALID
-    assert fresh.verify(LEGACY_KEY).code == VerificationCode.VALID
