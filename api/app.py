@@ -182,9 +182,17 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
         finally:
             for task in tasks:
                 task.cancel()
-            await asyncio.to_thread(credentials.flush_usage)
-            await asyncio.to_thread(services.keys.flush_grace_uses)
-            await asyncio.to_thread(credentials.audit_failures)
+            # what this process still holds, written once more; a failure is logged and the
+            # stop goes on (the counts are lost: a stop is no place to wait for the store)
+            for what, job in (
+                ("write usage counts", credentials.flush_usage),
+                ("write grace uses", services.keys.flush_grace_uses),
+                ("audit failed verifications", credentials.audit_failures),
+            ):
+                try:
+                    await asyncio.to_thread(job)
+                except Exception as e:
+                    log.error("could not %s before stopping: %s", what, type(e).__name__)
             if app.state.close_services:
                 services.close()
 

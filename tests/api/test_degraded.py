@@ -7,6 +7,7 @@ as `keyrotor api` does while the Temporal server is unreachable.
 from __future__ import annotations
 
 import base64
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -204,3 +206,28 @@ async def test_prod_keys_may_not_use_the_local_provider(d: Degraded) -> None:
     assert (r.status_code, r.json()["error"]["code"]) == (400, "PROVIDER_NOT_CONFIGURED"), r.text
     assert "provider vault is not configured" in r.json()["error"]["message"]
     assert (await statistics(d))["totalKeys"] == 1
+
+
+async def test_a_stop_whose_last_writes_fail_logs_them_and_stops(
+    services: Services, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API writes the usage it still holds when it stops; if the store refuses, it says so
+    in one line each and stops cleanly instead of failing its shutdown."""
+    app = create_app(services)
+
+    def refused() -> int:
+        raise OperationalError("UPDATE credentials", {}, Exception("password=hunter2 refused"))
+
+    written: list[str] = []
+    monkeypatch.setattr(services.credentials, "flush_usage", refused)
+    monkeypatch.setattr(services.keys, "flush_grace_uses", lambda: written.append("grace") or 0)
+    monkeypatch.setattr(
+        services.credentials, "audit_failures", lambda: written.append("failures") or 0
+    )
+    with caplog.at_level(logging.ERROR, logger="keyrotor.api"):
+        async with app.router.lifespan_context(app):
+            pass
+    assert written == ["grace", "failures"]  # the others still ran
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not write usage counts before stopping: OperationalError"
+    ]
