@@ -12,5 +12,7 @@ COPY worker worker
 COPY cli cli
 COPY config config
 RUN pip install --no-cache-dir .
+# installed, keyrotor looks for its policy file beside its packages: point it at the copy here
+ENV KEYROTOR_CONFIG=/app/config/keyrotor.toml
 USER nobody
 ENTRYPOINT ["keyrotor"]

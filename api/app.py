@@ -148,9 +148,12 @@ def from_environment() -> KeyrotorAPI:
     return app
 
 
-def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
+def create_app(
+    services: Services, client: Client | None = None, *, dev_ui_codec: bool = False
+) -> KeyrotorAPI:
     """The REST API over `services`. Without `client` it connects to Temporal on first need,
-    so the use path serves even while Temporal is down."""
+    so the use path serves even while Temporal is down. `dev_ui_codec` (`keyrotor dev` only,
+    never a setting) lets the local Temporal UI call the codec without an admin key."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -206,6 +209,7 @@ def create_app(services: Services, client: Client | None = None) -> KeyrotorAPI:
     )
     app.state.services = services
     app.state.close_services = False
+    app.state.dev_ui_codec = dev_ui_codec
     app.state.client = client
     app.state.codec = EncryptionCodec(services.keyring)
     app.state.admin_keys = AdminKeys(services.store, services.keyring)

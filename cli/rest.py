@@ -288,7 +288,7 @@ OPERATIONS: tuple[Operation, ...] = (
             F("expires-at", "expiresAt"),
             F("environment"),
             F("usage-limit", "usageLimit", "int"),
-            F("rate-limit", "rateLimit", "json", help='{"limit": n, "window": seconds}'),
+            F("rate-limit", "rateLimit", "json", help='{"limit": n, "duration": "PT1M"}'),
             F("scheduled-rotation", "scheduledRotation", "bool"),
             F("metadata", kind="json"),
             USER,
@@ -387,7 +387,7 @@ OPERATIONS: tuple[Operation, ...] = (
             F("type", required=True),
             F("user-id", "userId", required=True),
             F("context", kind="json"),
-            F("metadata", kind="json"),
+            F("environment"),
         ),
     ),
     Operation(
@@ -397,7 +397,11 @@ OPERATIONS: tuple[Operation, ...] = (
         "/handles/validate",
         "Validate a handle value.",
         (),
-        (F("handle", required=True), F("context", kind="json")),
+        (
+            F("handle", "handleId", required=True, help="the value (krh_...)"),
+            F("user-id", "userId"),
+            F("context", kind="json"),
+        ),
     ),
     Operation(
         "handles",

@@ -954,16 +954,22 @@ class KeyService:
         limit: int,
         offset: int,
         after: tuple[datetime, str] | None,
+        owner: str | None = None,
+        environment: str | None = None,
     ) -> list[KeyRow]:
         """Newest first; `after` (created_at, id) continues from a cursor."""
         with self._store.session() as s:
             q = select(KeyRow)
             if self.environment is not None:
                 q = q.where(KeyRow.environment == self.environment)
-            if type:
-                q = q.where(KeyRow.type == type)
-            if status:
-                q = q.where(KeyRow.status == status)
+            for column, value in (
+                (KeyRow.type, type),
+                (KeyRow.status, status),
+                (KeyRow.owner, owner),
+                (KeyRow.environment, environment),
+            ):
+                if value:
+                    q = q.where(column == value)
             q = newest_first(q, KeyRow, limit=limit, offset=offset, after=after)
             return list(s.scalars(q))
 

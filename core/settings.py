@@ -67,9 +67,6 @@ class Settings(BaseSettings):
     # Browser applications (dashboards) that may call the whole API with an admin key, CORS
     # GET, POST and DELETE; comma-separated. The UI origins above may only POST (the codec).
     cors_origins: str = ""
-    # Lets the Temporal UI (which has no keyrotor credentials in dev) call the codec endpoint
-    # from its origin without an admin key. Only `keyrotor dev` turns it on.
-    codec_allow_ui_origin: bool = False
     # Key providers besides `local`; each is available once its address or module is set.
     vault_addr: str = ""
     vault_token: SecretStr | None = None

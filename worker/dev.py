@@ -119,7 +119,6 @@ async def run_dev(data_dir: Path, api_port: int, temporal_port: int, ui_port: in
         "temporal_address": f"127.0.0.1:{temporal_port}",
         "api_port": api_port,
         "ui_origin": f"http://localhost:{ui_port},http://127.0.0.1:{ui_port}",
-        "codec_allow_ui_origin": True,
     }
     if not os.environ.get("KEYROTOR_MASTER_KEY"):
         log.warning(
@@ -147,7 +146,10 @@ async def run_dev(data_dir: Path, api_port: int, temporal_port: int, ui_port: in
     try:
         client = await _connect(settings.temporal_address, settings, server)
         config = uvicorn.Config(
-            create_app(services, client), host=settings.api_host, port=api_port, log_level="warning"
+            create_app(services, client, dev_ui_codec=True),
+            host=settings.api_host,
+            port=api_port,
+            log_level="warning",
         )
         api = _APIServer(config)
         loop = asyncio.get_running_loop()

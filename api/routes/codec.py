@@ -20,7 +20,7 @@ async def _authorize(request: Request) -> None:
     origin = request.headers.get("origin")
     client = request.client.host if request.client else ""
     if (
-        settings.codec_allow_ui_origin
+        request.app.state.dev_ui_codec
         and origin in settings.ui_origins()
         and client in ("127.0.0.1", "::1")
     ):

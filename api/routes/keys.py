@@ -231,15 +231,25 @@ async def _start_key(
 def list_keys(
     svc: Svc,
     who: Reader,
-    type: str | None = None,
+    type: str | None = Query(default=None, max_length=64),
     status: str | None = Query(default=None, pattern="^(active|suspended|revoked|expired)$"),
+    owner: str | None = Query(default=None, max_length=200),
+    environment: str | None = Query(default=None, max_length=32),
     limit: int = Query(default=50, ge=1, le=500),
     offset: int = Query(default=0, ge=0, le=100_000),
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Newest first; pass `nextCursor` back as `cursor` for the next page (stable under inserts)."""
     after = parse_cursor(cursor) if cursor else None
-    rows = svc.keys.list_keys(type=type, status=status, limit=limit + 1, offset=offset, after=after)
+    rows = svc.keys.list_keys(
+        type=type,
+        status=status,
+        owner=owner,
+        environment=environment,
+        limit=limit + 1,
+        offset=offset,
+        after=after,
+    )
     return paged("keys", rows, limit, offset, key_view)
 
 

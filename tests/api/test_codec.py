@@ -19,6 +19,7 @@ from api.app import create_app
 from core.codec import KEY_ID, EncryptionCodec
 from core.credentials import AdminKeys, Role
 from core.services import Services
+from core.settings import Settings
 
 UI_ORIGIN = "http://localhost:8233"
 SECRET = "kr-secret-handle-7f3a9c"
@@ -179,29 +180,31 @@ async def test_authentication_and_roles(services: Services, http: httpx.AsyncCli
             assert r.status_code == 200, (role, r.text)
 
 
-async def test_ui_origin_needs_no_key_only_when_allowed(
-    services: Services, http: httpx.AsyncClient
-) -> None:
+async def test_ui_origin_needs_no_key_only_under_keyrotor_dev(services: Services) -> None:
+    """Only `keyrotor dev` builds its app with `dev_ui_codec`: no setting turns it on, so a
+    deployment behind a local proxy (every client 127.0.0.1) cannot open the codec by mistake."""
+    assert not any("codec" in name for name in Settings.model_fields)
     body = {"payloads": [json_payload("x")]}
     from_ui = {"Origin": UI_ORIGIN, "X-Namespace": "default"}
-
-    services.settings.codec_allow_ui_origin = False
-    r = await http.post("/codec/decode", json=body, headers=from_ui)
-    assert r.status_code == 401
-
-    services.settings.codec_allow_ui_origin = True
-    for path in ("/codec/encode", "/codec/decode"):
-        r = await http.post(path, json=body, headers=from_ui)
-        assert r.status_code == 200, r.text
-        assert r.headers["access-control-allow-origin"] == UI_ORIGIN
-    # the exemption is for the UI's origin only
-    r = await http.post(
-        "/codec/decode", json=body, headers={"Origin": "http://evil.example", "X-Namespace": "x"}
-    )
-    assert r.status_code == 401
-    assert "access-control-allow-origin" not in r.headers
-    r = await http.post("/codec/decode", json=body)
-    assert r.status_code == 401
+    for dev_ui_codec in (False, True):
+        app = create_app(services, dev_ui_codec=dev_ui_codec)
+        transport = httpx.ASGITransport(app=app)  # requests come from 127.0.0.1
+        async with httpx.AsyncClient(transport=transport, base_url="http://keyrotor.test") as c:
+            for path in ("/codec/encode", "/codec/decode"):
+                r = await c.post(path, json=body, headers=from_ui)
+                assert r.status_code == (200 if dev_ui_codec else 401), r.text
+                if dev_ui_codec:
+                    assert r.headers["access-control-allow-origin"] == UI_ORIGIN
+            # the exemption is for the UI's origin only
+            r = await c.post(
+                "/codec/decode",
+                json=body,
+                headers={"Origin": "http://evil.example", "X-Namespace": "x"},
+            )
+            assert r.status_code == 401
+            assert "access-control-allow-origin" not in r.headers
+            r = await c.post("/codec/decode", json=body)
+            assert r.status_code == 401
 
 
 async def test_cors_preflight_is_allowed_for_the_ui_origin_only(http: httpx.AsyncClient) -> None:

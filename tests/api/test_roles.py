@@ -280,7 +280,6 @@ class Env:
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     services = make_services(tmp_path_factory.mktemp("roles"))
     services.settings.temporal_address = f"127.0.0.1:{closed_port()}"
-    assert not services.settings.codec_allow_ui_origin
     admin_keys = AdminKeys(services.store, services.keyring)
     keys = {role: admin_keys.create(f"test-{role}", role, "test") for role in Role}
     # the most powerful role, so that any route ignoring revocation would let it through

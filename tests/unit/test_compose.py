@@ -72,3 +72,18 @@ def test_image_copies_every_package() -> None:
     copied = set(re.findall(r"^COPY (\w+) ", dockerfile, re.MULTILINE))
     assert {p.rstrip("*") for p in packages} <= copied
     assert "config" in copied  # the policy file
+
+
+def test_the_image_names_a_policy_file_it_holds() -> None:
+    """Installed with `pip install .` (not editable), the packages live in site-packages and
+    the default policy path beside them does not exist: the image must name the file."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    [workdir] = re.findall(r"^WORKDIR (\S+)$", dockerfile, re.MULTILINE)
+    variables = dict(re.findall(r"^ENV (KEYROTOR_\w+)=(\S+)$", dockerfile, re.MULTILINE))
+    for variable in variables:
+        assert variable.removeprefix("KEYROTOR_").lower() in Settings.model_fields, variable
+    policy = Path(variables["KEYROTOR_CONFIG"])
+    assert policy.is_relative_to(workdir)
+    copied = policy.relative_to(workdir)
+    assert re.search(rf"^COPY {copied.parts[0]} {copied.parts[0]}$", dockerfile, re.MULTILINE)
+    assert (ROOT / copied).is_file()
