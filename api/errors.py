@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from temporalio.service import RPCError, RPCStatusCode
 
 from core.algorithms import AlgorithmError, DecryptionError, InvalidSignatureError
 from core.api_credentials import (
@@ -41,6 +42,21 @@ class APIError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
+
+
+def temporal_failed(e: RPCError) -> APIError:
+    """503 TEMPORAL_UNAVAILABLE for a Temporal call that failed, logged by its status. A
+    namespace without keyrotor's search attributes refuses every new workflow: said so, since
+    nothing else tells the operator (the server's own text is not passed on)."""
+    log.warning("a Temporal call failed: %s", e.status.name)
+    if e.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in e.message:
+        return APIError(
+            503,
+            "TEMPORAL_UNAVAILABLE",
+            "the Temporal namespace does not have keyrotor's search attributes: register them"
+            " (README, Deployment)",
+        )
+    return APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed")
 
 
 # (exception class, status, code); the first matching row wins, so subclasses come first.

@@ -29,7 +29,7 @@ from temporalio.service import RPCError
 
 from api import schemas
 from api.deps import Operator, Svc, temporal
-from api.errors import APIError
+from api.errors import APIError, temporal_failed
 from core.changes import CACHE_STALE_AFTER
 from core.credentials import AdminPrincipal
 from core.services import Services
@@ -109,7 +109,7 @@ async def run_update(request: Request, workflow_id: str, name: str, arg: Any, **
     except RPCError as e:
         if "not found" in str(e).lower() or "completed" in str(e).lower():
             raise APIError(409, "KEY_STATE", "the key's workflow has ended") from None
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        raise temporal_failed(e) from None
 
 
 async def start_and_wait_created(
@@ -157,8 +157,14 @@ async def start_and_wait_created(
         pass  # an idempotent retry whose workflow has ended: answer with what it made
     except WorkflowUpdateFailedError as e:  # version 1 could not be made
         raise update_failure(e) from None
-    except RPCError:
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+    except RPCError as e:
+        raise temporal_failed(e) from None
+    finally:
+        # The SDK (1.35) sets a refused start's error on the operation's handle as well; read
+        # it there, or asyncio logs it as "never retrieved" with the server's text.
+        handle = start._workflow_handle
+        if handle.done() and not handle.cancelled():
+            handle.exception()
 
 
 async def change_status(

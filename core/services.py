@@ -95,7 +95,6 @@ def build_services(settings: Settings) -> Services:
     path = settings.config or default_policy_path()
     text = read_policy_text(path)
     policies = parse_policies(text, str(path))  # a bad file stops the start, whatever is stored
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.resolved_database_url())
     store.migrate()
     versions = PolicyVersions(store)

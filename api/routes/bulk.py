@@ -11,7 +11,7 @@ from temporalio.service import RPCError
 
 from api import schemas
 from api.deps import Admin, Reader, Svc, temporal
-from api.errors import APIError
+from api.errors import APIError, temporal_failed
 from core.bulk import bulk_workflow_id
 from workflows.bulk import BulkInput, BulkOperationWorkflow
 
@@ -77,6 +77,6 @@ async def cancel_bulk(operation_id: str, svc: Svc, who: Admin, request: Request)
         try:
             client = await temporal(request)
             await client.get_workflow_handle(bulk_workflow_id(operation_id)).cancel()
-        except RPCError:
-            raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        except RPCError as e:
+            raise temporal_failed(e) from None
     return {"operation": operation}

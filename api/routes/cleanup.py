@@ -18,7 +18,7 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import Admin, Reader, Svc, temporal
-from api.errors import APIError
+from api.errors import APIError, temporal_failed
 from api.routes.master_key import Job, job_view
 from core.lifecycle import iso
 from core.policy import format_duration
@@ -50,8 +50,8 @@ async def run_cleanup(svc: Svc, who: Admin, request: Request) -> dict[str, Any]:
         handle = (await temporal(request)).get_schedule_handle(cleanup_schedule_id(_queue(svc)))
         try:
             await handle.trigger(overlap=ScheduleOverlapPolicy.SKIP)
-        except RPCError:
-            raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        except RPCError as e:
+            raise temporal_failed(e) from None
         for _ in range(50):  # the schedule starts the run within a moment
             described = await _schedule(request, svc)
             if _last_run(described) != last:
@@ -90,7 +90,7 @@ async def _schedule(request: Request, svc: Services) -> ScheduleDescription:
             raise APIError(
                 503, "WORKER_UNAVAILABLE", "no worker has made the cleanup schedule yet"
             ) from None
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        raise temporal_failed(e) from None
 
 
 def _last_run(described: ScheduleDescription) -> str | None:

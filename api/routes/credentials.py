@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from api import schemas
 from api.auth import Permission, hot_request
 from api.deps import Admin, Operator, Reader, Svc, temporal
-from api.errors import APIError
+from api.errors import APIError, temporal_failed
 from api.lifecycle import (
     add_status_routes,
     paged,
@@ -233,7 +233,7 @@ async def _abandoned(request: Request, svc: Services, credential_id: str) -> boo
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             return True
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        raise temporal_failed(e) from None
     return False
 
 

@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api import schemas
 from api.deps import Admin, Reader, Svc, temporal
-from api.errors import APIError
+from api.errors import APIError, temporal_failed
 from core.services import Services
 from workflows.master_key import (
     MasterKeyRotationInput,
@@ -107,8 +107,8 @@ async def _start(
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"{job.summary} {target}",
         )
-    except RPCError:
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+    except RPCError as e:
+        raise temporal_failed(e) from None
     return await job_view(request, job, workflow_id)
 
 
@@ -136,7 +136,7 @@ async def job_view(request: Request, job: Job, workflow_id: str) -> dict[str, An
     except RPCError as e:
         if e.status == RPCStatusCode.NOT_FOUND:
             return None
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        raise temporal_failed(e) from None
     view: dict[str, Any] = {
         "workflowId": workflow_id,
         "status": described.status.name.lower() if described.status else "unknown",

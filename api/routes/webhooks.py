@@ -13,7 +13,7 @@ from temporalio.service import RPCError
 
 from api import schemas
 from api.deps import Admin, Reader, Svc, temporal
-from api.errors import APIError
+from api.errors import APIError, temporal_failed
 from core.webhooks import WebhookService
 from workflows.webhooks import DeliveryInput, WebhookDeliveryWorkflow, delivery_workflow_id
 
@@ -86,5 +86,5 @@ async def replay_delivery(
         await run_in_threadpool(webhooks.mark_failed, delivery_id, "the replay did not start")
         if isinstance(e, WorkflowAlreadyStartedError):
             raise APIError(409, "WEBHOOK_STATE", "the delivery is still being sent") from None
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        raise temporal_failed(e) from None
     return {"delivery": delivery}

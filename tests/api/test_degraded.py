@@ -7,7 +7,9 @@ as `keyrotor api` does while the Temporal server is unreachable.
 from __future__ import annotations
 
 import base64
+import gc
 import logging
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -15,7 +17,9 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from sqlalchemy.exc import OperationalError
+from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -231,3 +235,37 @@ async def test_a_stop_whose_last_writes_fail_logs_them_and_stops(
     assert [r.getMessage() for r in caplog.records] == [
         "could not write usage counts before stopping: OperationalError"
     ]
+
+
+async def test_a_namespace_without_the_search_attributes_is_named_in_the_503(
+    services: Services, dev_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Temporal cluster whose namespace lacks keyrotor's search attributes refuses every new
+    workflow: the answer says what to do, the log says what failed, and nothing is created."""
+    namespace = f"bare-{secrets.token_hex(4)}"
+    await dev_env.client.workflow_service.register_namespace(
+        RegisterNamespaceRequest(
+            namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)
+        )
+    )
+    services.settings.temporal_address = target(dev_env.client)
+    services.settings.temporal_namespace = namespace
+    admin = AdminKeys(services.store, services.keyring)
+    headers = {"Authorization": f"Bearer {admin.create('test-admin', Role.ADMIN, 'test')}"}
+    transport = httpx.ASGITransport(app=create_app(services))
+    with caplog.at_level(logging.WARNING):
+        async with httpx.AsyncClient(transport=transport, base_url="http://keyrotor.test") as h:
+            for path in ("/keys/generate", "/credentials"):
+                body = {"type": "encryption"} if path == "/keys/generate" else {}
+                r = await h.post(f"{API}{path}", json=body, headers=headers)
+                assert r.status_code == 503, r.text
+                assert r.json()["error"] == {
+                    "code": "TEMPORAL_UNAVAILABLE",
+                    "message": "the Temporal namespace does not have keyrotor's search "
+                    "attributes: register them (README, Deployment)",
+                }
+        gc.collect()  # a future whose error nobody read is logged when it is collected
+    assert services.keys.statistics()["totalKeys"] == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("a Temporal call failed: INVALID_ARGUMENT") == 2, messages
+    assert not [m for m in messages if "never retrieved" in m], messages

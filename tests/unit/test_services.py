@@ -34,7 +34,7 @@ DAY = 86400
 
 
 def settings(tmp_path: Path, **extra: object) -> Settings:
-    return Settings(data_dir=tmp_path, master_key=SecretStr(TEST_MASTER_KEY), **extra)
+    return Settings(**{"data_dir": tmp_path, "master_key": SecretStr(TEST_MASTER_KEY)} | extra)
 
 
 def test_only_local_without_provider_settings(tmp_path: Path) -> None:
@@ -42,6 +42,18 @@ def test_only_local_without_provider_settings(tmp_path: Path) -> None:
     assert list(services.providers) == ["local"]
     assert isinstance(services.providers["local"], LocalProvider)
     services.close()
+
+
+def test_a_process_with_a_database_url_needs_no_data_dir(tmp_path: Path) -> None:
+    """The image runs as `nobody` in a directory it cannot write: with KEYROTOR_DATABASE_URL
+    set, nothing is written to the data dir (SQLite's default file is the one thing there)."""
+    (tmp_path / "not-a-dir").write_text("")
+    unwritable = tmp_path / "not-a-dir" / ".keyrotor"  # mkdir fails here, even for root
+    url = f"sqlite:///{tmp_path / 'elsewhere' / 'keyrotor.db'}"
+    services = build_services(settings(tmp_path, data_dir=unwritable, database_url=url))
+    assert list(services.providers) == ["local"]
+    services.close()
+    assert (tmp_path / "elsewhere" / "keyrotor.db").is_file()
 
 
 def test_half_configured_pkcs11_names_the_missing_settings(tmp_path: Path) -> None:
