@@ -22,7 +22,7 @@ from core.api_credentials import (
 )
 from core.bulk import BulkError, BulkNotFoundError
 from core.credentials import AuthenticationError
-from core.keys import KeyNotFoundError, KeyStateError, MalformedTokenError
+from core.keys import KeyNotFoundError, KeyStateError, MalformedTokenError, ReservedMessageError
 from core.lifecycle import LifecycleError
 from core.policy import PolicyError
 from core.providers.base import ProviderConfigurationError, ProviderError
@@ -69,6 +69,7 @@ ERROR_TABLE: list[tuple[type[Exception], int, str]] = [
     (KeyStateError, 409, "KEY_STATE"),
     (LifecycleError, 409, "KEY_STATE"),
     (MalformedTokenError, 400, "MALFORMED_INPUT"),
+    (ReservedMessageError, 400, "INVALID_REQUEST"),
     (DecryptionError, 400, "DECRYPTION_FAILED"),
     (InvalidSignatureError, 400, "INVALID_SIGNATURE"),
     (AlgorithmError, 400, "UNSUPPORTED_ALGORITHM"),

@@ -127,6 +127,11 @@ class InvalidMaterialError(KeyDomainError):
     """Imported material is not a key of the algorithm it was given for."""
 
 
+class ReservedMessageError(KeyDomainError):
+    """A MAC key was asked to sign a message that begins with `DERIVE_LABEL`: its tag would
+    be the secret `derive` expands for a context."""
+
+
 class NoPublicKeyError(UnsupportedOperationError):
     """The key's algorithm has no public half (symmetric and MAC keys)."""
 
@@ -828,6 +833,11 @@ class KeyService:
 
     def sign(self, key_id: str, message: bytes) -> UseResult:
         provider, v = self._version(key_id, None, _PROTECT)
+        if message.startswith(DERIVE_LABEL) and resolve(v.algorithm).kind == AlgorithmKind.MAC:
+            raise ReservedMessageError(
+                "a message beginning with keyrotor/derive/v1 cannot be signed with an HMAC key:"
+                " its tag is the secret of a derived key"
+            )
         return UseResult(format_token(key_id, v.number, provider.sign(v, message)), v.number)
 
     def verify(self, key_id: str, message: bytes, signature: str) -> UseResult:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from api.app import create_app
 from core.algorithms import resolve
 from core.credentials import AdminKeys, Role
-from core.keys import new_key_id
+from core.keys import new_key_id, version_handle
 from core.lifecycle import KeyLifecycle, RotationReason, new_key, revoke, rotate
 from core.objects import KeySpec, KeyTransitionCommit
 from core.services import Services
@@ -454,8 +454,21 @@ async def test_derive_is_hkdf_over_the_provider_mac(
     assert set(got) == {"derived", "version"} and got["version"] == 1
     derived = unb64(got["derived"])
     assert len(derived) == 32
-    prk, _ = await env.sign(key, LABEL + context)  # the same key's MAC through the sign route
-    assert derived == expected_derive(prk, 32)
+    # the extract step: the provider's own MAC of label and context
+    _, [row] = env.services.keys.get(key.id)
+    mac = env.services.keys.provider(row.provider).sign(
+        version_handle(key.id, row), LABEL + context
+    )
+    assert derived == expected_derive(mac, 32)
+    # and no caller gets that MAC from the sign route: it is the derived key's secret
+    before = await env.snapshot(key)
+    for message in (LABEL + context, LABEL):
+        r = await env.post(key.id, "sign", {"message": b64(message)})
+        assert_error(r, 400, "INVALID_REQUEST")
+        assert "derive" in r.json()["error"]["message"]
+    assert await env.snapshot(key) == before
+    signed, _ = await env.sign(key, b"x" + LABEL + context)  # the label elsewhere: signed
+    assert signed
 
 
 async def test_derive_is_deterministic_per_version_context_and_length(env: Env) -> None:
