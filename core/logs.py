@@ -51,6 +51,9 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+QUIET_LIBRARIES = ("httpx", "httpcore", "botocore", "boto3", "urllib3", "azure", "hvac")
+
+
 def setup_logging(default_format: str = "json") -> None:
     """Log at `LOG_LEVEL` (default INFO) to stderr, as `LOG_FORMAT` says (`json` or `text`;
     default `default_format`); once per process."""
@@ -68,3 +71,8 @@ def setup_logging(default_format: str = "json") -> None:
     root.setLevel(os.environ.get("LOG_LEVEL", "INFO").upper())
     if root.level > logging.DEBUG:
         logging.getLogger("alembic").setLevel(logging.WARNING)  # a dozen lines per start
+    # Whatever LOG_LEVEL says: these log what keyrotor sends and receives. httpx logs each
+    # webhook's full URL (for Slack and the like, a bearer secret) at INFO; botocore logs KMS
+    # request and response bodies (plaintext, data keys) at DEBUG.
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)

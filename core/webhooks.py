@@ -204,7 +204,18 @@ class WebhookService:
         with self._store.write() as s:
             s.add(row)
             s.flush()
-            self._audit(s, "created", webhook_id, actor, now, "", {"url": url})
+            # the origin only: a path can be the credential (Slack, Teams), and the trail is
+            # kept for years and read by auditors
+            parts = urlsplit(url)
+            self._audit(
+                s,
+                "created",
+                webhook_id,
+                actor,
+                now,
+                "",
+                {"url": f"{parts.scheme}://{parts.netloc}"},
+            )
             view = webhook_view(row)
         return view, secret
 

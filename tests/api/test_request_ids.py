@@ -128,3 +128,31 @@ def test_log_format_and_level_come_from_the_environment() -> None:
         check=True,
     )
     assert "INFO keyrotor.x: hello" in run.stderr and "DEBUG keyrotor.x: no" in run.stderr
+
+
+def test_http_and_cloud_libraries_never_log_urls_or_bodies() -> None:
+    """At LOG_LEVEL=debug too: httpx logs a webhook's whole URL (a bearer secret for Slack and
+    the like) at INFO, botocore the bodies of KMS calls (plaintext) at DEBUG."""
+    code = """
+import http.server, logging, threading
+import httpx
+from core.logs import setup_logging
+setup_logging()
+class Quiet(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args): pass  # the test server's own request line
+server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+threading.Thread(target=server.handle_request, daemon=True).start()
+httpx.post(f"http://127.0.0.1:{server.server_port}/services/T0/B0/hook-secret-path", json={})
+logging.getLogger("botocore.endpoint").debug("Plaintext kms-plaintext-body")
+logging.getLogger("keyrotor.x").debug("still debug")
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"LOG_LEVEL": "debug", "LOG_FORMAT": "text", "PATH": ""},
+        check=True,
+        timeout=60,
+    )
+    assert "DEBUG keyrotor.x: still debug" in run.stderr
+    assert "hook-secret-path" not in run.stderr and "kms-plaintext-body" not in run.stderr

@@ -75,7 +75,11 @@ def test_subscriptions_keep_the_secret_sealed(store: Store) -> None:
     service = WebhookService(store, TEST_KEYRING)
     try:
         view, secret = service.create(
-            "https://hooks.example/keyrotor", "pager", ["keyExpiring"], "critical", "alice"
+            "https://hooks.example/services/T0/hook-path-secret",
+            "pager",
+            ["keyExpiring"],
+            "critical",
+            "alice",
         )
         assert secret.startswith("whsec_") and len(secret) >= 6 + 43
         assert view["eventTypes"] == ["keyExpiring"] and view["status"] == "active"
@@ -83,10 +87,12 @@ def test_subscriptions_keep_the_secret_sealed(store: Store) -> None:
         with store.session() as s:
             row = s.get(WebhookRow, view["id"])
             assert row is not None and secret.encode() not in row.sealed_secret
-            actions = s.scalars(
-                select(AuditRecordRow.action).where(AuditRecordRow.object_id == view["id"])
+            records = s.scalars(
+                select(AuditRecordRow).where(AuditRecordRow.object_id == view["id"])
             ).all()
-        assert actions == ["webhook.created"]
+        assert [r.action for r in records] == ["webhook.created"]
+        # the origin only: a webhook's path can be its credential
+        assert records[0].details["url"] == "https://hooks.example"
         assert service.delete(view["id"], "bob")["status"] == "deleted"
         assert service.delete(view["id"], "bob")["status"] == "deleted"  # once audited
         with store.session() as s:
