@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
@@ -15,9 +15,17 @@ class Body(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
+# Metadata travels in every workflow input and continue-as-new, every cached workflow and every
+# listing and verification answer: a few short labels, not a document store.
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=500)]
+Metadata = dict[MetadataKey, MetadataValue | int | float | bool]
+METADATA_ENTRIES = 32
+
+
 class GenerateKeyRequest(Body):
     type: str = Field(min_length=1, max_length=64)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict, max_length=METADATA_ENTRIES)
     user_id: str = Field(default="", max_length=200)
     name: str = Field(default="", max_length=200)
     owner: str = Field(default="", max_length=200)
@@ -152,7 +160,7 @@ class CreateCredentialRequest(Body):
     owner: str = Field(default="", max_length=200)
     scopes: list[Scope] = Field(default_factory=list, max_length=100)
     expires_at: datetime | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict, max_length=METADATA_ENTRIES)
     environment: str | None = Field(default=None, max_length=32)
     rate_limit: RateLimit | None = None
     usage_limit: int | None = Field(default=None, ge=1, le=2**31 - 1)

@@ -269,3 +269,27 @@ async def test_a_namespace_without_the_search_attributes_is_named_in_the_503(
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("a Temporal call failed: INVALID_ARGUMENT") == 2, messages
     assert not [m for m in messages if "never retrieved" in m], messages
+
+
+async def test_metadata_is_a_few_short_labels(d: Degraded) -> None:
+    """Metadata goes into every workflow input and answer: more than 32 entries, long keys or
+    values, and nested values are refused (400, before Temporal is asked: here it is down)."""
+    fine = {f"k{i}": "v" * 500 for i in range(31)} | {"n": 1}
+    too_much: list[dict[str, object]] = [
+        fine | {"one-more": "x"},
+        {"k": "v" * 501},
+        {"k" * 65: "v"},
+        {"": "v"},
+        {"k": {"nested": "no"}},
+        {"k": ["a", "b"]},
+    ]
+    for path, body in (("/keys/generate", {"type": "encryption"}), ("/credentials", {})):
+        for metadata in too_much:
+            r = await d.http.post(
+                f"{API}{path}", json=body | {"metadata": metadata}, headers=d.headers
+            )
+            assert r.status_code == 400, (path, r.text)
+            assert r.json()["error"]["code"] == "INVALID_REQUEST"
+        r = await d.http.post(f"{API}{path}", json=body | {"metadata": fine}, headers=d.headers)
+        assert r.status_code == 503, r.text  # accepted, then Temporal is down
+    assert (await statistics(d))["totalKeys"] == 1
