@@ -210,6 +210,7 @@ def create_app(
     app.state.services = services
     app.state.close_services = False
     app.state.dev_ui_codec = dev_ui_codec
+    app.state.health_checks = health.HealthChecks()
     app.state.client = client
     app.state.codec = EncryptionCodec(services.keyring)
     app.state.admin_keys = AdminKeys(services.store, services.keyring)

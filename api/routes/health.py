@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +19,19 @@ from core.store.models import KeyRow
 router = APIRouter(tags=["health"])
 # a scheduled rotation this late means the workers are not keeping up (or are down)
 OVERDUE_AFTER = timedelta(minutes=5)
+# /health needs no key and calls the store, Temporal and every provider (a KMS or Vault call
+# each): one check at a time, its answer reused this long, so a flood of it costs the
+# providers' quotas and the key-use thread pool nothing.
+HEALTH_TTL = 5.0
+
+
+class HealthChecks:
+    """The last /health answer of this process, and the lock its next check takes."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.checked_at = -HEALTH_TTL
+        self.answer: tuple[dict[str, Any], int] = ({}, 503)
 
 
 async def livez(request: Request) -> JSONResponse:
@@ -35,7 +50,17 @@ def metrics(request: Request, svc: Svc, who: Reader) -> PlainTextResponse:
 @router.get("/api/key-management/health")
 async def health(request: Request, svc: Svc) -> JSONResponse:
     """Overall health: `healthy`, `degraded` (Temporal or a provider down: use still works)
-    or `unhealthy` (the store is down: 503)."""
+    or `unhealthy` (the store is down: 503). Checked at most every HEALTH_TTL seconds."""
+    checks: HealthChecks = request.app.state.health_checks
+    async with checks.lock:
+        if time.monotonic() - checks.checked_at >= HEALTH_TTL:
+            checks.answer = await _check(request, svc)
+            checks.checked_at = time.monotonic()
+    body, code = checks.answer
+    return JSONResponse(body, status_code=code)
+
+
+async def _check(request: Request, svc: Services) -> tuple[dict[str, Any], int]:
     components: dict[str, Any] = {}
     try:
         await run_in_threadpool(_ping_store, svc)
@@ -58,8 +83,7 @@ async def health(request: Request, svc: Svc) -> JSONResponse:
         status, code = "degraded", 200
     else:
         status, code = "healthy", 200
-    body = {"health": {"status": status, "components": components, "timestamp": _now_iso()}}
-    return JSONResponse(body, status_code=code)
+    return {"health": {"status": status, "components": components, "timestamp": _now_iso()}}, code
 
 
 @router.get("/api/key-management/health/keys")

@@ -6,6 +6,7 @@ as `keyrotor api` does while the Temporal server is unreachable.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import logging
@@ -23,7 +24,9 @@ from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
+from api.routes import health as health_routes
 from core.credentials import AdminKeys, Role
+from core.providers.base import ProviderHealth
 from core.services import Services
 from tests.fixtures.keys import commit_key
 from tests.fixtures.temporal import target
@@ -158,12 +161,37 @@ async def test_health_is_degraded_and_livez_is_up(d: Degraded) -> None:
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
+async def test_a_flood_of_health_checks_calls_the_providers_once(
+    d: Degraded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/health needs no key, and each check calls every provider (a KMS or Vault call)."""
+    calls: list[float] = []
+    local = d.services.providers["local"]
+    real = local.health
+
+    def counted() -> ProviderHealth:
+        calls.append(time.monotonic())
+        return real()
+
+    monkeypatch.setattr(local, "health", counted)
+    answers = await asyncio.gather(*(d.http.get(f"{API}/health") for _ in range(20)))
+    assert {r.status_code for r in answers} == {200}
+    assert len({r.json()["health"]["timestamp"] for r in answers}) == 1
+    assert len(calls) == 1
+    monkeypatch.setattr(health_routes, "HEALTH_TTL", 0.0)  # as once the answer is old
+    await d.http.get(f"{API}/health")
+    assert len(calls) == 2
+
+
 async def test_health_sees_temporal_once_it_is_reachable(
-    d: Degraded, dev_env: WorkflowEnvironment
+    d: Degraded, dev_env: WorkflowEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`keyrotor api` starts without a client: health must not report Temporal down forever."""
     assert (await d.http.get(f"{API}/health")).json()["health"]["status"] == "degraded"
     d.services.settings.temporal_address = target(dev_env.client)
+    # the answer is reused for HEALTH_TTL seconds
+    assert (await d.http.get(f"{API}/health")).json()["health"]["status"] == "degraded"
+    monkeypatch.setattr(health_routes, "HEALTH_TTL", 0.0)
     r = await d.http.get(f"{API}/health")
     assert r.status_code == 200
     health = r.json()["health"]

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from sqlalchemy import select
 from temporalio.testing import WorkflowEnvironment
 
+from api.routes import health as health_routes
 from core import audit
 from core.policy import default_policy_path
 from core.providers.vault_transit import transit_key_name
@@ -82,6 +83,12 @@ async def eventually(what: str, done: Callable[[], bool], timeout: float = SETTL
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+@pytest.fixture(autouse=True)
+def fresh_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each /health here must check again: the providers go down and up within seconds."""
+    monkeypatch.setattr(health_routes, "HEALTH_TTL", 0.0)
 
 
 async def health(stack: Stack) -> dict[str, Any]:
