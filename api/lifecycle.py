@@ -112,6 +112,22 @@ async def run_update(request: Request, workflow_id: str, name: str, arg: Any, **
         raise temporal_failed(e) from None
 
 
+def new_environment(svc: Services, requested: str | None) -> str:
+    """The environment of a new key, credential or handle family: the one asked for, else the
+    one this process serves (KEYROTOR_ENVIRONMENT), else the policy's default; 400 when the
+    policy does not know it or this process does not serve it."""
+    served = svc.keys.environment
+    environment = requested or served or svc.policies.default_environment
+    if environment not in svc.policies.environments:
+        known = ", ".join(svc.policies.environments)
+        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
+    if served is not None and environment != served:
+        raise APIError(
+            400, "INVALID_REQUEST", f"this API serves environment {served} only, not {environment}"
+        )
+    return environment
+
+
 async def start_and_wait_created(
     request: Request,
     workflow: str,

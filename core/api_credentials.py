@@ -388,8 +388,12 @@ class CredentialService:
         peppers: PepperRing,
         limiter: RateLimiter | None = None,
         redis_limits: RedisLimits | None = None,
+        environment: str | None = None,
     ) -> None:
         self._store = store
+        # KEYROTOR_ENVIRONMENT of an API process: credentials and handle families of another
+        # environment do not exist here (as keys, `KeyService.environment`); None: every one
+        self.environment = environment
         self._keyring = keyring
         self._peppers = peppers
         # shared by the API processes: Redis when configured (`build_services`), else the store
@@ -819,7 +823,7 @@ class CredentialService:
         if computed is None:  # the same work for an unknown lookup id or pepper
             computed = secret_hash(self._peppers.current, self._dummy_salt, p.secret, "SHA-256")
         matches = hmac.compare_digest(computed, row.secret_hash if row else self._dummy_hash)
-        if row is None or row.kind != kind:
+        if row is None or row.kind != kind or self._elsewhere(row.environment):
             return None, None
         environment = row.environment if p.prefix == IMPORTED_PREFIX else p.environment
         if not known or not matches or row.environment != environment:
@@ -1297,13 +1301,17 @@ class CredentialService:
         """The id of the credential's (or handle family's) workflow and its status."""
         with self._store.session() as s:
             row = s.execute(
-                select(CredentialRow.workflow_id, CredentialRow.status).where(
-                    CredentialRow.id == credential_id, CredentialRow.kind == kind
-                )
+                select(
+                    CredentialRow.workflow_id, CredentialRow.status, CredentialRow.environment
+                ).where(CredentialRow.id == credential_id, CredentialRow.kind == kind)
             ).first()
-        if row is None:
+        if row is None or self._elsewhere(row.environment):
             raise _not_found(kind, credential_id)
         return row[0], row[1]
+
+    def _elsewhere(self, environment: str) -> bool:
+        """Whether an object of `environment` is out of this process's KEYROTOR_ENVIRONMENT."""
+        return self.environment is not None and environment != self.environment
 
     def get(
         self, credential_id: str, kind: str = "credential"
@@ -1317,7 +1325,7 @@ class CredentialService:
                         f"{kind} {credential_id} was {archived.status} and is archived since "
                         f"{iso(archived.archived_at)}: its audit trail has its history"
                     )
-            if cred is None or cred.kind != kind:
+            if cred is None or cred.kind != kind or self._elsewhere(cred.environment):
                 raise _not_found(kind, credential_id)
             versions = list(
                 s.scalars(
@@ -1342,6 +1350,8 @@ class CredentialService:
         """Newest first; `after` (created_at, id) continues from a cursor."""
         with self._store.session() as s:
             q = select(CredentialRow).where(CredentialRow.kind == kind)
+            if self.environment is not None:
+                q = q.where(CredentialRow.environment == self.environment)
             if owner:
                 q = q.where(CredentialRow.owner == owner)
             if type:

@@ -121,7 +121,12 @@ def build_services(settings: Settings) -> Services:
         providers,
         KeyService(store, providers, settings.environment or None, policies.pqc),
         CredentialService(
-            store, keyring, peppers, redis_limits or DatabaseRateLimiter(store), redis_limits
+            store,
+            keyring,
+            peppers,
+            redis_limits or DatabaseRateLimiter(store),
+            redis_limits,
+            settings.environment or None,
         ),
         WebhookService(store, keyring),
         BulkService(store),

@@ -24,6 +24,7 @@ from api.deps import Admin, Operator, Reader, Svc, temporal
 from api.errors import APIError, temporal_failed
 from api.lifecycle import (
     add_status_routes,
+    new_environment,
     paged,
     parse_cursor,
     run_update,
@@ -262,10 +263,7 @@ def _new_credential(
     """The spec and first lifecycle of a new credential, from a request checked against the
     policy."""
     policy = svc.policies.credentials
-    environment = body.environment or svc.policies.default_environment
-    if environment not in svc.policies.environments:
-        known = ", ".join(svc.policies.environments)
-        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
+    environment = new_environment(svc, body.environment)
     rate_limit = rate_window = None
     if body.rate_limit is not None:
         rate_limit = body.rate_limit.limit

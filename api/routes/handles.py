@@ -27,6 +27,7 @@ from api.deps import Operator, Reader, Svc, temporal
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
+    new_environment,
     paged,
     parse_cursor,
     run_update,
@@ -167,10 +168,7 @@ async def generate_handle(
     """Issue a handle of `type` to `userId`, bound to `context`; answers with its value once."""
     policy = svc.policies.handle_type(body.type)
     security = svc.policies.security
-    environment = body.environment or svc.policies.default_environment
-    if environment not in svc.policies.environments:
-        known = ", ".join(svc.policies.environments)
-        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
+    environment = new_environment(svc, body.environment)
     user_id = body.user_id or who.name
     live = await run_in_threadpool(svc.credentials.live_handles, user_id, policy.name)
     if live >= security.max_concurrent_handles:

@@ -18,6 +18,7 @@ from api.deps import Admin, Operator, Reader, Svc, User
 from api.errors import APIError
 from api.lifecycle import (
     add_status_routes,
+    new_environment,
     paged,
     parse_cursor,
     run_update,
@@ -162,15 +163,7 @@ def _new_key(
     key_bits = (
         policy.key_bits if algorithm == policy.algorithm else resolve(algorithm).default_key_bits
     )
-    served = svc.keys.environment
-    environment = body.environment or served or svc.policies.default_environment
-    if environment not in svc.policies.environments:
-        known = ", ".join(svc.policies.environments)
-        raise APIError(400, "INVALID_REQUEST", f"environment must be one of {known}")
-    if served is not None and environment != served:
-        raise APIError(
-            400, "INVALID_REQUEST", f"this API serves environment {served} only, not {environment}"
-        )
+    environment = new_environment(svc, body.environment)
     try:
         provider = svc.policies.provider_for(environment, body.provider)
     except PolicyError as e:

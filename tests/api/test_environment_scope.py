@@ -1,10 +1,12 @@
-"""An API process with KEYROTOR_ENVIRONMENT serves the keys of that environment only: a key of
-another environment answers as unknown, is not listed, and cannot be created there."""
+"""An API process with KEYROTOR_ENVIRONMENT serves the keys, API credentials and handle families
+of that environment only: one of another environment answers as unknown, is not listed, does
+not verify, and cannot be created there."""
 
 from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -12,7 +14,10 @@ import pytest
 from pydantic import SecretStr
 
 from api.app import create_app
+from core.api_credentials import new_credential_id
 from core.credentials import AdminKeys, Role
+from core.lifecycle import new_key
+from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.services import ConfigurationError, Services, build_services
 from core.settings import Settings
 from tests.fixtures.keys import commit_key
@@ -74,3 +79,90 @@ async def test_keys_are_created_in_the_served_environment_only(
 def test_an_unknown_environment_stops_the_process(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="KEYROTOR_ENVIRONMENT 'qa' is not one of"):
         services_for(tmp_path, "qa")
+
+
+def commit_credential(services: Services, environment: str, kind: str) -> tuple[str, str]:
+    """Version 1 of a new API credential or handle family (as its workflow commits it): its id
+    and its secret or value."""
+    now = datetime.now(UTC)
+    credential_id = new_credential_id("hdl_" if kind == "handle" else "cred_")
+    spec = CredentialSpec(
+        credential_id,
+        environment,
+        kind=kind,
+        type="session" if kind == "handle" else "api",
+        user_id="ann" if kind == "handle" else "",
+        max_usage=10 if kind == "handle" else None,
+    )
+    lifecycle = new_key(
+        services.policies.credentials.lifecycle(scheduled=False), now, now + timedelta(days=9)
+    )
+    services.credentials.commit_transition(
+        CredentialTransitionCommit(
+            transition_id=f"keyrotor/{kind}/{environment}/{credential_id}/1",
+            spec=spec,
+            lifecycle=lifecycle,
+            action=f"{kind}.created",
+            event=f"{kind}Created",
+            at=now,
+            version=1,
+            new_version=1,
+        )
+    )
+    secret = services.credentials.claim_secret(credential_id, 1, "test")
+    assert secret is not None
+    return credential_id, secret
+
+
+async def test_credentials_and_handles_of_another_environment_do_not_exist_here(
+    tmp_path: Path,
+) -> None:
+    everything = services_for(tmp_path)
+    made = {
+        (kind, environment): commit_credential(everything, environment, kind)
+        for kind in ("credential", "handle")
+        for environment in ("dev", "prod")
+    }
+    services = services_for(tmp_path, "dev")
+    admin = AdminKeys(services.store, services.keyring).create("t", Role.ADMIN, "t")
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(
+        transport=transport,
+        base_url="http://keyrotor.test",
+        headers={"Authorization": f"Bearer {admin}"},
+    ) as http:
+
+        async def verify(kind: str, secret: str) -> str:
+            if kind == "credential":
+                r = await http.post(f"{API}/credentials/verify", json={"key": secret})
+                return str(r.json()["verification"]["code"])
+            body = {"handleId": secret, "userId": "ann"}
+            r = await http.post(f"{API}/handles/validate", json=body)
+            return str(r.json()["validation"]["code"])
+
+        for kind, route, missing in (
+            ("credential", "credentials", "CREDENTIAL_NOT_FOUND"),
+            ("handle", "handles", "HANDLE_NOT_FOUND"),
+        ):
+            (dev_id, dev_secret), (prod_id, prod_secret) = made[kind, "dev"], made[kind, "prod"]
+            assert (await http.get(f"{API}/{route}/{dev_id}")).status_code == 200
+            assert await verify(kind, dev_secret) == "VALID"
+            assert await verify(kind, prod_secret) == "NOT_FOUND"
+            for method, path in (
+                ("GET", prod_id),
+                ("DELETE", prod_id),
+                ("POST", f"{prod_id}/suspend"),
+            ):
+                r = await http.request(method, f"{API}/{route}/{path}", json={"reason": "x"})
+                assert (r.status_code, r.json()["error"]["code"]) == (404, missing), path
+            listed = (await http.get(f"{API}/{route}")).json()[route]
+            assert [c["id"] if kind == "credential" else c["familyId"] for c in listed] == [dev_id]
+        r = await http.post(f"{API}/credentials", json={"environment": "prod"})
+        assert r.json()["error"]["message"] == "this API serves environment dev only, not prod"
+        body = {"type": "session", "userId": "ann", "environment": "prod"}
+        r = await http.post(f"{API}/handles/generate", json=body)
+        assert r.json()["error"]["message"] == "this API serves environment dev only, not prod"
+    # the store still has them all: the worker's process serves every environment
+    assert everything.credentials.verify(made["credential", "prod"][1]).valid
+    services.close()
+    everything.close()
