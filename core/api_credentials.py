@@ -597,14 +597,18 @@ class CredentialService:
                 self._refuse_taken(s, lookup_id, unkeyed)
             raise
 
-    @staticmethod
-    def _refuse_taken(s: Any, *lookup_ids: str | None) -> None:
+    def _refuse_taken(self, s: Any, *lookup_ids: str | None) -> None:
         taken = next(
             (t for i in lookup_ids if i is not None and (t := s.get(ImportedLookupRow, i))), None
         )
         if taken is None:
             return
         cred = s.get(CredentialRow, taken.credential_id)
+        if cred is not None and self._elsewhere(cred.environment):
+            # imported once, ever, across environments; but not named outside its own
+            raise AlreadyImportedError(
+                "this API key was imported already, in another environment", "", False
+            )
         staged = cred is not None and cred.current_version == 0
         raise AlreadyImportedError(
             f"this API key was imported already, as {taken.credential_id}"
@@ -1320,7 +1324,11 @@ class CredentialService:
             cred = s.get(CredentialRow, credential_id)
             if cred is None:
                 archived = s.get(ArchivedCredentialRow, credential_id)
-                if archived is not None and archived.kind == kind:
+                if (
+                    archived is not None
+                    and archived.kind == kind
+                    and not self._elsewhere(archived.environment)
+                ):
                     raise CredentialArchivedError(
                         f"{kind} {credential_id} was {archived.status} and is archived since "
                         f"{iso(archived.archived_at)}: its audit trail has its history"
@@ -1370,6 +1378,8 @@ class CredentialService:
                 CredentialRow.type == type,
                 CredentialRow.status.in_([str(KeyStatus.ACTIVE), str(KeyStatus.SUSPENDED)]),
             )
+            if self.environment is not None:
+                q = q.where(CredentialRow.environment == self.environment)
             return s.scalar(q) or 0
 
     def handle_health(self, now: datetime) -> dict[str, int]:

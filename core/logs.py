@@ -75,4 +75,4 @@ def setup_logging(default_format: str = "json") -> None:
     # webhook's full URL (for Slack and the like, a bearer secret) at INFO; botocore logs KMS
     # request and response bodies (plaintext, data keys) at DEBUG.
     for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

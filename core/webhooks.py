@@ -105,6 +105,13 @@ def event_view(row: Any) -> dict[str, Any]:
     }
 
 
+def url_origin(url: str) -> str:
+    """`scheme://host[:port]` of a webhook URL: what is shown where the path (for Slack, Teams
+    and the like, the credential) must not be, in the audit trail and to readers."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def webhook_view(row: WebhookRow) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -204,18 +211,8 @@ class WebhookService:
         with self._store.write() as s:
             s.add(row)
             s.flush()
-            # the origin only: a path can be the credential (Slack, Teams), and the trail is
-            # kept for years and read by auditors
-            parts = urlsplit(url)
-            self._audit(
-                s,
-                "created",
-                webhook_id,
-                actor,
-                now,
-                "",
-                {"url": f"{parts.scheme}://{parts.netloc}"},
-            )
+            # the origin only: the trail is kept for years and read by auditors
+            self._audit(s, "created", webhook_id, actor, now, "", {"url": url_origin(url)})
             view = webhook_view(row)
         return view, secret
 

@@ -49,9 +49,11 @@ async def start_bulk(
             id=bulk_workflow_id(operation["id"]),
             task_queue=svc.settings.task_queue,
         )
-    except (RPCError, APIError):
+    except (RPCError, APIError) as e:
         await run_in_threadpool(svc.bulk.abandon, operation["id"])
-        raise APIError(503, "TEMPORAL_UNAVAILABLE", "the lifecycle service failed") from None
+        if isinstance(e, APIError):  # no client: Temporal is unreachable
+            raise
+        raise temporal_failed(e) from None
     return {"operation": operation}
 
 

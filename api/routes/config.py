@@ -13,7 +13,7 @@ from temporalio.service import RPCError
 
 from api import schemas
 from api.deps import Admin, Reader, Svc, temporal
-from api.errors import APIError
+from api.errors import APIError, temporal_failed
 from core.bulk import bulk_workflow_id
 from core.policy import PolicyError
 from core.policy_versions import version_view
@@ -79,12 +79,14 @@ async def _roll_out(
                 id=bulk_workflow_id(op["id"]),
                 task_queue=svc.settings.task_queue,
             )
-        except RPCError:
+        except RPCError as e:
             await run_in_threadpool(svc.bulk.abandon, op["id"])
+            failed = temporal_failed(e)
             raise APIError(
                 503,
                 "TEMPORAL_UNAVAILABLE",
-                f"policy version {version} is stored, but its rollout did not start",
+                f"policy version {version} is stored, but its rollout did not start:"
+                f" {failed.message}",
             ) from None
         operations.append(op)
     return operations

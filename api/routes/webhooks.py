@@ -14,7 +14,8 @@ from temporalio.service import RPCError
 from api import schemas
 from api.deps import Admin, Reader, Svc, temporal
 from api.errors import APIError, temporal_failed
-from core.webhooks import WebhookService
+from core.credentials import AdminPrincipal, Role
+from core.webhooks import WebhookService, url_origin
 from workflows.webhooks import DeliveryInput, WebhookDeliveryWorkflow, delivery_workflow_id
 
 router = APIRouter(prefix="/api/key-management/webhooks", tags=["webhooks"])
@@ -36,14 +37,22 @@ async def create_webhook(
     return {"webhook": webhook, "secret": secret}
 
 
+def _shown(webhook: dict[str, Any], who: AdminPrincipal) -> dict[str, Any]:
+    """The whole URL for an admin (who manages webhooks); its origin for the other roles."""
+    if who.role == Role.ADMIN:
+        return webhook
+    return webhook | {"url": url_origin(webhook["url"])}
+
+
 @router.get("")
 async def list_webhooks(svc: Svc, who: Reader) -> dict[str, Any]:
-    return {"webhooks": await run_in_threadpool(svc.webhooks.all)}
+    """Every webhook; the URL's path and query only to an admin (it can be the credential)."""
+    return {"webhooks": [_shown(w, who) for w in await run_in_threadpool(svc.webhooks.all)]}
 
 
 @router.get("/{webhook_id}")
 async def get_webhook(webhook_id: str, svc: Svc, who: Reader) -> dict[str, Any]:
-    return {"webhook": await run_in_threadpool(svc.webhooks.get, webhook_id)}
+    return {"webhook": _shown(await run_in_threadpool(svc.webhooks.get, webhook_id), who)}
 
 
 @router.delete("/{webhook_id}")

@@ -5,6 +5,7 @@ not verify, and cannot be created there."""
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,14 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import delete
 
 from api.app import create_app
-from core.api_credentials import new_credential_id
+from core.api_credentials import CredentialArchivedError, new_credential_id
 from core.credentials import AdminKeys, Role
 from core.lifecycle import new_key
 from core.objects import CredentialSpec, CredentialTransitionCommit
 from core.services import ConfigurationError, Services, build_services
 from core.settings import Settings
+from core.store.models import ArchivedCredentialRow, CredentialRow, CredentialVersionRow
 from tests.fixtures.keys import commit_key
 from tests.fixtures.temporal import TEST_MASTER_KEY
 
@@ -162,7 +165,52 @@ async def test_credentials_and_handles_of_another_environment_do_not_exist_here(
         body = {"type": "session", "userId": "ann", "environment": "prod"}
         r = await http.post(f"{API}/handles/generate", json=body)
         assert r.json()["error"]["message"] == "this API serves environment dev only, not prod"
+        # an API key imported in prod: imported once, ever, but not named to dev
+        digest = hashlib.sha256(b"a prod key from elsewhere").digest()
+        spec = CredentialSpec(new_credential_id(), "prod", origin="imported")
+        lifecycle = new_key(
+            everything.policies.credentials.lifecycle(scheduled=False),
+            datetime.now(UTC),
+            datetime.now(UTC) + timedelta(days=9),
+        )
+        everything.credentials.stage_import(spec, lifecycle, digest, "keyrotor/x")
+        r = await http.post(
+            f"{API}/credentials/import", json={"name": "again", "sha256": digest.hex()}
+        )
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["message"] == (
+            "this API key was imported already, in another environment"
+        )
+        # archived in prod: as unknown here as a live one (not 410 with its history)
+        prod_id = made["credential", "prod"][0]
+        now = datetime.now(UTC)
+        with services.store.write() as s:
+            s.add(
+                ArchivedCredentialRow(
+                    id=prod_id,
+                    kind="credential",
+                    type="api",
+                    environment="prod",
+                    name="",
+                    owner="",
+                    status="revoked",
+                    versions=1,
+                    usage_count=0,
+                    failure_count=0,
+                    last_used_at=None,
+                    created_at=now,
+                    ended_at=now,
+                    archived_at=now,
+                )
+            )
+            s.execute(
+                delete(CredentialVersionRow).where(CredentialVersionRow.credential_id == prod_id)
+            )
+            s.execute(delete(CredentialRow).where(CredentialRow.id == prod_id))
+        r = await http.get(f"{API}/credentials/{prod_id}")
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "CREDENTIAL_NOT_FOUND")
     # the store still has them all: the worker's process serves every environment
-    assert everything.credentials.verify(made["credential", "prod"][1]).valid
+    with pytest.raises(CredentialArchivedError):  # where prod is served, it is archived
+        everything.credentials.get(made["credential", "prod"][0])
     services.close()
     everything.close()

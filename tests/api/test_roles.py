@@ -452,3 +452,20 @@ async def test_refusal_comes_before_any_temporal_connection(
         r = await env.call(("POST", CREDS), f"Bearer {env.keys[Role.ADMIN]}")
         assert r.status_code == 503, r.text
         assert connections >= 1
+
+
+async def test_a_webhook_url_shows_whole_to_admins_only(env: Env) -> None:
+    """Its path can be the credential (Slack, Teams): the other roles see its origin."""
+    view, _ = env.services.webhooks.create(
+        "https://hooks.example:8443/services/T0/B0/hook-path-secret?k=v", "", [], None, "test"
+    )
+    for role, shown in (
+        (Role.ADMIN, "https://hooks.example:8443/services/T0/B0/hook-path-secret?k=v"),
+        (Role.AUDITOR, "https://hooks.example:8443"),
+        (Role.OPERATOR, "https://hooks.example:8443"),
+    ):
+        headers = {"Authorization": f"Bearer {env.keys[role]}"}
+        one = await env.http.get(f"{API}/webhooks/{view['id']}", headers=headers)
+        assert one.json()["webhook"]["url"] == shown, role
+        listed = (await env.http.get(f"{API}/webhooks", headers=headers)).json()["webhooks"]
+        assert [w["url"] for w in listed if w["id"] == view["id"]] == [shown], role
