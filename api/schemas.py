@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 
 class Body(BaseModel):
@@ -18,8 +19,23 @@ class Body(BaseModel):
 # Metadata travels in every workflow input and continue-as-new, every cached workflow and every
 # listing and verification answer: a few short labels, not a document store.
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-MetadataValue = Annotated[str, StringConstraints(max_length=500)]
-Metadata = dict[MetadataKey, MetadataValue | int | float | bool]
+
+
+METADATA_VALUE_CHARS = 500
+
+
+def _scalar(value: object) -> object:
+    if not isinstance(value, str | int | float | bool):
+        raise PydanticCustomError("metadata", "a metadata value is a string, number or boolean")
+    if isinstance(value, str) and len(value) > METADATA_VALUE_CHARS:
+        raise PydanticCustomError(
+            "metadata", f"a metadata string is at most {METADATA_VALUE_CHARS} characters"
+        )
+    return value
+
+
+MetadataValue = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
+Metadata = dict[MetadataKey, MetadataValue]
 METADATA_ENTRIES = 32
 
 

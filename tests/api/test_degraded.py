@@ -320,4 +320,7 @@ async def test_metadata_is_a_few_short_labels(d: Degraded) -> None:
             assert r.json()["error"]["code"] == "INVALID_REQUEST"
         r = await d.http.post(f"{API}{path}", json=body | {"metadata": fine}, headers=d.headers)
         assert r.status_code == 503, r.text  # accepted, then Temporal is down
+    nested = {"type": "encryption", "metadata": {"team": {"name": "billing"}}}
+    r = await d.http.post(f"{API}/keys/generate", json=nested, headers=d.headers)
+    assert r.json()["error"]["message"].endswith("a metadata value is a string, number or boolean")
     assert (await statistics(d))["totalKeys"] == 1
