@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -19,19 +20,28 @@ from core.store.models import KeyRow
 router = APIRouter(tags=["health"])
 # a scheduled rotation this late means the workers are not keeping up (or are down)
 OVERDUE_AFTER = timedelta(minutes=5)
-# /health needs no key and calls the store, Temporal and every provider (a KMS or Vault call
-# each): one check at a time, its answer reused this long, so a flood of it costs the
-# providers' quotas and the key-use thread pool nothing.
+# The health routes need no key, and check the store (counts over every key or handle),
+# Temporal and every provider (a KMS or Vault call each): one check at a time, each answer
+# reused this long, so a flood of them costs the store, the providers' quotas and the
+# key-use thread pool nothing.
 HEALTH_TTL = 5.0
+T = TypeVar("T")
 
 
 class HealthChecks:
-    """The last /health answer of this process, and the lock its next check takes."""
+    """The last answer of each health route in this process, and the lock a check takes."""
 
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.checked_at = -HEALTH_TTL
-        self.answer: tuple[dict[str, Any], int] = ({}, 503)
+        self._lock = asyncio.Lock()
+        self._answers: dict[str, tuple[float, Any]] = {}
+
+    async def answer(self, route: str, check: Callable[[], Awaitable[T]]) -> T:
+        async with self._lock:
+            last = self._answers.get(route)
+            if last is None or time.monotonic() - last[0] >= HEALTH_TTL:
+                last = self._answers[route] = (time.monotonic(), await check())
+        answer: T = last[1]
+        return answer
 
 
 async def livez(request: Request) -> JSONResponse:
@@ -52,11 +62,7 @@ async def health(request: Request, svc: Svc) -> JSONResponse:
     """Overall health: `healthy`, `degraded` (Temporal or a provider down: use still works)
     or `unhealthy` (the store is down: 503). Checked at most every HEALTH_TTL seconds."""
     checks: HealthChecks = request.app.state.health_checks
-    async with checks.lock:
-        if time.monotonic() - checks.checked_at >= HEALTH_TTL:
-            checks.answer = await _check(request, svc)
-            checks.checked_at = time.monotonic()
-    body, code = checks.answer
+    body, code = await checks.answer("health", lambda: _check(request, svc))
     return JSONResponse(body, status_code=code)
 
 
@@ -87,8 +93,14 @@ async def _check(request: Request, svc: Services) -> tuple[dict[str, Any], int]:
 
 
 @router.get("/api/key-management/health/keys")
-def key_health(svc: Svc) -> dict[str, Any]:
-    """Active keys, keys whose rotation is due within a day, and overdue rotations."""
+async def key_health(request: Request, svc: Svc) -> dict[str, Any]:
+    """Active keys, keys whose rotation is due within a day, and overdue rotations (checked at
+    most every HEALTH_TTL seconds)."""
+    checks: HealthChecks = request.app.state.health_checks
+    return await checks.answer("keys", lambda: run_in_threadpool(_key_health, svc))
+
+
+def _key_health(svc: Services) -> dict[str, Any]:
     now = datetime.now(UTC)
     with svc.store.session() as s:
         active = s.scalar(select(func.count()).select_from(KeyRow).where(KeyRow.status == "active"))
@@ -114,8 +126,14 @@ def key_health(svc: Svc) -> dict[str, Any]:
 
 
 @router.get("/api/key-management/health/handles")
-def handle_health(svc: Svc) -> dict[str, Any]:
-    """Active and suspended handle families, those ending within an hour, rotations due."""
+async def handle_health(request: Request, svc: Svc) -> dict[str, Any]:
+    """Active and suspended handle families, those ending within an hour, rotations due
+    (checked at most every HEALTH_TTL seconds)."""
+    checks: HealthChecks = request.app.state.health_checks
+    return await checks.answer("handles", lambda: run_in_threadpool(_handle_health, svc))
+
+
+def _handle_health(svc: Services) -> dict[str, Any]:
     counts = svc.credentials.handle_health(datetime.now(UTC))
     return {
         "health": {

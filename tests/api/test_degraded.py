@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 
 import httpx
 import pytest
@@ -181,6 +182,32 @@ async def test_a_flood_of_health_checks_calls_the_providers_once(
     monkeypatch.setattr(health_routes, "HEALTH_TTL", 0.0)  # as once the answer is old
     await d.http.get(f"{API}/health")
     assert len(calls) == 2
+
+
+async def test_a_flood_of_key_and_handle_health_counts_once(
+    d: Degraded, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/health/keys and /health/handles need no key either, and count over every key and
+    handle family in the store."""
+    counted: list[str] = []
+    real_keys, real_handles = health_routes._key_health, d.services.credentials.handle_health
+
+    def keys(svc: Services) -> dict[str, object]:
+        counted.append("keys")
+        return real_keys(svc)
+
+    def handles(now: datetime) -> dict[str, int]:
+        counted.append("handles")
+        return real_handles(now)
+
+    monkeypatch.setattr(health_routes, "_key_health", keys)
+    monkeypatch.setattr(d.services.credentials, "handle_health", handles)
+    for route in ("keys", "handles"):
+        answers = await asyncio.gather(*(d.http.get(f"{API}/health/{route}") for _ in range(20)))
+        assert {r.status_code for r in answers} == {200}
+        assert len({r.json()["health"]["timestamp"] for r in answers}) == 1
+    assert counted == ["keys", "handles"]
+    assert answers[0].json()["health"]["activeHandles"] == 0
 
 
 async def test_health_sees_temporal_once_it_is_reachable(
