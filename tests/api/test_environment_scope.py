@@ -5,6 +5,7 @@ not verify, and cannot be created there."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -35,10 +36,9 @@ def services_for(data_dir: Path, environment: str = "") -> Services:
     )
 
 
-@pytest.fixture
-async def dev_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
-    everything = services_for(tmp_path)  # a worker: it commits every environment's keys
-    dev_key, prod_key = commit_key(everything), commit_key(everything, environment="prod")
+@contextlib.asynccontextmanager
+async def dev_client(tmp_path: Path) -> AsyncIterator[tuple[Services, httpx.AsyncClient]]:
+    """An API process serving `dev` on the store at `tmp_path`, and an admin's client of it."""
     services = services_for(tmp_path, "dev")
     admin = AdminKeys(services.store, services.keyring).create("t", Role.ADMIN, "t")
     transport = httpx.ASGITransport(app=create_app(services))
@@ -47,8 +47,16 @@ async def dev_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str,
         base_url="http://keyrotor.test",
         headers={"Authorization": f"Bearer {admin}"},
     ) as http:
-        yield http, dev_key, prod_key
+        yield services, http
     services.close()
+
+
+@pytest.fixture
+async def dev_api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
+    everything = services_for(tmp_path)  # a worker: it commits every environment's keys
+    dev_key, prod_key = commit_key(everything), commit_key(everything, environment="prod")
+    async with dev_client(tmp_path) as (_, http):
+        yield http, dev_key, prod_key
     everything.close()
 
 
@@ -126,14 +134,7 @@ async def test_credentials_and_handles_of_another_environment_do_not_exist_here(
         for kind in ("credential", "handle")
         for environment in ("dev", "prod")
     }
-    services = services_for(tmp_path, "dev")
-    admin = AdminKeys(services.store, services.keyring).create("t", Role.ADMIN, "t")
-    transport = httpx.ASGITransport(app=create_app(services))
-    async with httpx.AsyncClient(
-        transport=transport,
-        base_url="http://keyrotor.test",
-        headers={"Authorization": f"Bearer {admin}"},
-    ) as http:
+    async with dev_client(tmp_path) as (services, http):
 
         async def verify(kind: str, secret: str) -> str:
             if kind == "credential":
@@ -212,5 +213,4 @@ async def test_credentials_and_handles_of_another_environment_do_not_exist_here(
     # the store still has them all: the worker's process serves every environment
     with pytest.raises(CredentialArchivedError):  # where prod is served, it is archived
         everything.credentials.get(made["credential", "prod"][0])
-    services.close()
     everything.close()
